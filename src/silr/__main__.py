@@ -1,0 +1,3 @@
+from silr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+import pytest
+
+from silr import anatomy
+from silr.errors import ConfigError
+from silr.params import Params, load_params, params_from_dict
+
+
+def test_landmark_bone_map_follows_the_format_notes():
+    assert len(anatomy.LANDMARK_NAMES) == 14 == len(set(anatomy.LANDMARK_NAMES))
+    assert anatomy.LANDMARK_BONE["FH-l"] == anatomy.LEFT_FEMUR == 5
+    assert anatomy.LANDMARK_BONE["FH-r"] == anatomy.RIGHT_FEMUR == 6
+    assert {anatomy.LANDMARK_BONE[n] for n in anatomy.LANDMARK_NAMES if n.endswith("-l") and n != "FH-l"} == {1}
+    assert {anatomy.LANDMARK_BONE[n] for n in anatomy.LANDMARK_NAMES if n.endswith("-r") and n != "FH-r"} == {2}
+    assert anatomy.NUM_CLASSES == 7
+    assert anatomy.SPECIMEN_IDS[6] == "17-1905"
+
+
+def test_committed_params_yaml_validates():
+    params = load_params("params.yaml")
+    assert params.loss_weights("proposed") == {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0}
+    assert params.study.losses == ("proposed", "mse", "ncc")
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"train": {"epochs": "ten"}}, "train.epochs"),
+    ({"train": {"bogus": 1}}, "train: unknown key"),
+    ({"losses": {"proposed": {"kl": -1.0}}}, "losses.proposed.kl"),
+    ({"losses": {"proposed": {"kl": "x"}}}, "losses.proposed.kl"),
+    ({"losses": {"proposed": {}}}, "losses.proposed"),
+    ({"study": {"losses": ["nope"]}}, "study.losses"),
+    ({"augment": {"zoom": [1.3, 1.0]}}, "augment.zoom"),
+])
+def test_bad_params_name_the_key(raw, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        params_from_dict(raw)
+
+
+def test_missing_loss_names_the_key():
+    with pytest.raises(ConfigError, match=r"losses\.kl_only"):
+        Params().loss_weights("kl_only")
