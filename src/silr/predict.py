@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass
@@ -77,7 +78,12 @@ class InputSpec:
 
     stem: str
     source: str
-    load: Callable[[], InputFrame]
+    raw: bool
+    read: Callable[[], tuple[np.ndarray, bool]]  # -> (pixels, turn 180 degrees first)
+
+    def load(self) -> InputFrame:
+        pixels, rotate = self.read()
+        return InputFrame(self.stem, self.source, np.asarray(pixels, dtype=np.float32), self.raw, bool(rotate))
 
 
 @dataclass(frozen=True)
@@ -279,7 +285,7 @@ def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[in
             if not path.is_file():
                 raise DataError(f"{path}: no such file")
             if kind == "pil":
-                yield InputSpec(path.stem, str(path), _loader(_read_pil, path, raw))
+                yield InputSpec(path.stem, str(path), raw, lambda path=path: (imageio.read_pil_image(path), False))
             elif kind == "npy":
                 yield from _npy_specs(path, raw, frames)
             else:
@@ -288,18 +294,10 @@ def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[in
             yield Failure(str(path), str(exc))
 
 
-def _loader(read: Callable[..., InputFrame], *args) -> Callable[[], InputFrame]:
-    return lambda: read(*args)
-
-
-def _read_pil(path: Path, raw: bool) -> InputFrame:
-    return InputFrame(path.stem, str(path), imageio.read_pil_image(path), raw=raw)
-
-
 def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
     array = imageio.read_npy(path)
     if array.ndim == 2:
-        yield InputSpec(path.stem, str(path), lambda: InputFrame(path.stem, str(path), array, raw=raw))
+        yield InputSpec(path.stem, str(path), raw, lambda: (array, False))
         return
     for index in frames if frames is not None else range(array.shape[0]):
         source = f"{path} [frame {index}]"
@@ -307,9 +305,7 @@ def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[
             yield Failure(source, f"{path}: stack has {array.shape[0]} frames (0..{array.shape[0] - 1}), "
                                   f"no frame {index}")
             continue
-        stem = f"{path.stem}_f{index:03d}"
-        yield InputSpec(stem, source, _loader(lambda s, src, i: InputFrame(s, src, array[i], raw=raw),
-                                              stem, source, index))
+        yield InputSpec(f"{path.stem}_f{index:03d}", source, raw, lambda index=index: (array[index], False))
 
 
 def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
@@ -345,15 +341,7 @@ def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
                                       f"no frame {index}")
                 continue
             stem = f"{path.stem}_s{number:02d}_f{index:03d}"
-            yield InputSpec(stem, source, _hdf5_loader(stem, source, read_frame, number, index, raw_frames))
-
-
-def _hdf5_loader(stem: str, source: str, read_frame: Callable[[int, int], tuple[np.ndarray, bool]],
-                 number: int, index: int, raw: bool) -> Callable[[], InputFrame]:
-    def load() -> InputFrame:
-        pixels, rotate = read_frame(number, index)
-        return InputFrame(stem, source, np.asarray(pixels, dtype=np.float32), raw=raw, rotate=bool(rotate))
-    return load
+            yield InputSpec(stem, source, raw_frames, lambda number=number, index=index: read_frame(number, index))
 
 
 def unique_stems(specs: list[InputSpec | Failure]) -> list[InputSpec | Failure]:
@@ -364,7 +352,7 @@ def unique_stems(specs: list[InputSpec | Failure]) -> list[InputSpec | Failure]:
         if isinstance(spec, InputSpec):
             seen[spec.stem] = seen.get(spec.stem, 0) + 1
             if seen[spec.stem] > 1:
-                spec = InputSpec(f"{spec.stem}_{seen[spec.stem]}", spec.source, spec.load)
+                spec = dataclasses.replace(spec, stem=f"{spec.stem}_{seen[spec.stem]}")
         result.append(spec)
     return result
 

@@ -1,0 +1,369 @@
+"""`silr predict`: every input kind, the ensemble, coordinates back in the input image, failures.
+
+Most tests use `MarkerModel`, a deterministic stand-in for a trained network: every
+landmark's heatmap peaks exactly at the brightest pixel of the input, so where a marker
+dot is drawn is where the landmark must be reported, with no training and no tolerance.
+It is served through `silr.checkpoint.load_model` (monkeypatched); the checkpoint round
+trip itself is tested with a real tiny model at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from silr import checkpoint, cli, predict
+from silr.anatomy import (FRAME_SIZE_PX, LABEL_NAMES, LANDMARK_BONE, LANDMARK_NAMES, LEFT_HEMIPELVIS,
+                          NETWORK_INPUT_PX, SPECIMEN_IDS)
+from silr.coords import pad_offset
+from silr.types import ModelOutput
+
+PEAK_LOGIT = 10.0
+ABSENT = {"GSN-r", "IPS-l"}  # MarkerModel predicts these two absent
+
+
+class MarkerModel(torch.nn.Module):
+    """Heatmap logits +10 at the brightest input pixel (Gaussian fall-off to -10) for every
+    landmark except those in ABSENT (-10 everywhere); segmentation: `label` everywhere."""
+
+    def __init__(self, label: int = LEFT_HEMIPELVIS):
+        super().__init__()
+        self.label = label
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        batch, _, height, width = images.shape
+        flat = images.flatten(1).argmax(dim=1)
+        rows, cols = (flat // width).double(), (flat % width).double()
+        yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                torch.arange(width, dtype=torch.float64), indexing="ij")
+        dist2 = (xx[None] - cols[:, None, None]) ** 2 + (yy[None] - rows[:, None, None]) ** 2
+        peak = 2 * PEAK_LOGIT * torch.exp(-dist2 / 8.0) - PEAK_LOGIT
+        heat = peak[:, None].repeat(1, len(LANDMARK_NAMES), 1, 1)
+        for i, name in enumerate(LANDMARK_NAMES):
+            if name in ABSENT:
+                heat[:, i] = -PEAK_LOGIT
+        seg = torch.zeros(batch, len(LABEL_NAMES), height, width, dtype=torch.float64)
+        seg[:, self.label] = 5.0
+        return ModelOutput(heat.float(), seg.float())
+
+
+class FixedModel(torch.nn.Module):
+    """Input-independent random logits (seeded): for checking the ensemble average by hand."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        size = NETWORK_INPUT_PX
+        self.heat = torch.randn(1, len(LANDMARK_NAMES), size, size, generator=generator) * 3
+        self.seg = torch.randn(1, len(LABEL_NAMES), size, size, generator=generator) * 3
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        batch = images.shape[0]
+        return ModelOutput(self.heat.expand(batch, -1, -1, -1), self.seg.expand(batch, -1, -1, -1))
+
+
+def card(**changes) -> dict:
+    base = {
+        "landmark_names": list(LANDMARK_NAMES),
+        "label_names": [LABEL_NAMES[k] for k in sorted(LABEL_NAMES)],
+        "model": {"backbone": "marker", "decoder_channels": [4]},
+        "input_size": NETWORK_INPUT_PX, "frame_size": FRAME_SIZE_PX, "pad_offset": pad_offset(),
+        "preprocessing": {"crop": 50, "i0": 65487.0, "downsample": 8, "intensity": "min-max per frame"},
+        "heatmap": {"sigma": 2.5, "presence_threshold": 0.5, "refine": False},
+    }
+    base.update(changes)
+    return base
+
+
+@pytest.fixture
+def fake_models(monkeypatch, tmp_path):
+    """add(name, model, card) -> a checkpoint path that load_model serves as (model, card)."""
+    served: dict[str, tuple[torch.nn.Module, dict]] = {}
+    real_load = checkpoint.load_model
+
+    def load_model(path, device="cpu"):
+        if str(path) in served:
+            model, model_card = served[str(path)]
+            return model.eval(), model_card
+        return real_load(path, device)
+
+    def add(name: str, model: torch.nn.Module, model_card: dict | None = None) -> Path:
+        path = tmp_path / "models" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"stand-in")
+        served[str(path)] = (model, model_card or card())
+        return path
+
+    monkeypatch.setattr(checkpoint, "load_model", load_model)
+    return add
+
+
+def run_predict(*argv) -> int:
+    return cli.main(["predict", *map(str, argv)])
+
+
+def landmarks_json(out: Path, stem: str) -> dict:
+    return json.loads((out / f"{stem}_landmarks.json").read_text())
+
+
+def assert_all_at(record: dict, x: float, y: float) -> None:
+    """Every landmark MarkerModel predicts present is reported at input pixel (x, y)."""
+    for row in record["landmarks"]:
+        if row["name"] in ABSENT:
+            continue
+        assert (row["x"], row["y"]) == (pytest.approx(x, abs=1e-9), pytest.approx(y, abs=1e-9)), row["name"]
+
+
+def dot_image(width: int, height: int, cols: slice, rows: slice, dtype=np.uint8, value=200) -> np.ndarray:
+    image = np.full((height, width), 10, dtype=dtype)
+    image[rows, cols] = value
+    return image
+
+
+# ------------------------------------------------------------------ image inputs, coordinates
+
+def test_png8_frame_of_another_size_maps_back_to_input_pixels(fake_models, tmp_path, capsys):
+    # A 2x2 dot at columns 100-101, rows 200-201 of a 360x360 image: its centre (100.5, 200.5)
+    # is one frame pixel (50, 100) after the 2x area mean, and must come back as (100.5, 200.5).
+    ckpt = fake_models("marker.pt", MarkerModel())
+    Image.fromarray(dot_image(360, 360, slice(100, 102), slice(200, 202))).save(tmp_path / "c_arm.png")
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "c_arm.png") == 0
+
+    record = landmarks_json(out, "c_arm")
+    assert_all_at(record, 100.5, 200.5)
+    assert record["treated_as"] == predict.LINE_INTEGRAL
+    assert record["input_size"] == [360, 360] and record["scale"] == [0.5, 0.5]
+    assert record["resampling"] == "area" and record["ensemble"] is None
+    by_name = {row["name"]: row for row in record["landmarks"]}
+    assert by_name["FH-l"]["frame_x"] == 50 and by_name["FH-l"]["frame_y"] == 100
+    # Presence and discrete visibility: the segmentation is left hemipelvis everywhere.
+    for name, row in by_name.items():
+        expected = 0.0 if name in ABSENT else (1.0 if LANDMARK_BONE[name] == LEFT_HEMIPELVIS else 0.5)
+        assert row["present"] is (name not in ABSENT) and row["visibility"] == expected, name
+    assert by_name["FH-l"]["score"] == pytest.approx(torch.sigmoid(torch.tensor(PEAK_LOGIT)).item(), rel=1e-6)
+
+    labels = np.asarray(Image.open(out / "c_arm_seg.png"))
+    assert labels.shape == (FRAME_SIZE_PX, FRAME_SIZE_PX) and labels.dtype == np.uint8
+    assert (labels == LEFT_HEMIPELVIS).all()
+    csv_lines = (out / "c_arm_landmarks.csv").read_text().splitlines()
+    assert csv_lines[0] == "name,x,y,frame_x,frame_y,present,score,visibility"
+    assert csv_lines[1].startswith("FH-l,100.5000,200.5000,50.0000,100.0000,True,")
+    assert (out / "c_arm_overlay.png").stat().st_size > 1000
+    summary = capsys.readouterr().out
+    assert "c_arm" in summary and " 12/14" in summary
+
+
+def test_png16_and_tiff16_non_square_frames(fake_models, tmp_path):
+    # 720 x 540 (W x H): area factors 4 and 3. A 4x3 dot at columns 100-103, rows 60-62 is
+    # frame pixel (25, 20), whose centre maps back to (101.5, 61.0).
+    ckpt = fake_models("marker.pt", MarkerModel())
+    image = dot_image(720, 540, slice(100, 104), slice(60, 63), dtype=np.uint16, value=60000)
+    Image.fromarray(image).save(tmp_path / "wide16.png")
+    Image.fromarray(image).save(tmp_path / "wide16.tif")
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "wide16.png", tmp_path / "wide16.tif") == 0
+    assert_all_at(landmarks_json(out, "wide16"), 101.5, 61.0)
+    # The same stem twice: the second input gets a suffix instead of overwriting the first.
+    second = landmarks_json(out, "wide16_2")
+    assert second["source"].endswith("wide16.tif") and second["scale"] == [0.25, pytest.approx(1 / 3)]
+    assert_all_at(second, 101.5, 61.0)
+
+
+def test_smaller_npy_frame_is_upsampled_and_stack_frames_are_chosen(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    # A frame of the model's own size is used as it is: the bright pixel is the landmark.
+    frame = np.zeros((FRAME_SIZE_PX, FRAME_SIZE_PX), dtype=np.float32)
+    frame[70, 33] = 5.0
+    np.save(tmp_path / "single.npy", frame)
+    stack = np.zeros((3, 90, 90), dtype=np.float64)
+    for i in range(3):
+        stack[i, 10 + i, 20] = 1.0
+    np.save(tmp_path / "stack.npy", stack)
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, "--frames", "0,2", tmp_path / "single.npy",
+                       tmp_path / "stack.npy") == 0
+    assert_all_at(landmarks_json(out, "single"), 33.0, 70.0)
+    assert not (out / "stack_f001_landmarks.json").exists()
+    for i in (0, 2):
+        record = landmarks_json(out, f"stack_f{i:03d}")
+        assert record["resampling"] == "bilinear" and record["scale"] == [2.0, 2.0]
+        # Upsampled 2x: the bright pixel's centre lies between frame pixels; the argmax is
+        # one of the two nearest, half a frame pixel = a quarter input pixel away.
+        for row in (r for r in record["landmarks"] if r["name"] not in ABSENT):
+            assert abs(row["x"] - 20) == pytest.approx(0.25) and abs(row["y"] - (10 + i)) == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------ raw frames, HDF5
+
+def raw_frame_with_dot(block_col: int, block_row: int, *, rotate: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """A 1536x1536 detector frame (bone dark) with one dark 8x8 block that ingestion turns into
+    frame pixel (block_col, block_row); returns it and the block centre in raw pixels."""
+    raw = np.full((1536, 1536), 60000.0, dtype=np.float32)
+    col0, row0 = 50 + 8 * block_col, 50 + 8 * block_row  # in the upright frame
+    if rotate:  # the file stores the frame upside down; ingestion turns it upright
+        col0, row0 = 1535 - (col0 + 7), 1535 - (row0 + 7)
+    raw[row0:row0 + 8, col0:col0 + 8] = 500.0
+    return raw, (col0 + 3.5, row0 + 3.5)
+
+
+def test_raw_npy_goes_through_ingestion_and_maps_to_detector_pixels(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    raw, centre = raw_frame_with_dot(40, 120, rotate=False)
+    np.save(tmp_path / "detector.npy", raw)
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, "--raw", tmp_path / "detector.npy") == 0
+    record = landmarks_json(out, "detector")
+    assert record["treated_as"].startswith(predict.RAW_FRAME)
+    assert record["input_size"] == [1536, 1536] and record["resampling"] == "none"
+    assert record["landmarks"][0]["frame_x"] == 40 and record["landmarks"][0]["frame_y"] == 120
+    assert_all_at(record, *centre)
+
+
+def write_fullres_h5(path: Path, frames: list[tuple[np.ndarray, int]]) -> None:
+    """A minimal full-resolution DeepFluoro file: specimen 1, frames (raw pixels, rot-180-for-up)."""
+    with h5py.File(path, "w") as f:
+        params = f.create_group("proj-params")
+        params["intrinsic"] = np.eye(3)
+        params["extrinsic"] = np.eye(4)
+        params["num-cols"], params["num-rows"] = 1536, 1536
+        params["pixel-col-spacing"], params["pixel-row-spacing"] = 0.194, 0.194
+        specimen = f.create_group(SPECIMEN_IDS[1])
+        for index, (pixels, rotate) in enumerate(frames):
+            group = specimen.create_group(f"projections/{index:03d}")
+            group["image/pixels"] = pixels
+            group["image/spacing"] = np.array([0.194, 0.194])
+            group["image/origin"] = np.zeros(2)
+            group["image/dir-mat"] = np.eye(2)
+            group.create_dataset("gt-seg/pixels", data=np.zeros((1536, 1536), np.uint8), compression="gzip")
+            for name in LANDMARK_NAMES:
+                group[f"gt-landmarks/{name}"] = np.array([[700.0], [700.0]])
+            group["rot-180-for-up"] = np.array(rotate, dtype=np.uint8)
+
+
+def test_fullres_hdf5_honours_rot180_and_maps_to_detector_pixels(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    upright, upright_centre = raw_frame_with_dot(30, 150, rotate=False)
+    turned, turned_centre = raw_frame_with_dot(30, 150, rotate=True)
+    write_fullres_h5(tmp_path / "full.h5", [(upright, 0), (turned, 1)])
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, "--specimen", 1, tmp_path / "full.h5") == 0
+    first, second = landmarks_json(out, "full_s01_f000"), landmarks_json(out, "full_s01_f001")
+    assert_all_at(first, *upright_centre)
+    assert_all_at(second, *turned_centre)
+    # Both frames are the same upright picture, so the frame positions agree.
+    assert second["landmarks"][0]["frame_x"] == 30 and second["landmarks"][0]["frame_y"] == 150
+    assert "rot-180-for-up" in second["treated_as"] and "rot-180" not in first["treated_as"]
+
+
+def write_processed_h5(path: Path, frames_per_specimen: dict[int, np.ndarray]) -> None:
+    """A minimal preprocessed (ipcai_2020_ds_8x.h5 layout) file."""
+    with h5py.File(path, "w") as f:
+        f["land-names/num-lands"] = len(LANDMARK_NAMES)
+        for i, name in enumerate(LANDMARK_NAMES):
+            f[f"land-names/land-{i:02d}"] = name
+        for number, projs in frames_per_specimen.items():
+            group = f.create_group(f"{number:02d}")
+            group["projs"] = projs.astype(np.float32)
+            group["segs"] = np.zeros(projs.shape, np.uint8)
+            group["lands"] = np.full((len(projs), 2, len(LANDMARK_NAMES)), 90.0)
+
+
+def test_processed_hdf5_with_specimen_and_frames(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    projs = {number: np.zeros((3, FRAME_SIZE_PX, FRAME_SIZE_PX)) for number in (1, 2)}
+    for number in (1, 2):
+        for index in range(3):
+            projs[number][index, 10 * number + index, 5 + index] = 2.0  # (x, y) = (5 + i, 10 n + i)
+    write_processed_h5(tmp_path / "ds_8x.h5", projs)
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, "--specimen", 2, "--frames", "1,2",
+                       tmp_path / "ds_8x.h5") == 0
+    written = sorted(p.name for p in out.glob("*_landmarks.json"))
+    assert written == ["ds_8x_s02_f001_landmarks.json", "ds_8x_s02_f002_landmarks.json"]
+    assert_all_at(landmarks_json(out, "ds_8x_s02_f002"), 7.0, 22.0)
+    # --raw makes no sense for line-integral frames: that file fails, clearly.
+    assert run_predict("--model", ckpt, "--out", out, "--raw", tmp_path / "ds_8x.h5") == 1
+
+
+# ------------------------------------------------------------------ the ensemble
+
+def test_ensemble_averages_probabilities_exactly(fake_models, tmp_path):
+    first, second = FixedModel(1), FixedModel(2)
+    paths = [fake_models("a.pt", first), fake_models("b.pt", second)]
+    np.save(tmp_path / "frame.npy", np.random.default_rng(0).random((FRAME_SIZE_PX, FRAME_SIZE_PX)))
+    out = tmp_path / "out"
+    assert run_predict("--model", paths[0], "--model", paths[1], "--out", out, tmp_path / "frame.npy") == 0
+    record = landmarks_json(out, "frame")
+    assert record["ensemble"] == [str(p) for p in paths]
+
+    heat = (torch.sigmoid(first.heat.double()) + torch.sigmoid(second.heat.double())) / 2
+    seg = (torch.softmax(first.seg.double(), 1) + torch.softmax(second.seg.double(), 1)) / 2
+    offset = pad_offset()
+    for i, row in enumerate(record["landmarks"]):
+        channel = heat[0, i]
+        flat = int(channel.argmax())
+        row_px, col_px = divmod(flat, NETWORK_INPUT_PX)
+        assert row["score"] == pytest.approx(float(channel.max()), rel=1e-12)
+        assert (row["frame_x"], row["frame_y"]) == (col_px - offset, row_px - offset)
+        assert row["present"] is (float(channel.max()) >= 0.5)
+    expected_labels = seg[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
+    assert (np.asarray(Image.open(out / "frame_seg.png")) == expected_labels.numpy()).all()
+    # The average differs from each member alone (the test would not notice a lost member otherwise).
+    assert not torch.equal(heat[0].flatten(1).argmax(1), torch.sigmoid(first.heat[0]).flatten(1).argmax(1))
+
+
+def test_mismatched_models_cannot_be_ensembled(fake_models, tmp_path, capsys):
+    a = fake_models("a.pt", MarkerModel())
+    b = fake_models("b.pt", MarkerModel(), card(landmark_names=list(reversed(LANDMARK_NAMES))))
+    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    assert run_predict("--model", a, "--model", b, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
+    message = capsys.readouterr().err
+    assert "b.pt" in message and "landmark_names differs" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_that_does_not_fit_its_card_fails_before_any_input(fake_models, tmp_path, capsys):
+    small = fake_models("small.pt", FixedModel(0), card(input_size=160))
+    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    assert run_predict("--model", small, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
+    assert "small.pt: model outputs heatmaps (1, 14, 192, 192)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ failures
+
+def test_bad_inputs_fail_alone_and_are_listed(fake_models, tmp_path, capsys):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "notes.txt").write_text("hello")
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2, 2)))
+    Image.fromarray(dot_image(180, 180, slice(3, 4), slice(4, 5))).save(tmp_path / "good.png")
+    out = tmp_path / "out"
+    code = run_predict("--model", ckpt, "--out", out, tmp_path / "broken.png", tmp_path / "missing.png",
+                       tmp_path / "notes.txt", tmp_path / "cube.npy", tmp_path / "good.png")
+    assert code == 1
+    assert_all_at(landmarks_json(out, "good"), 3.0, 4.0)
+    err = capsys.readouterr().err
+    assert "4 input(s) failed" in err
+    assert "broken.png: not a readable image" in err
+    assert "missing.png: no such file" in err
+    assert "notes.txt: unsupported input type '.txt'" in err
+    assert "cube.npy: expected a real (H, W) frame or (N, H, W) stack" in err
+
+
+def test_missing_model_and_non_checkpoint_file(tmp_path, capsys):
+    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    assert run_predict("--out", tmp_path / "out", tmp_path / "frame.npy") == 2
+    assert "--model CKPT is required" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00 this is not a checkpoint")
+    assert run_predict("--model", junk, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
+    assert str(junk) in capsys.readouterr().err
+    assert run_predict("--model", tmp_path / "absent.pt", "--info") == 2
+    assert "absent.pt: no such checkpoint file" in capsys.readouterr().err
