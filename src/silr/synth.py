@@ -1,0 +1,243 @@
+"""Stage `synth`: a synthetic phantom in the full-resolution DeepFluoro layout.
+
+Each specimen is a random lower torso (src/silr/phantom/specimen.py): left and right
+hemipelvis (iliac wing, acetabulum, obturator foramen), femora with their heads in the
+acetabula, lumbar vertebrae and the upper sacrum, built from ellipsoids, with size and
+shape varying between specimens, and the 14 landmarks at the points their names mean.
+Every frame is a cone-beam projection with the real C-arm geometry (1536 x 1536 pixels
+of 0.194 mm, 1020 mm source to detector) from a pose around AP; raw detector counts
+follow Beer-Lambert through soft tissue and bone, with quantum noise (bone is dark).
+Labels come from ray casting: a pixel gets the bone with the longest path along its ray.
+About 30% of the frames are stored upside down with `rot-180-for-up` = 1, as on the real
+C-arm. The output is deterministic for a seed; specimen k and its frames do not depend
+on how many other specimens or frames are generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from silr import anatomy, coords
+from silr.errors import ConfigError
+from silr.io import atomic_path
+from silr.phantom.projector import AIR_INTENSITY, MIN_BONE_PATH_MM, Detector, Pose, Projection, render, sample_pose
+from silr.phantom.specimen import Specimen, make_specimen
+from silr.phantom.volume import voxelize
+
+GENERATOR_VERSION = "1"
+DATA_KIND = "synthetic"
+LABEL_RULE = (f"each pixel gets the bone with the longest path along its ray; background where no bone "
+              f"is crossed for at least {MIN_BONE_PATH_MM} mm")
+PREVIEW_PANELS = 12
+PREVIEW_FACTOR = 4
+_GZIP = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+_IMAGE_CHUNKS = (256, 256)
+
+
+def specimen_ids(count: int) -> list[str]:
+    """The real ids for the first six specimens (paper order), then invented `99-NNNN` ids."""
+    if count < 1:
+        raise ConfigError(f"synth.specimens must be >= 1, got {count}")
+    ids = [anatomy.SPECIMEN_IDS[n] if n in anatomy.SPECIMEN_IDS else f"99-{n:04d}" for n in range(1, count + 1)]
+    if count > 9999:
+        raise ConfigError(f"synth.specimens must be <= 9999, got {count}")
+    return ids
+
+
+def specimen_rng(seed: int, number: int, frame: int | None = None) -> np.random.Generator:
+    """Independent streams: the anatomy of specimen `number`, and each of its frames."""
+    return np.random.default_rng(np.random.SeedSequence([seed, number, 0 if frame is None else frame + 1]))
+
+
+@dataclass
+class PreviewPanel:
+    title: str
+    image: np.ndarray          # upright log image, downsampled by PREVIEW_FACTOR
+    labels: np.ndarray
+    landmarks_xy: np.ndarray   # (14, 2) in the downsampled upright frame
+
+
+@dataclass
+class SynthSummary:
+    specimens: int
+    frames: int
+    landmarks_out_of_frame: int = 0
+    landmarks_total: int = 0
+    turned_frames: int = 0
+    panels: list[PreviewPanel] = field(default_factory=list)
+
+
+def _write_image_group(group: h5py.Group, pixels: np.ndarray, spacing, origin) -> None:
+    chunks = _IMAGE_CHUNKS if pixels.ndim == 2 else True
+    group.create_dataset("pixels", data=pixels, chunks=chunks, **_GZIP)
+    group.create_dataset("origin", data=np.asarray(origin, dtype=np.float64))
+    group.create_dataset("spacing", data=np.asarray(spacing, dtype=np.float64))
+    group.create_dataset("dir-mat", data=np.eye(pixels.ndim))
+
+
+def _write_proj_params(group: h5py.Group, detector: Detector) -> None:
+    group.create_dataset("intrinsic", data=detector.intrinsic)
+    group.create_dataset("extrinsic", data=np.eye(4))       # world = camera frame
+    group.create_dataset("num-cols", data=np.int64(detector.size_px))
+    group.create_dataset("num-rows", data=np.int64(detector.size_px))
+    group.create_dataset("pixel-col-spacing", data=np.float64(detector.spacing_mm))
+    group.create_dataset("pixel-row-spacing", data=np.float64(detector.spacing_mm))
+
+
+def _write_specimen_volume(group: h5py.Group, specimen: Specimen) -> None:
+    volume = voxelize(specimen)
+    _write_image_group(group.create_group("vol"), volume.hounsfield, volume.spacing, volume.origin)
+    seg = group.create_group("vol-seg")
+    _write_image_group(seg.create_group("image"), volume.labels, volume.spacing, volume.origin)
+    names = seg.create_group("labels-def")
+    for label in anatomy.BONE_LABELS:
+        names.create_dataset(str(label), data=anatomy.LABEL_NAMES[label])
+    lands = group.create_group("vol-landmarks")
+    for name in anatomy.LANDMARK_NAMES:
+        lands.create_dataset(name, data=specimen.landmarks[name].reshape(3, 1))
+
+
+def _write_projection(group: h5py.Group, projection: Projection, pose: Pose, specimen: Specimen,
+                      detector: Detector) -> None:
+    spacing = (detector.spacing_mm, detector.spacing_mm)
+    _write_image_group(group.create_group("image"), projection.intensity, spacing, (0.0, 0.0))
+    _write_image_group(group.create_group("gt-seg"), projection.labels, spacing, (0.0, 0.0))
+    lands = group.create_group("gt-landmarks")
+    for name, xy in zip(anatomy.LANDMARK_NAMES, projection.landmarks_xy):
+        lands.create_dataset(name, data=xy.reshape(2, 1))
+    poses = group.create_group("gt-poses")
+    poses.create_dataset("cam-to-pelvis-vol", data=pose.cam_to_vol)
+    size = detector.size_px
+    for side, label in (("left", anatomy.LEFT_FEMUR), ("right", anatomy.RIGHT_FEMUR)):
+        head = specimen.femoral_head_centres[label]
+        poses.create_dataset(f"cam-to-{side}-femur-vol", data=pose.cam_to_femur_vol(label, head))
+        # Good field of view: the femoral head centre is on the detector.
+        head_xy = projection.landmarks_xy[anatomy.LANDMARK_NAMES.index(f"FH-{side[0]}")]
+        poses.create_dataset(f"{side}-femur-good-fov", data=np.int64(coords.in_frame(head_xy, size, size)))
+    group.create_dataset("rot-180-for-up", data=np.int64(pose.rot180))
+
+
+def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -> PreviewPanel:
+    """Upright, log-transformed, PREVIEW_FACTOR-times smaller view of one frame."""
+    f = PREVIEW_FACTOR
+    log_image = np.log(AIR_INTENSITY) - np.log(projection.intensity)
+    image = log_image.reshape(size // f, f, size // f, f).mean(axis=(1, 3))
+    labels = projection.labels[f // 2::f, f // 2::f]
+    xy = projection.landmarks_xy
+    if rot180:
+        image, labels = image[::-1, ::-1], labels[::-1, ::-1]
+        xy = coords.rotate180(xy, size, size)
+    xy = coords.rescale(xy, (size, size), (size // f, size // f))
+    return PreviewPanel(title, np.ascontiguousarray(image), np.ascontiguousarray(labels), xy)
+
+
+def write_phantom(path: Path, specimens: int, frames: int, seed: int, detector: Detector = Detector(),
+                  preview_panels: int = PREVIEW_PANELS) -> SynthSummary:
+    """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp name)."""
+    if frames < 1:
+        raise ConfigError(f"synth.frames must be >= 1, got {frames}")
+    ids = specimen_ids(specimens)
+    summary = SynthSummary(specimens, frames)
+    per_specimen_panels = -(-preview_panels // specimens) if preview_panels else 0
+    size = detector.size_px
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"silr-data-kind": DATA_KIND, "silr-generator": "silr synth",
+                        "silr-generator-version": GENERATOR_VERSION, "silr-seed": seed,
+                        "silr-specimens": specimens, "silr-frames-per-specimen": frames,
+                        "silr-label-rule": LABEL_RULE, "silr-air-intensity": AIR_INTENSITY})
+        _write_proj_params(f.create_group("proj-params"), detector)
+        for number, specimen_id in enumerate(ids, start=1):
+            specimen = make_specimen(specimen_rng(seed, number))
+            group = f.create_group(specimen_id)
+            _write_specimen_volume(group, specimen)
+            projections = group.create_group("projections")
+            for frame in range(frames):
+                rng = specimen_rng(seed, number, frame)
+                pose = sample_pose(rng)
+                projection = render(specimen, pose, rng, detector)
+                _write_projection(projections.create_group(f"{frame:03d}"), projection, pose, specimen, detector)
+                inside = coords.in_frame(projection.landmarks_xy, size, size)
+                summary.landmarks_total += inside.size
+                summary.landmarks_out_of_frame += int((~inside).sum())
+                summary.turned_frames += int(pose.rot180)
+                if frame < per_specimen_panels and len(summary.panels) < preview_panels:
+                    title = f"{specimen_id} / {frame:03d}" + (" (stored turned)" if pose.rot180 else "")
+                    summary.panels.append(preview_panel(title, projection, pose.rot180, size))
+    return summary
+
+
+_LABEL_COLOURS = {anatomy.LEFT_HEMIPELVIS: "#e6550d", anatomy.RIGHT_HEMIPELVIS: "#31a354",
+                  anatomy.VERTEBRAE: "#d62728", anatomy.UPPER_SACRUM: "#9467bd",
+                  anatomy.LEFT_FEMUR: "#fdd0a2", anatomy.RIGHT_FEMUR: "#74c476"}
+
+
+def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
+    """A grid of upright frames with tinted labels and in-frame landmarks, written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap, to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 1.4), squeeze=False)
+    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(_LABEL_COLOURS[v], 0.28) for v in anatomy.BONE_LABELS])
+    marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS, endpoint=False))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels):
+        h, w = panel.image.shape
+        interior = panel.image[h // 10:-h // 10, w // 10:-w // 10]
+        ax.imshow(panel.image, cmap="gray", vmin=np.percentile(interior, 0.5), vmax=np.percentile(interior, 99.8))
+        ax.imshow(panel.labels, cmap=label_cmap, vmin=-0.5, vmax=anatomy.MAX_LABEL + 0.5, interpolation="nearest")
+        inside = coords.in_frame(panel.landmarks_xy, w, h)
+        ax.scatter(panel.landmarks_xy[inside, 0], panel.landmarks_xy[inside, 1], s=14, c=marker_colours[inside],
+                   edgecolors="black", linewidths=0.4)
+        ax.set_title(panel.title, fontsize=7)
+    handles = [Line2D([], [], marker="o", linestyle="", color=marker_colours[i], markeredgecolor="black",
+                      label=name) for i, name in enumerate(anatomy.LANDMARK_NAMES)]
+    handles += [Patch(color=_LABEL_COLOURS[v], label=anatomy.LABEL_NAMES[v]) for v in anatomy.BONE_LABELS]
+    fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6.5, frameon=False)
+    fig.suptitle("silr synthetic phantom: log-transformed frames, upright; labels tinted, in-frame landmarks",
+                 fontsize=8)
+    fig.tight_layout(rect=(0, 1.2 / (3.2 * rows + 1.4), 1, 0.97))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run(out: Path, specimens: int, frames: int, seed: int, preview: Path | None = None) -> SynthSummary:
+    """The stage: generate the phantom file atomically, then the preview picture."""
+    with atomic_path(out) as tmp:
+        summary = write_phantom(tmp, specimens, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
+    if preview is not None:
+        write_preview(preview, summary.panels)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output HDF5 file (full-resolution layout)")
+    parser.add_argument("--specimens", type=int, default=6, help="number of specimens (default 6)")
+    parser.add_argument("--frames", type=int, default=12, help="frames per specimen (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of frames")
+
+
+def main(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    summary = run(args.out, args.specimens, args.frames, args.seed, args.preview)
+    size_mb = os.path.getsize(args.out) / 1e6
+    print(f"silr synth: wrote {args.out} ({summary.specimens} specimens x {summary.frames} frames, "
+          f"{size_mb:.0f} MB, {summary.turned_frames} frames stored turned, "
+          f"{summary.landmarks_out_of_frame}/{summary.landmarks_total} landmarks out of frame) "
+          f"in {time.perf_counter() - start:.0f} s")
+    return 0
