@@ -549,11 +549,21 @@ def write_overlay(path: Path, prediction: FramePrediction, names: Sequence[str],
                   markeredgewidth=1.5)
         axes.plot(x, y, marker="+", markersize=5, color=colour)
         axes.annotate(name, (x, y), xytext=(4, -4), textcoords="offset points", color="yellow", fontsize=7)
+    _label_legend(axes, prediction.labels)
     axes.set_axis_off()
     present = int(prediction.present.sum())
     figure.suptitle(f"{title}: {present}/{len(names)} landmarks present", fontsize=9, y=0.985)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
+
+
+def _label_legend(axes, labels: np.ndarray) -> None:
+    from matplotlib.patches import Patch
+
+    shown = [value for value in LABEL_COLOURS if (labels == value).any()]
+    if shown:
+        handles = [Patch(color=LABEL_COLOURS[v], alpha=0.6, label=LABEL_NAMES[v]) for v in shown]
+        axes.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6)
 
 
 # ------------------------------------------------------------------ the command
