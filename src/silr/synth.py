@@ -190,7 +190,7 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 1.4), squeeze=False)
-    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(_LABEL_COLOURS[v], 0.28) for v in anatomy.BONE_LABELS])
+    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(_LABEL_COLOURS[v], 0.2) for v in anatomy.BONE_LABELS])
     marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS, endpoint=False))
     for ax in axes.flat:
         ax.axis("off")

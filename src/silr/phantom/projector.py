@@ -71,8 +71,8 @@ def sample_pose(rng: np.random.Generator, turned_probability: float = 0.3) -> Po
     roll = np.radians(rng.normal(0.0, 4.0)) + (np.pi if rot180 else 0.0)
     rotation = (rotation_about((0, 0, 1), oblique) @ rotation_about((1, 0, 0), tilt)
                 @ _AP_CAMERA_AXES @ rotation_about((0, 0, 1), roll))
-    isocentre = np.array([0.0, 10.0, 15.0]) + rng.normal(0.0, 1.0, 3) * np.array([24.0, 8.0, 20.0])
-    source_to_isocentre = rng.uniform(720.0, 800.0)
+    isocentre = np.array([0.0, 10.0, 15.0]) + rng.normal(0.0, 1.0, 3) * np.array([18.0, 8.0, 18.0])
+    source_to_isocentre = rng.uniform(740.0, 820.0)
     cam_to_vol = np.eye(4)
     cam_to_vol[:3, :3] = rotation
     cam_to_vol[:3, 3] = isocentre - source_to_isocentre * rotation[:, 2]

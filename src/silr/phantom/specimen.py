@@ -123,13 +123,15 @@ def _left_femur(jit: _Jitter, rng: np.random.Generator, fh_centre: np.ndarray, h
 def _sacrum(jit: _Jitter):
     base_tilt = rotation_about(X_AXIS, np.radians(30))
     plate_tilt = rotation_about(X_AXIS, np.radians(27))
-    plate = jit.ellipsoid((0, 66, 30), (36, 12, 38), plate_tilt)
-    solids = [jit.ellipsoid((0, 46, 64), (25, 17, 13), base_tilt), plate]
+    # S1 to S3 only (the "upper sacrum"): a plate that narrows downwards, tilted backwards.
+    plate = jit.ellipsoid((0, 64, 38), (34, 12, 30), plate_tilt)
+    solids = [jit.ellipsoid((0, 46, 64), (25, 17, 13), base_tilt), plate,
+              jit.ellipsoid((0, 70, 20), (20, 10, 22), plate_tilt)]
     holes = []
     for side in (1, -1):
         solids.append(jit.ellipsoid((27 * side, 54, 62), (20, 18, 14), base_tilt))      # ala
-        solids.append(jit.ellipsoid((30 * side, 62, 38), (16, 14, 26), plate_tilt))     # lateral mass
-        for height in (0.45, 0.0, -0.42):                                               # sacral foramina
+        solids.append(jit.ellipsoid((31 * side, 60, 46), (15, 14, 20), plate_tilt))     # lateral mass
+        for height in (0.5, 0.0, -0.5):                                                 # sacral foramina
             centre = plate.point((0.36 * side, 0.0, height))
             holes.append(Ellipsoid(centre, plate.rotation, np.array([4.5, 20.0, 4.5])))
     return tuple(solids), tuple(holes)
@@ -193,7 +195,7 @@ def make_specimen(rng: np.random.Generator) -> Specimen:
 
     gas = tuple(Ellipsoid(np.array([rng.uniform(-45, 45), rng.uniform(-70, -10), rng.uniform(35, 140)]),
                           rotation_about(rng.normal(size=3), rng.uniform(0, np.pi)),
-                          rng.uniform(8, 25, 3))
+                          rng.uniform(7, 20, 3))
                 for _ in range(int(rng.integers(3, 7))))
     torso = Ellipsoid(np.array([0.0, 5.0, 50.0]), np.eye(3), np.array([175.0, 115.0, 500.0]) * rng.uniform(0.92, 1.08))
     soft_tissue = Body((torso,), gas)
