@@ -1,0 +1,284 @@
+"""Pure metric functions: arrays and prediction tables in, numbers out.
+
+No files, no params, no torch. `silr evaluate` and `silr report` call these, and the
+tests recompute every published number from the predictions CSVs with them (or with a
+few lines of pandas that must agree with them).
+
+Conventions, all of them written once here:
+- An error is the Euclidean distance in 180x180 frame pixels between the predicted
+  location (the heatmap argmax, whether or not the landmark is predicted present) and
+  the ground truth, for ground-truth landmarks inside the frame only (the paper's
+  number). Out-of-frame ground truth has no error (NaN in memory, empty in the CSV).
+- mm = px * the processed file's pixel spacing (1.552 mm per 8x pixel).
+- Table 2: per test specimen the mean error over its in-frame landmarks; across
+  specimens the mean and the population standard deviation (ddof = 0), which is what
+  reproduces the paper's own Mean +- Std row.
+- Dice per bone of a frame: 2|P n T| / (|P| + |T|). A frame where the bone is absent
+  from both the prediction and the ground truth has no Dice for that bone (NaN) and is
+  left out of that bone's mean; a bone predicted where there is none (or missed where
+  there is one) counts as 0.
+- Discrete visibility is correct when v_hat equals v (v = 1 in frame, 0 outside);
+  v_hat = 0.5 (present but outside its bone) is never correct.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from silr.anatomy import BONE_LABELS, LABEL_NAMES, LANDMARK_NAMES
+
+# The predictions CSV, one row per (frame, landmark), in this column order.
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "loss", "fold", "specimen", "frame", "landmark",
+    "gt_x", "gt_y", "gt_in_frame",
+    "pred_x", "pred_y", "pred_present", "score", "visibility_hat", "error_px",
+)
+# Decimal places of every float written to a metrics file (byte-stable across runs).
+DECIMALS = 6
+
+# The paper's Table 2 (Euclidean error in 8x pixels, per held-out test specimen).
+# Published numbers, copied for side-by-side display; nothing is computed from them.
+PAPER_TABLE2: dict[str, dict[str, Any]] = {
+    "proposed": {"per_specimen_px": {6: 18.28, 5: 18.41, 4: 6.54, 3: 6.39, 2: 5.13, 1: 6.76},
+                 "mean_px": 10.25, "std_px": 5.79},
+    "mse": {"per_specimen_px": {6: 32.26, 5: 34.92, 4: 22.46, 3: 27.07, 2: 23.85, 1: 17.22},
+            "mean_px": 26.30, "std_px": 6.04},
+    "ncc": {"per_specimen_px": {6: 42.01, 5: 45.48, 4: 45.61, 3: 42.81, 2: 28.52, 1: 26.17},
+            "mean_px": 38.43, "std_px": 7.98},
+}
+# The paper's row order (test specimen 6 first) and column titles.
+PAPER_SPECIMEN_ORDER: tuple[int, ...] = (6, 5, 4, 3, 2, 1)
+LOSS_TITLES: dict[str, str] = {"proposed": "Proposed", "mse": "MSE", "ncc": "NCC"}
+
+
+def loss_title(name: str) -> str:
+    """Column title of a named loss ('proposed' -> 'Proposed'; user-defined names as they are)."""
+    return LOSS_TITLES.get(name, name)
+
+
+# ------------------------------------------------------------------ small helpers
+
+def rounded(value: Any, decimals: int = DECIMALS) -> Any:
+    """`value` with every float rounded (recursively), NaN/inf -> None: byte-stable JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): rounded(v, decimals) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, decimals) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return None
+        # + 0.0 turns -0.0 into 0.0 so equal numbers print equally.
+        return round(value, decimals) + 0.0
+    return value
+
+
+def threshold_key(mm: float) -> str:
+    """Key of a success rate: 2.0 -> 'within_2mm', 2.5 -> 'within_2.5mm'."""
+    return f"within_{mm:g}mm"
+
+
+def _mean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else math.nan
+
+
+def _median(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.median(values)) if values.size else math.nan
+
+
+# ------------------------------------------------------------------ landmark errors
+
+def landmark_errors(gt_xy: np.ndarray, pred_xy: np.ndarray, gt_in_frame: np.ndarray) -> np.ndarray:
+    """(..., 2) ground truth and prediction, (...) in-frame mask -> (...) Euclidean error, NaN outside."""
+    gt_xy = np.asarray(gt_xy, dtype=np.float64)
+    pred_xy = np.asarray(pred_xy, dtype=np.float64)
+    gt_in_frame = np.asarray(gt_in_frame, dtype=bool)
+    if gt_xy.shape != pred_xy.shape or gt_xy.shape[-1] != 2:
+        raise ValueError(f"landmark arrays must both be (..., 2), got {gt_xy.shape} and {pred_xy.shape}")
+    if gt_in_frame.shape != gt_xy.shape[:-1]:
+        raise ValueError(f"in-frame mask must be {gt_xy.shape[:-1]}, got {gt_in_frame.shape}")
+    distance = np.linalg.norm(pred_xy - gt_xy, axis=-1)
+    return np.where(gt_in_frame, distance, np.nan)
+
+
+def success_rates(errors_mm: np.ndarray, thresholds_mm: Iterable[float]) -> dict[str, float]:
+    """Fraction of (finite) errors <= each threshold; NaN when there are no errors."""
+    errors_mm = np.asarray(errors_mm, dtype=np.float64)
+    errors_mm = errors_mm[np.isfinite(errors_mm)]
+    return {threshold_key(t): (float((errors_mm <= t).mean()) if errors_mm.size else math.nan)
+            for t in thresholds_mm}
+
+
+def presence_counts(gt_in_frame: np.ndarray, pred_present: np.ndarray) -> dict[str, int]:
+    """Presence detection against in-frame ground truth: true/false positives/negatives."""
+    truth = np.asarray(gt_in_frame, dtype=bool).ravel()
+    predicted = np.asarray(pred_present, dtype=bool).ravel()
+    if truth.shape != predicted.shape:
+        raise ValueError(f"presence arrays differ in size: {truth.size} and {predicted.size}")
+    return {
+        "true_positive": int((truth & predicted).sum()),
+        "false_positive": int((~truth & predicted).sum()),
+        "false_negative": int((truth & ~predicted).sum()),
+        "true_negative": int((~truth & ~predicted).sum()),
+    }
+
+
+def visibility_accuracy(gt_in_frame: np.ndarray, visibility_hat: np.ndarray) -> float:
+    """Fraction of landmarks whose discrete v_hat in {0, 0.5, 1} equals v (1 in frame, 0 outside)."""
+    truth = np.asarray(gt_in_frame, dtype=np.float64).ravel()
+    v_hat = np.asarray(visibility_hat, dtype=np.float64).ravel()
+    if truth.shape != v_hat.shape:
+        raise ValueError(f"visibility arrays differ in size: {truth.size} and {v_hat.size}")
+    return float((v_hat == truth).mean()) if truth.size else math.nan
+
+
+# ------------------------------------------------------------------ segmentation
+
+def dice_per_bone(predicted: np.ndarray, truth: np.ndarray,
+                  bones: Sequence[int] = BONE_LABELS) -> np.ndarray:
+    """(N, H, W) label maps -> (N, len(bones)) Dice; NaN where a bone is in neither map."""
+    predicted = np.asarray(predicted)
+    truth = np.asarray(truth)
+    if predicted.shape != truth.shape or predicted.ndim != 3:
+        raise ValueError(f"label maps must both be (N, H, W), got {predicted.shape} and {truth.shape}")
+    result = np.full((predicted.shape[0], len(bones)), np.nan)
+    for column, bone in enumerate(bones):
+        p = (predicted == bone).reshape(len(predicted), -1)
+        t = (truth == bone).reshape(len(truth), -1)
+        total = p.sum(axis=1) + t.sum(axis=1)
+        overlap = (p & t).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result[:, column] = np.where(total > 0, 2.0 * overlap / total, np.nan)
+    return result
+
+
+def dice_summary(per_frame: np.ndarray, bones: Sequence[int] = BONE_LABELS) -> dict[str, dict[str, float]]:
+    """Per bone name: mean Dice over the frames that define it, and how many frames that is."""
+    per_frame = np.asarray(per_frame, dtype=np.float64)
+    summary = {}
+    for column, bone in enumerate(bones):
+        values = per_frame[:, column]
+        values = values[np.isfinite(values)]
+        summary[LABEL_NAMES[bone]] = {"mean": _mean(values), "frames": int(values.size)}
+    return summary
+
+
+# ------------------------------------------------------------------ prediction tables
+
+def check_predictions(table: pd.DataFrame, source: str = "predictions") -> None:
+    """ValueError naming `source` unless `table` has exactly the predictions columns."""
+    if tuple(table.columns) != PREDICTION_COLUMNS:
+        raise ValueError(f"{source}: columns must be {', '.join(PREDICTION_COLUMNS)}; "
+                         f"got {', '.join(map(str, table.columns))}")
+
+
+def error_summary(table: pd.DataFrame, mm_per_px: float, success_mm: Iterable[float]) -> dict[str, Any]:
+    """Pooled error statistics over the in-frame rows of a predictions table."""
+    errors_px = table.loc[table["gt_in_frame"].astype(bool), "error_px"].to_numpy(dtype=np.float64)
+    errors_mm = errors_px * mm_per_px
+    return {
+        "mean_px": _mean(errors_px),
+        "median_px": _median(errors_px),
+        "mean_mm": _mean(errors_mm),
+        "median_mm": _median(errors_mm),
+        "success_rate": success_rates(errors_mm, success_mm),
+        "landmarks_in_frame": int(errors_px.size),
+    }
+
+
+def per_landmark_mean_px(table: pd.DataFrame) -> dict[str, float]:
+    """Mean in-frame error per landmark name, in canonical landmark order (NaN if never in frame)."""
+    in_frame = table[table["gt_in_frame"].astype(bool)]
+    means = in_frame.groupby("landmark")["error_px"].mean()
+    return {name: float(means.get(name, math.nan)) for name in LANDMARK_NAMES}
+
+
+def fold_metrics(table: pd.DataFrame, *, mm_per_px: float, success_mm: Iterable[float],
+                 dice_per_frame: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything `metrics/folds/<loss>/fold<k>.json` holds, from one fold's predictions table."""
+    check_predictions(table)
+    success_mm = tuple(success_mm)
+    summary = error_summary(table, mm_per_px, success_mm)
+    frames = table[["specimen", "frame"]].drop_duplicates()
+    result: dict[str, Any] = {
+        "error": {key: summary[key] for key in ("mean_px", "median_px", "mean_mm", "median_mm")},
+        "success_rate": summary["success_rate"],
+        "per_landmark_mean_px": per_landmark_mean_px(table),
+        "presence": presence_counts(table["gt_in_frame"], table["pred_present"]),
+        "visibility_accuracy": visibility_accuracy(table["gt_in_frame"], table["visibility_hat"]),
+        "counts": {
+            "frames": int(len(frames)),
+            "landmarks": int(len(table)),
+            "landmarks_in_frame": summary["landmarks_in_frame"],
+        },
+        "mm_per_px": float(mm_per_px),
+    }
+    if dice_per_frame is not None:
+        result["dice"] = dice_summary(dice_per_frame)
+    return result
+
+
+def table2(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px: float,
+           success_mm: Iterable[float]) -> dict[str, dict[str, Any]]:
+    """Table 2 from the concatenated predictions of every (loss, fold), one entry per loss.
+
+    per_specimen_px: test specimen -> mean error over its in-frame landmarks; mean_px and
+    std_px (ddof = 0) over those specimen means; the same in mm; `pooled`: statistics over
+    all in-frame landmarks of the loss at once (a specimen with more frames weighs more).
+    """
+    check_predictions(table)
+    success_mm = tuple(success_mm)
+    result: dict[str, dict[str, Any]] = {}
+    for loss in losses:
+        rows = table[table["loss"] == loss]
+        if rows.empty:
+            raise ValueError(f"no predictions for loss {loss!r}")
+        in_frame = rows[rows["gt_in_frame"].astype(bool)]
+        per_specimen = in_frame.groupby("specimen")["error_px"].mean().sort_index()
+        specimen_means = per_specimen.to_numpy(dtype=np.float64)
+        result[loss] = {
+            "per_specimen_px": {int(s): float(v) for s, v in per_specimen.items()},
+            "mean_px": _mean(specimen_means),
+            "std_px": float(np.std(specimen_means, ddof=0)) if specimen_means.size else math.nan,
+            "per_specimen_mm": {int(s): float(v) * mm_per_px for s, v in per_specimen.items()},
+            "mean_mm": _mean(specimen_means) * mm_per_px,
+            "std_mm": (float(np.std(specimen_means, ddof=0)) * mm_per_px if specimen_means.size else math.nan),
+            "specimens": int(specimen_means.size),
+            "folds": sorted(int(k) for k in rows["fold"].unique()),
+            "pooled": error_summary(rows, mm_per_px, success_mm),
+        }
+    return result
+
+
+def per_specimen_rows(summary_table2: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Tidy (loss, specimen, mean_px, mean_mm) rows of a `table2` result, for DVC's native plots."""
+    rows = []
+    for loss, entry in summary_table2.items():
+        for specimen, mean_px in entry["per_specimen_px"].items():
+            rows.append({"loss": loss, "specimen": int(specimen), "mean_px": mean_px,
+                         "mean_mm": entry["per_specimen_mm"][specimen]})
+    return pd.DataFrame(rows, columns=["loss", "specimen", "mean_px", "mean_mm"])
+
+
+def showcase_frames(table: pd.DataFrame) -> dict[int, int]:
+    """Specimen -> the frame shown in Figure 1: most in-frame ground-truth landmarks, then lowest index.
+
+    Chosen from the ground truth alone, so no loss gets to pick its best-looking frame.
+    """
+    frames = (table[["specimen", "frame", "landmark", "gt_in_frame"]]
+              .drop_duplicates(["specimen", "frame", "landmark"])
+              .groupby(["specimen", "frame"])["gt_in_frame"].sum()
+              .reset_index())
+    frames = frames.sort_values(["specimen", "gt_in_frame", "frame"], ascending=[True, False, True])
+    first = frames.groupby("specimen").head(1)
+    return {int(s): int(f) for s, f in zip(first["specimen"], first["frame"])}
