@@ -189,7 +189,8 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
 
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 1.4), squeeze=False)
+    legend_in, panel_in = 0.7, 3.3
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, panel_in * rows + legend_in), squeeze=False)
     label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(_LABEL_COLOURS[v], 0.2) for v in anatomy.BONE_LABELS])
     marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS, endpoint=False))
     for ax in axes.flat:
@@ -206,10 +207,12 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     handles = [Line2D([], [], marker="o", linestyle="", color=marker_colours[i], markeredgecolor="black",
                       label=name) for i, name in enumerate(anatomy.LANDMARK_NAMES)]
     handles += [Patch(color=_LABEL_COLOURS[v], label=anatomy.LABEL_NAMES[v]) for v in anatomy.BONE_LABELS]
+    height = panel_in * rows + legend_in
     fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6.5, frameon=False)
-    fig.suptitle("silr synthetic phantom: log-transformed frames, upright; labels tinted, in-frame landmarks",
-                 fontsize=8)
-    fig.tight_layout(rect=(0, 1.2 / (3.2 * rows + 1.4), 1, 0.97))
+    fig.suptitle("silr synthetic phantom: log-transformed frames turned upright (full detector, bright "
+                 "collimator edge); labels tinted; in-frame landmarks", fontsize=7.5)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / height, bottom=legend_in / height,
+                        wspace=0.04, hspace=0.12)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
