@@ -1,0 +1,590 @@
+"""Reading and writing DeepFluoro HDF5 files, and the one implementation of ingestion.
+
+Two layouts exist (see ../shared/docs/deepfluoro-format.md):
+
+- full resolution (`ipcai_2020_full_res_data.h5`, and the phantom of `silr synth`):
+  `proj-params/` plus one group per specimen id with `projections/<NNN>/`;
+- preprocessed (`ipcai_2020_ds_8x.h5` and the files `silr ingest` writes):
+  `land-names/` plus `<NN>/projs`, `<NN>/segs`, `<NN>/lands` per specimen.
+
+The layout is found by looking at the file's groups, never its name. Landmarks are
+matched by name and returned in `anatomy.LANDMARK_NAMES` order; frames are taken in
+numeric projection order. Full-resolution frames are read one at a time (the real file
+is 2.5 GB).
+
+Ingestion of one full-resolution frame (`preprocess_raw_frame`, `downsample_labels`,
+`preprocess_landmarks`), in this order:
+1. turn the frame 180 degrees where `rot-180-for-up` is 1 (full-resolution coordinates);
+2. log transform, line integral = log(I0) - log(I); raw intensities below
+   `INTENSITY_FLOOR` (zero or negative detector values) are clipped to it first;
+3. crop `crop` px from the top and left border and cut the frame into factor x factor
+   blocks starting there: the output is ceil((size - 2 crop) / factor) pixels wide, so a
+   last partial block reaches into the right/bottom margin (1436 -> 180 at 8x, as the
+   published files); a block that would leave the detector averages the pixels it has;
+4. image: the mean of each block (its centre lies exactly at `coords.fullres_to_downsampled`);
+   labels: the most frequent label of each block, a tie going to the lower label value
+   (background before bone, so bone areas neither grow nor shrink at their edges);
+   landmarks: `coords.rotate180` then `coords.fullres_to_downsampled`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from silr import anatomy, coords
+from silr.errors import DataError
+
+FULLRES = "fullres"
+PROCESSED = "processed"
+
+# Raw intensities below this value are clipped to it before the log transform: the
+# detector never reports zero photons for a real frame, so such pixels are defects.
+INTENSITY_FLOOR = 1.0
+
+# The preprocessing of the published files: 50 px cropped per border, 0.194 mm pixels.
+PUBLISHED_CROP = 50
+DATA_KINDS = ("deepfluoro", "synthetic")
+DEFAULT_DATA_KIND = "deepfluoro"
+
+LABEL_RULE = ("most frequent label of each factor x factor block; ties go to the lower label value")
+
+# Root attributes of the files `silr ingest` writes (the published files have none).
+ATTR_SOURCE = "silr-source"
+ATTR_DATA_KIND = "silr-data-kind"  # also set by `silr synth` on its full-resolution file
+ATTR_DOWNSAMPLE = "silr-downsample"
+ATTR_PIXEL_SPACING = "silr-pixel-spacing-mm"
+ATTR_CROP = "silr-crop"
+ATTR_I0 = "silr-i0"
+ATTR_SPECIMEN_IDS = "silr-specimen-ids"  # JSON {"1": "17-1882", ...}
+ATTR_LABEL_RULE = "silr-label-rule"
+ATTR_INTENSITY_FLOOR = "silr-intensity-floor"
+ATTR_INGEST_MODE = "silr-ingest-mode"  # "downsampled" (from full-res) or "copied" (already preprocessed)
+
+_GZIP = {"compression": "gzip", "compression_opts": 4}
+
+
+class ClippedIntensityWarning(UserWarning):
+    """Non-positive raw detector intensities were clipped before the log transform."""
+
+
+# ------------------------------------------------------------------ data classes
+
+@dataclass(frozen=True)
+class SpecimenFrames:
+    """All frames of one specimen in a preprocessed file.
+
+    images float32 (N, H, W) line integrals; labels uint8 (N, H, W); landmarks_xy
+    float64 (N, 14, 2) as (x=column, y=row) in `anatomy.LANDMARK_NAMES` order, out-of-frame
+    landmarks at their projected position.
+    """
+
+    specimen: int
+    images: np.ndarray
+    labels: np.ndarray
+    landmarks_xy: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        expected = {"images": (n, *self.images.shape[1:]), "labels": self.images.shape,
+                    "landmarks_xy": (n, anatomy.NUM_LANDMARKS, 2)}
+        for name, shape in expected.items():
+            got = getattr(self, name).shape
+            if self.images.ndim != 3 or got != shape:
+                raise ValueError(f"specimen {self.specimen}: {name} must have shape {shape} "
+                                 f"(images (N, H, W)), got {got}")
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """A preprocessed file: specimens by paper number (1..6, then extra ones)."""
+
+    specimens: dict[int, SpecimenFrames]
+    downsample: int
+    pixel_spacing_mm: float
+    data_kind: str
+    source: str
+    specimen_ids: dict[int, str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of every frame."""
+        first = next(iter(self.specimens.values()))
+        return tuple(first.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def frames_per_specimen(self) -> dict[int, int]:
+        return {number: spec.num_frames for number, spec in self.specimens.items()}
+
+
+@dataclass(frozen=True)
+class FullResSpecimen:
+    specimen_id: str
+    number: int
+    projections: tuple[str, ...]  # keys of `<id>/projections`, in numeric order
+
+
+@dataclass(frozen=True)
+class FullResIndex:
+    """What a full-resolution file holds, without reading any frame."""
+
+    num_rows: int
+    num_cols: int
+    pixel_spacing_mm: float
+    data_kind: str
+    specimens: dict[int, FullResSpecimen]  # by number, in numeric order
+
+    @property
+    def specimen_ids(self) -> dict[int, str]:
+        return {number: spec.specimen_id for number, spec in self.specimens.items()}
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """One full-resolution projection as stored (not yet turned)."""
+
+    specimen: int
+    index: int           # position in numeric projection order
+    name: str            # `<id>/projections/<NNN>`, for messages
+    intensity: np.ndarray  # float32 (H, W) raw detector intensity, bone dark
+    labels: np.ndarray     # uint8 (H, W)
+    landmarks_xy: np.ndarray  # float64 (14, 2) (column, row) in the stored frame
+    rotate: bool           # rot-180-for-up
+
+
+# ------------------------------------------------------------------ the ingestion transforms
+
+def _check_frame(array: np.ndarray, what: str, crop: int, factor: int) -> None:
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be a 2D (H, W) frame, got shape {array.shape}")
+    if factor < 1 or crop < 0:
+        raise ValueError(f"factor must be >= 1 and crop >= 0, got factor={factor}, crop={crop}")
+    if min(array.shape) <= 2 * crop:
+        raise ValueError(f"crop {crop} px per border leaves nothing of a {array.shape[0]}x{array.shape[1]} frame")
+
+
+def output_size(size: int, crop: int, factor: int) -> int:
+    """Downsampled length of a full-resolution length: ceil((size - 2 crop) / factor)."""
+    return -(-(size - 2 * crop) // factor)
+
+
+def _blocks(frame: np.ndarray, crop: int, factor: int, fill: Any) -> np.ndarray:
+    """(h, w, factor * factor) view of the factor x factor blocks starting at (crop, crop).
+
+    Blocks reaching past the detector edge are padded with `fill` (callers ignore it).
+    """
+    height, width = frame.shape
+    out_h, out_w = output_size(height, crop, factor), output_size(width, crop, factor)
+    end_r, end_c = crop + out_h * factor, crop + out_w * factor
+    region = frame[crop:end_r, crop:end_c]
+    missing = (end_r - crop - region.shape[0], end_c - crop - region.shape[1])
+    if any(missing):
+        region = np.pad(region, ((0, missing[0]), (0, missing[1])), constant_values=fill)
+    return region.reshape(out_h, factor, out_w, factor).transpose(0, 2, 1, 3).reshape(out_h, out_w, -1)
+
+
+def line_integrals(intensity: np.ndarray, i0: float) -> tuple[np.ndarray, int]:
+    """log(I0) - log(I) in float64, and how many pixels were below INTENSITY_FLOOR."""
+    intensity = np.asarray(intensity, dtype=np.float64)
+    low = intensity < INTENSITY_FLOOR
+    clipped = int(np.count_nonzero(low))
+    if clipped:
+        intensity = np.where(low, INTENSITY_FLOOR, intensity)
+    return math.log(i0) - np.log(intensity), clipped
+
+
+def ingest_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
+                     rotate: bool) -> tuple[np.ndarray, int]:
+    """`preprocess_raw_frame` plus the number of clipped pixels (ingest counts them over the file)."""
+    intensity = np.asarray(intensity)
+    _check_frame(intensity, "raw intensity", crop, factor)
+    if i0 <= 0 or not math.isfinite(i0):
+        raise ValueError(f"i0 must be a positive number, got {i0}")
+    if rotate:
+        intensity = intensity[::-1, ::-1]
+    values, clipped = line_integrals(intensity, i0)
+    blocks = _blocks(values, crop, factor, np.nan)
+    if np.isnan(blocks).any():  # partial blocks at the detector edge: mean of what is there
+        frame = np.nanmean(blocks, axis=-1)
+    else:
+        frame = blocks.mean(axis=-1)
+    return frame.astype(np.float32), clipped
+
+
+def preprocess_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
+                         rotate: bool) -> np.ndarray:
+    """Raw (H, W) detector intensities -> float32 downsampled line integrals (bone bright).
+
+    Warns (ClippedIntensityWarning) when non-positive intensities had to be clipped.
+    """
+    frame, clipped = ingest_raw_frame(intensity, crop=crop, i0=i0, factor=factor, rotate=rotate)
+    if clipped:
+        warnings.warn(f"{clipped} raw intensities below {INTENSITY_FLOOR:g} clipped to {INTENSITY_FLOOR:g} "
+                      f"before the log transform", ClippedIntensityWarning, stacklevel=2)
+    return frame
+
+
+def downsample_labels(labels: np.ndarray, *, crop: int, factor: int, rotate: bool) -> np.ndarray:
+    """Full-resolution (H, W) labels 0..6 -> uint8 downsampled labels (block majority, ties to lower)."""
+    labels = np.asarray(labels)
+    _check_frame(labels, "labels", crop, factor)
+    if labels.size and (labels.min() < 0 or labels.max() > anatomy.MAX_LABEL):
+        raise ValueError(f"labels must lie in 0..{anatomy.MAX_LABEL}, found {labels.min()}..{labels.max()}")
+    if rotate:
+        labels = labels[::-1, ::-1]
+    outside = anatomy.MAX_LABEL + 1  # padding value, counted by no label
+    blocks = _blocks(labels.astype(np.uint8), crop, factor, outside)
+    counts = np.stack([np.count_nonzero(blocks == value, axis=-1) for value in range(anatomy.NUM_CLASSES)])
+    # argmax returns the first maximum: a tie goes to the lower label value.
+    return counts.argmax(axis=0).astype(np.uint8)
+
+
+def preprocess_landmarks(landmarks_xy: np.ndarray, *, crop: int, factor: int, rotate: bool,
+                         width: int, height: int) -> np.ndarray:
+    """(..., 2) landmarks of a stored full-res W x H frame -> downsampled frame coordinates."""
+    xy = np.asarray(landmarks_xy, dtype=np.float64)
+    if rotate:
+        xy = coords.rotate180(xy, width, height)
+    return coords.fullres_to_downsampled(xy, crop, factor)
+
+
+# ------------------------------------------------------------------ opening files, layout
+
+def missing_input_message(path: Path) -> str:
+    return (f"{path}: no such file; generate the synthetic phantom with `silr synth` (or `dvc repro synth`), "
+            f"or download the DeepFluoro files (see data/raw/README.md)")
+
+
+def open_hdf5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading; DataError for a missing, non-HDF5 or unreadable file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(missing_input_message(path))
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an HDF5 file")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
+    if not is_hdf5:
+        raise DataError(f"{path}: not an HDF5 file (expected a DeepFluoro .h5 file)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        raise DataError(f"{path}: HDF5 file cannot be opened, truncated or corrupt ({reason})") from None
+
+
+def _layout_of(f: h5py.File, path: Path) -> str:
+    if isinstance(f.get("land-names"), h5py.Group):
+        return PROCESSED
+    if isinstance(f.get("proj-params"), h5py.Group) or any(
+            isinstance(item, h5py.Group) and "projections" in item for item in f.values()):
+        return FULLRES
+    raise DataError(f"{path}: unknown layout: expected the full-resolution layout (proj-params, "
+                    f"<specimen>/projections) or the preprocessed one (land-names, 01/projs), "
+                    f"found top-level entries {sorted(f.keys())}")
+
+
+def detect_layout(path: str | Path) -> str:
+    """FULLRES or PROCESSED, from the file's groups (not its name)."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        return _layout_of(f, path)
+
+
+def _get(group: h5py.Group, key: str, path: Path, kind: type = h5py.Dataset) -> Any:
+    """group[key], or DataError naming the full HDF5 path of what is missing."""
+    try:
+        item = group.get(key)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read {group.name.rstrip('/')}/{key} (file truncated or corrupt? {exc})") \
+            from None
+    what = "dataset" if kind is h5py.Dataset else "group"
+    name = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+    if item is None:
+        raise DataError(f"{path}: missing {what} {name}")
+    if not isinstance(item, kind):
+        raise DataError(f"{path}: {name} must be a {what}, found a {type(item).__name__}")
+    return item
+
+
+def _read(group: h5py.Group, key: str, path: Path) -> np.ndarray:
+    dataset = _get(group, key, path)
+    try:
+        return np.asarray(dataset[()])
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read {dataset.name.lstrip('/')} (file truncated or corrupt? {exc})") \
+            from None
+
+
+def _scalar(group: h5py.Group, key: str, path: Path) -> float:
+    value = _read(group, key, path)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise DataError(f"{path}: {group.name.lstrip('/')}/{key} must be a single number, "
+                        f"found {value.dtype} shape {value.shape}")
+    return float(value.reshape(()))
+
+
+def _text(value: Any) -> str:
+    value = np.asarray(value).reshape(()).item() if np.asarray(value).size == 1 else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_finite(array: np.ndarray, path: Path, name: str) -> None:
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{path}: {name} must be numeric, found dtype {array.dtype}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: {name} has {int(bad.sum())} non-finite value(s) (first at index {first})")
+
+
+def _check_labels(labels: np.ndarray, path: Path, name: str) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: {name} must hold integer labels 0..{anatomy.MAX_LABEL}, found dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > anatomy.MAX_LABEL):
+        values = np.unique(labels[(labels < 0) | (labels > anatomy.MAX_LABEL)])
+        raise DataError(f"{path}: {name} has label value(s) {values[:5].tolist()} outside "
+                        f"0..{anatomy.MAX_LABEL} ({', '.join(anatomy.LABEL_NAMES.values())})")
+    return labels.astype(np.uint8)
+
+
+def _landmark_order(names: list[str], path: Path, where: str) -> list[int]:
+    """Positions of LANDMARK_NAMES in `names`; DataError for unknown, duplicate or missing names."""
+    unknown = sorted(set(names) - set(anatomy.LANDMARK_NAMES))
+    if unknown:
+        raise DataError(f"{path}: {where} has unknown landmark name(s) {unknown} "
+                        f"(expected the 14 landmarks {', '.join(anatomy.LANDMARK_NAMES)})")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise DataError(f"{path}: {where} names landmark(s) {duplicated} more than once")
+    missing = [n for n in anatomy.LANDMARK_NAMES if n not in names]
+    if missing:
+        raise DataError(f"{path}: {where} has no landmark(s) {missing} "
+                        f"(expected the 14 landmarks {', '.join(anatomy.LANDMARK_NAMES)})")
+    return [names.index(n) for n in anatomy.LANDMARK_NAMES]
+
+
+def specimen_numbers(specimen_ids: Iterable[str]) -> dict[str, int]:
+    """Specimen id -> number: the paper's 1..6 for the real ids, then 7, 8, ... for other
+    ids in sorted order (so a number always means the same real specimen)."""
+    ids = sorted(set(specimen_ids))
+    numbers = {sid: anatomy.SPECIMEN_NUMBERS[sid] for sid in ids if sid in anatomy.SPECIMEN_NUMBERS}
+    next_number = max(anatomy.SPECIMEN_IDS) + 1
+    for sid in ids:
+        if sid not in numbers:
+            numbers[sid] = next_number
+            next_number += 1
+    return numbers
+
+
+# ------------------------------------------------------------------ full-resolution layout
+
+def _projection_keys(group: h5py.Group, path: Path, specimen_id: str) -> tuple[str, ...]:
+    keys = list(group.keys())
+    bad = [k for k in keys if not k.isdigit()]
+    if bad:
+        raise DataError(f"{path}: {specimen_id}/projections has entries {bad[:3]} that are not projection "
+                        f"numbers (expected 000, 001, ...)")
+    if not keys:
+        raise DataError(f"{path}: specimen {specimen_id} has no frames ({specimen_id}/projections is empty)")
+    return tuple(sorted(keys, key=int))
+
+
+def scan_fullres(f: h5py.File, path: Path) -> FullResIndex:
+    """Validate the structure of an open full-resolution file and list its frames."""
+    params = _get(f, "proj-params", path, h5py.Group)
+    num_rows, num_cols = (_scalar(params, key, path) for key in ("num-rows", "num-cols"))
+    spacing_col, spacing_row = (_scalar(params, key, path) for key in ("pixel-col-spacing", "pixel-row-spacing"))
+    for key, value in (("num-rows", num_rows), ("num-cols", num_cols)):
+        if value < 1 or value != int(value):
+            raise DataError(f"{path}: proj-params/{key} must be a positive integer, found {value:g}")
+    if not (spacing_col > 0 and math.isclose(spacing_col, spacing_row, rel_tol=1e-6)):
+        raise DataError(f"{path}: proj-params pixel spacing must be positive and square, found "
+                        f"col {spacing_col:g} mm, row {spacing_row:g} mm")
+    specimen_ids = [key for key, item in f.items() if key != "proj-params" and isinstance(item, h5py.Group)]
+    if not specimen_ids:
+        raise DataError(f"{path}: no specimen groups next to proj-params (expected groups such as 17-1882)")
+    specimens: dict[int, FullResSpecimen] = {}
+    for specimen_id, number in specimen_numbers(specimen_ids).items():
+        projections = _get(f[specimen_id], "projections", path, h5py.Group)
+        specimens[number] = FullResSpecimen(specimen_id, number, _projection_keys(projections, path, specimen_id))
+    kind = _text(f.attrs[ATTR_DATA_KIND]) if ATTR_DATA_KIND in f.attrs else DEFAULT_DATA_KIND
+    return FullResIndex(int(num_rows), int(num_cols), spacing_col, kind, dict(sorted(specimens.items())))
+
+
+def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int, frame: int) -> RawFrame:
+    """Read and validate one projection (image, labels, landmarks, rot-180-for-up)."""
+    spec = index.specimens[specimen]
+    name = f"{spec.specimen_id}/projections/{spec.projections[frame]}"
+    group = _get(f, name, path, h5py.Group)
+    shape = (index.num_rows, index.num_cols)
+
+    def frame_array(key: str) -> np.ndarray:
+        array = _read(_get(group, key, path, h5py.Group), "pixels", path)
+        if array.shape != shape:
+            raise DataError(f"{path}: {name}/{key}/pixels has shape {array.shape}, expected {shape} "
+                            f"(proj-params num-rows x num-cols)")
+        return array
+
+    intensity = frame_array("image")
+    _check_finite(intensity, path, f"{name}/image/pixels")
+    labels = _check_labels(frame_array("gt-seg"), path, f"{name}/gt-seg/pixels")
+
+    lands_group = _get(group, "gt-landmarks", path, h5py.Group)
+    names = list(lands_group.keys())
+    order = _landmark_order(names, path, f"{name}/gt-landmarks")
+    landmarks = np.empty((anatomy.NUM_LANDMARKS, 2))
+    for row, position in enumerate(order):
+        value = _read(lands_group, names[position], path)
+        if value.size != 2:
+            raise DataError(f"{path}: {name}/gt-landmarks/{names[position]} has shape {value.shape}, "
+                            f"expected a 2x1 (column, row) array")
+        landmarks[row] = value.reshape(2)
+    _check_finite(landmarks, path, f"{name}/gt-landmarks")
+
+    flag = _scalar(group, "rot-180-for-up", path)
+    if flag not in (0.0, 1.0):
+        raise DataError(f"{path}: {name}/rot-180-for-up must be 0 or 1, found {flag:g}")
+    return RawFrame(specimen, frame, name, intensity.astype(np.float32, copy=False), labels, landmarks, bool(flag))
+
+
+def iter_raw_frames(f: h5py.File, path: Path, index: FullResIndex) -> Iterator[RawFrame]:
+    """Every frame, specimens and projections in numeric order, one at a time."""
+    for number, spec in index.specimens.items():
+        for frame in range(len(spec.projections)):
+            yield read_raw_frame(f, path, index, number, frame)
+
+
+def fullres_frame_index(path: str | Path) -> dict[int, tuple[str, ...]]:
+    """Specimen number -> its projection keys in numeric order (validates the structure)."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        if _layout_of(f, path) != FULLRES:
+            raise DataError(f"{path}: not a full-resolution file (it holds preprocessed frames)")
+        return {number: spec.projections for number, spec in scan_fullres(f, path).specimens.items()}
+
+
+def read_fullres_frame(path: str | Path, specimen: int, frame: int) -> tuple[np.ndarray, bool]:
+    """One raw frame (float32 intensities as stored) and its rot-180-for-up flag."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        index = scan_fullres(f, path)
+        if specimen not in index.specimens:
+            raise DataError(f"{path}: no specimen {specimen} (the file holds {sorted(index.specimens)})")
+        count = len(index.specimens[specimen].projections)
+        if not 0 <= frame < count:
+            raise DataError(f"{path}: specimen {specimen} has {count} frames, no frame {frame}")
+        raw = read_raw_frame(f, path, index, specimen, frame)
+        return raw.intensity, raw.rotate
+
+
+# ------------------------------------------------------------------ preprocessed layout
+
+def _infer_downsample(width: int, path: Path) -> int:
+    # The published files carry no attributes: 1436 cropped pixels / factor, rounded up.
+    cropped = anatomy.FULLRES_SIZE_PX - 2 * PUBLISHED_CROP
+    factor = max(1, round(cropped / width))
+    if output_size(anatomy.FULLRES_SIZE_PX, PUBLISHED_CROP, factor) != width:
+        raise DataError(f"{path}: frames {width} px wide match no downsampling of the {cropped} px cropped "
+                        f"detector (e.g. 718, 359, 180, 90) and the file has no {ATTR_DOWNSAMPLE} attribute")
+    return factor
+
+
+def read_processed(path: str | Path) -> ProcessedData:
+    """Read a preprocessed file (ours or the published `ipcai_2020_ds_*.h5`), validating everything."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        if _layout_of(f, path) != PROCESSED:
+            raise DataError(f"{path}: a full-resolution file, expected a preprocessed one "
+                            f"(run `silr ingest` on it first)")
+        names_group = _get(f, "land-names", path, h5py.Group)
+        num_lands = _scalar(names_group, "num-lands", path)
+        names = [_text(_read(names_group, f"land-{i:02d}", path)) for i in range(int(num_lands))]
+        order = _landmark_order(names, path, "land-names")
+
+        groups = sorted((key for key, item in f.items() if key.isdigit() and isinstance(item, h5py.Group)), key=int)
+        if not groups:
+            raise DataError(f"{path}: no specimen groups (expected 01 .. 06 next to land-names)")
+        specimens: dict[int, SpecimenFrames] = {}
+        frame_shape: tuple[int, ...] | None = None
+        for key in groups:
+            group = f[key]
+            projs = _read(group, "projs", path)
+            if projs.ndim != 3:
+                raise DataError(f"{path}: {key}/projs has shape {projs.shape}, expected N x rows x cols")
+            if projs.shape[0] == 0:
+                raise DataError(f"{path}: specimen {key} has no frames ({key}/projs is empty)")
+            if frame_shape is None:
+                frame_shape = projs.shape[1:]
+            elif projs.shape[1:] != frame_shape:
+                raise DataError(f"{path}: {key}/projs frames are {projs.shape[1:]}, other specimens' are {frame_shape}")
+            _check_finite(projs, path, f"{key}/projs")
+            segs = _read(group, "segs", path)
+            if segs.shape != projs.shape:
+                raise DataError(f"{path}: {key}/segs has shape {segs.shape}, expected {projs.shape} (as {key}/projs)")
+            labels = _check_labels(segs, path, f"{key}/segs")
+            lands = _read(group, "lands", path)
+            expected = (projs.shape[0], 2, len(names))
+            if lands.shape != expected:
+                raise DataError(f"{path}: {key}/lands has shape {lands.shape}, expected {expected} "
+                                f"(frames x (column, row) x landmarks)")
+            _check_finite(lands, path, f"{key}/lands")
+            landmarks_xy = np.asarray(lands, dtype=np.float64)[:, :, order].transpose(0, 2, 1)
+            specimens[int(key)] = SpecimenFrames(int(key), projs.astype(np.float32, copy=False), labels,
+                                                 np.ascontiguousarray(landmarks_xy))
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+    downsample = int(attrs[ATTR_DOWNSAMPLE]) if ATTR_DOWNSAMPLE in attrs else _infer_downsample(frame_shape[1], path)
+    spacing = float(attrs.get(ATTR_PIXEL_SPACING, anatomy.FULLRES_PIXEL_SPACING_MM * downsample))
+    if ATTR_SPECIMEN_IDS in attrs:
+        try:
+            ids = {int(k): str(v) for k, v in json.loads(_text(attrs[ATTR_SPECIMEN_IDS])).items()}
+        except (ValueError, AttributeError) as exc:
+            raise DataError(f"{path}: root attribute {ATTR_SPECIMEN_IDS} is not a JSON number -> id map ({exc})") \
+                from None
+    else:
+        ids = {}
+    specimen_ids = {n: ids.get(n, anatomy.SPECIMEN_IDS.get(n, anatomy.specimen_group(n))) for n in specimens}
+    return ProcessedData(
+        specimens=specimens, downsample=downsample, pixel_spacing_mm=spacing,
+        data_kind=_text(attrs.get(ATTR_DATA_KIND, DEFAULT_DATA_KIND)),
+        source=_text(attrs.get(ATTR_SOURCE, str(path))), specimen_ids=specimen_ids, attrs=attrs)
+
+
+def write_processed(path: str | Path, specimens: Iterable[SpecimenFrames], attrs: dict[str, Any]) -> dict[int, int]:
+    """Write the published preprocessed layout to `path` (callers pass a temporary name).
+
+    `specimens` may be a generator: each specimen is written as it arrives, so only one is
+    in memory. Returns frames per specimen number.
+    """
+    counts: dict[int, int] = {}
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        names = f.create_group("land-names")
+        names.create_dataset("num-lands", data=np.int64(anatomy.NUM_LANDMARKS))
+        for i, name in enumerate(anatomy.LANDMARK_NAMES):
+            names.create_dataset(f"land-{i:02d}", data=name)
+        for spec in specimens:
+            group = f.create_group(anatomy.specimen_group(spec.specimen))
+            frame_chunks = (1, *spec.images.shape[1:])
+            group.create_dataset("projs", data=spec.images.astype(np.float32), chunks=frame_chunks, **_GZIP)
+            group.create_dataset("segs", data=spec.labels.astype(np.uint8), chunks=frame_chunks, **_GZIP)
+            # lands[n][0][l] is the column, lands[n][1][l] the row of landmark l.
+            group.create_dataset("lands", data=spec.landmarks_xy.transpose(0, 2, 1).astype(np.float64))
+            counts[spec.specimen] = spec.num_frames
+    return counts
