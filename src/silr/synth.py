@@ -43,12 +43,9 @@ _IMAGE_CHUNKS = (256, 256)
 
 def specimen_ids(count: int) -> list[str]:
     """The real ids for the first six specimens (paper order), then invented `99-NNNN` ids."""
-    if count < 1:
-        raise ConfigError(f"synth.specimens must be >= 1, got {count}")
-    ids = [anatomy.SPECIMEN_IDS[n] if n in anatomy.SPECIMEN_IDS else f"99-{n:04d}" for n in range(1, count + 1)]
-    if count > 9999:
-        raise ConfigError(f"synth.specimens must be <= 9999, got {count}")
-    return ids
+    if not 1 <= count <= 9999:
+        raise ConfigError(f"synth.specimens must be between 1 and 9999, got {count}")
+    return [anatomy.SPECIMEN_IDS[n] if n in anatomy.SPECIMEN_IDS else f"99-{n:04d}" for n in range(1, count + 1)]
 
 
 def specimen_rng(seed: int, number: int, frame: int | None = None) -> np.random.Generator:
@@ -214,7 +211,7 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / height, bottom=legend_in / height,
                         wspace=0.04, hspace=0.12)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
