@@ -1,0 +1,179 @@
+"""The report's figures: DataFrames and arrays in, a matplotlib `Figure` out.
+
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot state, no display
+needed); `save_png` writes one atomically through `silr.io`. Sizes and fonts are chosen
+so that every figure reads at 100 % zoom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from silr.anatomy import LABEL_NAMES, LANDMARK_NAMES, NUM_CLASSES
+from silr.io import atomic_path
+from silr.metrics import PAPER_TABLE2, loss_title
+
+DPI = 110
+GROUND_TRUTH_COLOR = "#1fd11f"  # the paper's green dots
+PREDICTION_COLOR = "#ff2020"  # the paper's red crosses
+# Background transparent-black, then one distinct colour per bone label.
+LABEL_COLORS = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
+LABEL_CMAP = ListedColormap(LABEL_COLORS[:NUM_CLASSES])
+LABEL_NORM = BoundaryNorm(np.arange(NUM_CLASSES + 1) - 0.5, NUM_CLASSES)
+
+
+def save_png(figure: Figure, path: str | Path) -> None:
+    """Write `figure` as a PNG atomically (no software/date metadata, so reruns match)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def _palette(losses: Sequence[str]) -> dict[str, tuple]:
+    return dict(zip(losses, sns.color_palette("colorblind", len(losses))))
+
+
+def _in_frame_errors(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["gt_in_frame"].astype(bool)]
+
+
+def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Sequence[str]) -> Figure:
+    """The paper's Figure 1: one row per specimen's frame, one column per loss.
+
+    `images`: specimen -> (H, W) frame shown; `table`: predictions rows of exactly those
+    frames (all losses). Ground truth inside the frame as green dots, landmarks predicted
+    present as red crosses.
+    """
+    specimens = sorted(images)
+    rows, cols = len(specimens), len(losses)
+    figure = Figure(figsize=(3.2 * cols, 3.4 * rows + 0.6), layout="constrained")
+    axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
+    for r, specimen in enumerate(specimens):
+        image = images[specimen]
+        for c, loss in enumerate(losses):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray", interpolation="nearest")
+            rows_here = table[(table["specimen"] == specimen) & (table["loss"] == loss)]
+            truth = rows_here[rows_here["gt_in_frame"].astype(bool)]
+            shown = rows_here[rows_here["pred_present"].astype(bool)]
+            ax.scatter(truth["gt_x"], truth["gt_y"], s=22, c=GROUND_TRUTH_COLOR, edgecolors="black",
+                       linewidths=0.4, label="ground truth", zorder=3)
+            ax.scatter(shown["pred_x"], shown["pred_y"], s=40, c=PREDICTION_COLOR, marker="x",
+                       linewidths=1.6, label="prediction", zorder=4)
+            ax.set_xlim(-0.5, image.shape[1] - 0.5)
+            ax.set_ylim(image.shape[0] - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            error = truth["error_px"].mean()
+            ax.set_xlabel(f"mean error {error:.1f} px" if np.isfinite(error) else "no landmark in frame",
+                          fontsize=10)
+            if r == 0:
+                ax.set_title(loss_title(loss), fontsize=13, fontweight="bold")
+            if c == 0:
+                frame = int(rows_here["frame"].iloc[0]) if len(rows_here) else -1
+                ax.set_ylabel(f"specimen {specimen}\nframe {frame}", fontsize=11)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=10, frameon=False)
+    return figure
+
+
+def per_specimen_errors(table: pd.DataFrame, losses: Sequence[str]) -> Figure:
+    """Mean error per test specimen and loss (bars = Table 2), SD over landmarks as error bars;
+    the paper's Table 2 beside it where the loss is one of the paper's."""
+    errors = _in_frame_errors(table)
+    paper_losses = [loss for loss in losses if loss in PAPER_TABLE2]
+    figure = Figure(figsize=(12 if paper_losses else 7, 4.8), layout="constrained")
+    axes = figure.subplots(1, 2 if paper_losses else 1, squeeze=False, sharey=True)[0]
+    palette = _palette(losses)
+    sns.barplot(data=errors, x="specimen", y="error_px", hue="loss", hue_order=list(losses), palette=palette,
+                errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.2}, ax=axes[0])
+    axes[0].set_title("this run: mean +- SD over in-frame landmarks", fontsize=12)
+    axes[0].set_xlabel("test specimen", fontsize=11)
+    axes[0].set_ylabel("Euclidean error (px, 180x180 frame)", fontsize=11)
+    if paper_losses:
+        paper = pd.DataFrame([{"loss": loss, "specimen": specimen, "error_px": value}
+                              for loss in paper_losses
+                              for specimen, value in PAPER_TABLE2[loss]["per_specimen_px"].items()])
+        sns.barplot(data=paper, x="specimen", y="error_px", hue="loss", hue_order=paper_losses,
+                    palette=palette, ax=axes[1])
+        axes[1].set_title("paper, Table 2", fontsize=12)
+        axes[1].set_xlabel("test specimen", fontsize=11)
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, [loss_title(label) for label in labels], fontsize=10)
+    return figure
+
+
+def cumulative_errors(table: pd.DataFrame, losses: Sequence[str], mm_per_px: float,
+                      thresholds_mm: Sequence[float]) -> Figure:
+    """Empirical cumulative distribution of the error in mm, one curve per loss."""
+    errors = _in_frame_errors(table).assign(error_mm=lambda t: t["error_px"] * mm_per_px)
+    figure = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = figure.subplots()
+    palette = _palette(losses)
+    for loss in losses:
+        values = errors.loc[errors["loss"] == loss, "error_mm"].dropna()
+        if len(values):
+            sns.ecdfplot(x=values, ax=ax, color=palette[loss], linewidth=2, label=loss_title(loss))
+    for threshold in thresholds_mm:
+        ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+        ax.text(threshold, 0.02, f" {threshold:g} mm", color="grey", fontsize=9)
+    # Linear axis up to the 99th percentile: the interesting part is the small errors.
+    finite = errors["error_mm"].dropna()
+    upper = max(max(thresholds_mm, default=1.0) * 1.25, float(finite.quantile(0.99)) if len(finite) else 0.0)
+    ax.set_xlim(0, upper)
+    ax.set_xlabel("Euclidean error (mm)", fontsize=11)
+    ax.set_ylabel("fraction of in-frame landmarks", fontsize=11)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10)
+    ax.set_title("cumulative error distribution", fontsize=12)
+    return figure
+
+
+def per_landmark_errors(table: pd.DataFrame, losses: Sequence[str]) -> Figure:
+    """Box plots of the error per landmark (canonical order), one box per loss."""
+    errors = _in_frame_errors(table)
+    figure = Figure(figsize=(max(10.0, 1.0 * len(LANDMARK_NAMES) * max(1, len(losses)) / 2), 5),
+                    layout="constrained")
+    ax = figure.subplots()
+    sns.boxplot(data=errors, x="landmark", y="error_px", hue="loss", order=list(LANDMARK_NAMES),
+                hue_order=list(losses), palette=_palette(losses), fliersize=2, ax=ax)
+    ax.set_xlabel("landmark", fontsize=11)
+    ax.set_ylabel("Euclidean error (px)", fontsize=11)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [loss_title(label) for label in labels], fontsize=10)
+    ax.set_title("error per landmark (in-frame ground truth)", fontsize=12)
+    return figure
+
+
+def segmentation_comparison(images: Sequence[np.ndarray], true_labels: Sequence[np.ndarray],
+                            predicted_labels: Sequence[np.ndarray], titles: Sequence[str],
+                            model_name: str) -> Figure:
+    """Rows of (frame, ground-truth labels, predicted labels) with a legend of the bones."""
+    rows = len(images)
+    figure = Figure(figsize=(9.6, 3.2 * rows + 0.8), layout="constrained")
+    axes = np.asarray(figure.subplots(rows, 3, squeeze=False))
+    for r in range(rows):
+        panels = ((images[r], "frame", "gray", None), (true_labels[r], "ground truth", LABEL_CMAP, LABEL_NORM),
+                  (predicted_labels[r], f"predicted ({model_name})", LABEL_CMAP, LABEL_NORM))
+        for c, (array, name, cmap, norm) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(array, cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=12)
+            if c == 0:
+                ax.set_ylabel(titles[r], fontsize=11)
+    legend = [Patch(color=LABEL_COLORS[value], label=name) for value, name in LABEL_NAMES.items() if value]
+    figure.legend(handles=legend, loc="outside lower center", ncol=3, fontsize=10, frameon=False)
+    return figure

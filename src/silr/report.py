@@ -1,0 +1,243 @@
+"""Stage `report`: Table 2, Figure 1 and the summary plots from every evaluation.
+
+  silr report
+
+Reads `metrics/predictions/<loss>/fold<k>.csv` and `metrics/segmentation/<loss>/fold<k>.npz`
+for every (loss, fold) of `study:` in params.yaml, and the processed data (frames, true
+labels, pixel spacing, what data it is). Writes
+- `metrics/summary.json`: `table2` (per loss: per-specimen mean error, mean and std over
+  specimens (ddof = 0), the same in mm, pooled statistics, presence counts and visibility
+  accuracy: all recomputable from the predictions CSVs), `means` (a flat loss -> mean px
+  block for `dvc exp show`), `segmentation_dice` (per loss and bone, from the label maps),
+  `dataset` (data kind, source, counts, settings) and `paper_table2` (the paper's numbers);
+- `metrics/table2.md`: the paper's table layout, our numbers beside the paper's;
+- `metrics/per_specimen.csv`: loss, specimen, mean_px, mean_mm (for `dvc plots`);
+- `plots/figure1.png`, `plots/per_specimen_errors.png`, `plots/cumulative_errors.png`,
+  `plots/per_landmark_errors.png`, `plots/segmentation.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from silr import metrics
+from silr.errors import DataError
+from silr.evaluate import output_paths, read_label_maps, read_predictions_csv
+from silr.io import write_json, write_text, write_with
+from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
+
+DEFAULT_METRICS = "metrics"
+DEFAULT_PLOTS = "plots"
+# How the data kinds of the processed file's attributes read in a sentence.
+DATA_KIND_TEXT = {"synthetic": "the synthetic phantom", "deepfluoro": "the DeepFluoro data set"}
+PLOT_NAMES = ("figure1.png", "per_specimen_errors.png", "cumulative_errors.png", "per_landmark_errors.png",
+              "segmentation.png")
+
+
+# ------------------------------------------------------------------ pure logic
+
+def load_predictions(metrics_dir: str | Path, losses: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
+    """Every (loss, fold) predictions CSV, concatenated; DataError naming the missing evaluation."""
+    tables = []
+    for loss in losses:
+        for fold in folds:
+            path = output_paths(metrics_dir, loss, fold).predictions
+            if not path.is_file():
+                raise DataError(f"{path}: missing; run `dvc repro evaluate@{loss}-{fold}` first")
+            table = read_predictions_csv(path)
+            if set(table["loss"]) != {loss} or set(table["fold"]) != {fold}:
+                raise DataError(f"{path}: holds loss {sorted(set(table['loss']))} fold {sorted(set(table['fold']))}, "
+                                f"expected loss {loss!r} fold {fold}")
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px: float,
+                       success_mm: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """`metrics.table2` plus, per loss, presence counts and discrete-visibility accuracy (pooled)."""
+    result = metrics.table2(table, losses=losses, mm_per_px=mm_per_px, success_mm=success_mm)
+    for loss in losses:
+        rows = table[table["loss"] == loss]
+        result[loss]["pooled"]["presence"] = metrics.presence_counts(rows["gt_in_frame"], rows["pred_present"])
+        result[loss]["pooled"]["visibility_accuracy"] = metrics.visibility_accuracy(rows["gt_in_frame"],
+                                                                                     rows["visibility_hat"])
+    return result
+
+
+def dataset_description(data: Any, table: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """What produced the numbers: data kind and source, sizes, and the settings that matter most."""
+    return {
+        "kind": data.data_kind,
+        "source": data.source,
+        "specimens": len(data.specimens),
+        "frames": int(sum(data.frames_per_specimen.values())),
+        "test_specimens": sorted(int(s) for s in table["specimen"].unique()),
+        "test_frames": int(len(table[["specimen", "frame"]].drop_duplicates())),
+        "downsample": int(data.downsample),
+        "mm_per_px": float(data.pixel_spacing_mm),
+        "settings": {
+            "backbone": params.model.backbone,
+            "epochs": params.train.epochs,
+            "losses": list(params.study.losses),
+            "folds": list(params.study.folds),
+        },
+    }
+
+
+def describe_data(dataset: Mapping[str, Any]) -> str:
+    """One sentence: what data and settings produced a table."""
+    kind = DATA_KIND_TEXT.get(dataset["kind"], dataset["kind"])
+    settings = dataset["settings"]
+    return (f"Data: {kind} ({dataset['source']}), {dataset['specimens']} specimens, {dataset['frames']} frames "
+            f"({dataset['test_frames']} test frames over folds {', '.join(map(str, settings['folds']))}), "
+            f"{dataset['mm_per_px']:g} mm per pixel. Model: {settings['backbone']}, {settings['epochs']} epochs.")
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Sequence[str],
+                    dataset: Mapping[str, Any]) -> str:
+    """The paper's Table 2 layout (rows: test specimen 6..1, then Mean ± Std) with ours and the paper's."""
+    paper_losses = [loss for loss in losses if loss in metrics.PAPER_TABLE2]
+    ours_specimens = {int(s) for loss in losses for s in summary_table2[loss]["per_specimen_px"]}
+    order = [s for s in metrics.PAPER_SPECIMEN_ORDER] + sorted(ours_specimens - set(metrics.PAPER_SPECIMEN_ORDER),
+                                                              reverse=True)
+    header = ["Test specimen"] + [f"{metrics.loss_title(l)} (ours)" for l in losses] + \
+             [f"{metrics.loss_title(l)} (paper)" for l in paper_losses]
+    lines = [
+        "# Table 2: Euclidean distance error (pixels) per held-out test specimen",
+        "",
+        describe_data(dataset),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for specimen in order:
+        ours = [summary_table2[l]["per_specimen_px"].get(specimen,
+                                                          summary_table2[l]["per_specimen_px"].get(str(specimen)))
+                for l in losses]
+        paper = [metrics.PAPER_TABLE2[l]["per_specimen_px"].get(specimen) for l in paper_losses]
+        if all(v is None for v in ours) and specimen not in metrics.PAPER_SPECIMEN_ORDER:
+            continue
+        lines.append("| " + " | ".join([str(specimen)] + [_cell(v) for v in ours + paper]) + " |")
+    mean_std = [f"{_cell(summary_table2[l]['mean_px'])} ± {_cell(summary_table2[l]['std_px'])}" for l in losses]
+    mean_std += [f"{metrics.PAPER_TABLE2[l]['mean_px']:.2f} ± {metrics.PAPER_TABLE2[l]['std_px']:.2f}"
+                 for l in paper_losses]
+    lines.append("| Mean ± Std | " + " | ".join(mean_std) + " |")
+    mm = ", ".join(f"{metrics.loss_title(l)} {_cell(summary_table2[l]['mean_mm'])} ± "
+                   f"{_cell(summary_table2[l]['std_mm'])} mm" for l in losses)
+    lines += [
+        "",
+        f"Ours in mm: {mm}.",
+        "",
+        "Mean ± Std are over the per-specimen means (population std, ddof = 0); – marks a specimen "
+        "whose fold was not evaluated. Errors are measured in the 180x180 (8x) frame over "
+        "ground-truth landmarks inside the frame. Paper: its Table 2, as published.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def segmentation_dice(metrics_dir: str | Path, losses: Sequence[str], folds: Sequence[int],
+                      data: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """Per loss, Dice per bone over every test frame of every fold (from the saved label maps)."""
+    result = {}
+    for loss in losses:
+        predicted, truth = [], []
+        for fold in folds:
+            maps = read_label_maps(output_paths(metrics_dir, loss, fold).segmentation)
+            predicted.append(maps["labels"])
+            truth.append(_true_labels(data, maps, output_paths(metrics_dir, loss, fold).segmentation))
+        result[loss] = metrics.dice_summary(metrics.dice_per_bone(np.concatenate(predicted), np.concatenate(truth)))
+    return result
+
+
+def _true_labels(data: Any, maps: Mapping[str, np.ndarray], path: Path) -> np.ndarray:
+    try:
+        truth = np.stack([data.specimens[int(s)].labels[int(f)] for s, f in zip(maps["specimen"], maps["frame"])])
+    except (KeyError, IndexError):
+        raise DataError(f"{path}: names frames the processed data does not hold (stale evaluation?)") from None
+    if truth.shape != maps["labels"].shape:
+        raise DataError(f"{path}: label maps are {maps['labels'].shape[1:]}, the data's frames {truth.shape[1:]}")
+    return truth
+
+
+# ------------------------------------------------------------------ the stage
+
+def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params) -> None:
+    """Every PNG of the report (plots.py draws, this function picks the frames)."""
+    from silr import plots
+
+    losses, folds = list(params.study.losses), list(params.study.folds)
+    showcase = metrics.showcase_frames(table)
+    images = {s: data.specimens[s].images[f] for s, f in showcase.items()}
+    shown_rows = table[[showcase.get(int(s)) == int(f) for s, f in zip(table["specimen"], table["frame"])]]
+    plots.save_png(plots.figure1(images, shown_rows, losses), plots_dir / "figure1.png")
+    plots.save_png(plots.per_specimen_errors(table, losses), plots_dir / "per_specimen_errors.png")
+    plots.save_png(plots.cumulative_errors(table, losses, data.pixel_spacing_mm, params.evaluate.success_mm),
+                   plots_dir / "cumulative_errors.png")
+    plots.save_png(plots.per_landmark_errors(table, losses), plots_dir / "per_landmark_errors.png")
+
+    # The segmentation figure shows the first loss of the study (the proposed one by default)
+    # on the Figure 1 frames; only a loss with a segmentation term trains the masks.
+    seg_loss = losses[0]
+    frames_shown, truth, predicted, titles = [], [], [], []
+    for fold in folds:
+        maps = read_label_maps(output_paths(metrics_dir, seg_loss, fold).segmentation)
+        for index, (s, f) in enumerate(zip(maps["specimen"], maps["frame"])):
+            if showcase.get(int(s)) == int(f):
+                frames_shown.append(data.specimens[int(s)].images[int(f)])
+                truth.append(data.specimens[int(s)].labels[int(f)])
+                predicted.append(maps["labels"][index])
+                titles.append(f"specimen {int(s)}, frame {int(f)}")
+    plots.save_png(plots.segmentation_comparison(frames_shown, truth, predicted, titles,
+                                                 metrics.loss_title(seg_loss)), plots_dir / "segmentation.png")
+
+
+def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path) -> dict[str, Any]:
+    """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
+    from silr import deepfluoro
+
+    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
+    losses, folds = list(params.study.losses), list(params.study.folds)
+    table = load_predictions(metrics_dir, losses, folds)
+    data = deepfluoro.read_processed(data_path)
+    result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
+                                success_mm=params.evaluate.success_mm)
+    dataset = dataset_description(data, table, params)
+    summary = metrics.rounded({
+        "table2": result,
+        "means": {loss: result[loss]["mean_px"] for loss in losses},
+        "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
+        "dataset": dataset,
+        "paper_table2": metrics.PAPER_TABLE2,
+    })
+    write_json(metrics_dir / "summary.json", summary)
+    write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset))
+    per_specimen = metrics.per_specimen_rows(summary["table2"])
+    write_with(metrics_dir / "per_specimen.csv",
+               lambda tmp: per_specimen.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
+                                               lineterminator="\n"))
+    write_plots(plots_dir, table, data, metrics_dir, params)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", default=DEFAULT_METRICS,
+                        help="metrics directory holding predictions/ and segmentation/ (default: %(default)s)")
+    parser.add_argument("--out-plots", default=DEFAULT_PLOTS, help="directory for the PNGs (default: %(default)s)")
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("--data", default=None, help="processed HDF5 file (default: data.processed in params)")
+
+
+def main(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    run(params, metrics_dir=args.metrics, plots_dir=args.out_plots, data_path=args.data or params.data.processed)
+    return 0

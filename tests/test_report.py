@@ -1,0 +1,166 @@
+"""`silr report` on hand-made evaluations whose Table 2 is known in advance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from silr import deepfluoro, evaluate, report
+from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
+from silr.errors import DataError
+from silr.params import params_from_dict
+
+SPECIMENS = (1, 2, 3)
+FRAMES = 2
+LOSSES = ("proposed", "mse")
+
+
+def write_data(path: Path) -> dict[int, deepfluoro.SpecimenFrames]:
+    """3 specimens x 2 frames; landmarks on a diagonal, ASIS-r of frame 1 outside the frame."""
+    rng = np.random.default_rng(0)
+    specimens = {}
+    for s in SPECIMENS:
+        labels = np.zeros((FRAMES, 180, 180), np.uint8)
+        labels[:, 40:100, 40:100] = LEFT_HEMIPELVIS
+        landmarks = np.stack([np.stack([np.arange(NUM_LANDMARKS) * 10.0 + 20, np.full(NUM_LANDMARKS, 90.0)], -1)
+                              for _ in range(FRAMES)])
+        landmarks[1, LANDMARK_NAMES.index("ASIS-r")] = (-12.0, 90.0)
+        images = rng.uniform(1.0, 2.0, (FRAMES, 180, 180)).astype(np.float32)
+        specimens[s] = deepfluoro.SpecimenFrames(s, images, labels, landmarks)
+    deepfluoro.write_processed(path, specimens.values(), {deepfluoro.ATTR_DATA_KIND: "synthetic",
+                                                          deepfluoro.ATTR_SOURCE: "test phantom"})
+    return specimens
+
+
+def offset_for(loss: str, specimen: int) -> np.ndarray:
+    # proposed: every prediction 5 px off (3-4-5); mse: `specimen` px off along x.
+    return np.array([3.0, 4.0]) if loss == "proposed" else np.array([float(specimen), 0.0])
+
+
+def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.SpecimenFrames]) -> None:
+    for loss in LOSSES:
+        for fold in SPECIMENS:  # fold k tests specimen k
+            spec = specimens[fold]
+            predicted_labels = spec.labels.copy() if loss == "proposed" else np.zeros_like(spec.labels)
+            predicted = evaluate.FramePredictions(
+                xy=spec.landmarks_xy + offset_for(loss, fold),
+                present=np.ones((FRAMES, NUM_LANDMARKS), bool),
+                score=np.full((FRAMES, NUM_LANDMARKS), 0.9),
+                visibility_hat=np.ones((FRAMES, NUM_LANDMARKS)),
+                labels=predicted_labels)
+            table = evaluate.predictions_table(loss=loss, fold=fold, specimens=[fold] * FRAMES,
+                                               frame_indices=list(range(FRAMES)), gt_xy=spec.landmarks_xy,
+                                               predicted=predicted, frame_size=(180, 180))
+            paths = evaluate.output_paths(metrics_dir, loss, fold)
+            evaluate.write_predictions_csv(paths.predictions, table)
+            evaluate.write_label_maps(paths.segmentation, specimens=[fold] * FRAMES,
+                                      frame_indices=list(range(FRAMES)), labels=predicted_labels)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data_path = root / "ds_8x.h5"
+    specimens = write_data(data_path)
+    write_evaluations(root / "metrics", specimens)
+    params = params_from_dict({"study": {"losses": list(LOSSES), "folds": list(SPECIMENS)},
+                               "train": {"epochs": 3}, "model": {"backbone": "tiny"}})
+    summary = report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", data_path=data_path)
+    return root, params, data_path, summary
+
+
+def test_table2_has_the_known_errors(reported):
+    _, _, _, summary = reported
+    proposed, mse = summary["table2"]["proposed"], summary["table2"]["mse"]
+    assert proposed["per_specimen_px"] == {"1": 5.0, "2": 5.0, "3": 5.0}
+    assert proposed["mean_px"] == 5.0 and proposed["std_px"] == 0.0
+    assert mse["per_specimen_px"] == {"1": 1.0, "2": 2.0, "3": 3.0}
+    assert mse["mean_px"] == 2.0
+    assert mse["std_px"] == pytest.approx(np.sqrt(2 / 3), abs=1e-6)  # ddof = 0
+    assert mse["mean_mm"] == pytest.approx(2.0 * 8 * 0.194, abs=1e-6)  # spacing of the 8x file
+    # 27 in-frame landmarks per specimen (one of 28 lies outside), all found present.
+    assert proposed["pooled"]["landmarks_in_frame"] == 81
+    assert proposed["pooled"]["presence"] == {"true_positive": 81, "false_positive": 3,
+                                              "false_negative": 0, "true_negative": 0}
+    assert proposed["pooled"]["visibility_accuracy"] == pytest.approx(81 / 84, abs=1e-6)
+    assert summary["means"] == {"proposed": 5.0, "mse": 2.0}
+
+
+def test_table2_is_recomputable_from_the_csvs_with_pandas(reported):
+    root, _, _, summary = reported
+    csvs = sorted((root / "metrics" / "predictions").glob("*/fold*.csv"))
+    assert len(csvs) == len(LOSSES) * len(SPECIMENS)
+    rows = pd.concat(map(pd.read_csv, csvs))
+    in_frame = rows[rows["gt_in_frame"] == 1]
+    per_specimen = in_frame.groupby(["loss", "specimen"])["error_px"].mean()
+    for loss in LOSSES:
+        means = per_specimen[loss]
+        entry = summary["table2"][loss]
+        assert entry["per_specimen_px"] == {str(s): pytest.approx(v, abs=1e-6) for s, v in means.items()}
+        assert entry["mean_px"] == pytest.approx(means.mean(), abs=1e-6)
+        assert entry["std_px"] == pytest.approx(means.std(ddof=0), abs=1e-6)
+        pooled = in_frame.loc[in_frame["loss"] == loss, "error_px"]
+        assert entry["pooled"]["mean_px"] == pytest.approx(pooled.mean(), abs=1e-6)
+        assert entry["pooled"]["median_px"] == pytest.approx(pooled.median(), abs=1e-6)
+
+
+def test_dice_from_the_label_maps(reported):
+    _, _, _, summary = reported
+    assert summary["segmentation_dice"]["proposed"]["left hemipelvis"] == {"mean": 1.0, "frames": 6}
+    assert summary["segmentation_dice"]["mse"]["left hemipelvis"] == {"mean": 0.0, "frames": 6}
+    assert summary["segmentation_dice"]["proposed"]["vertebrae"] == {"mean": None, "frames": 0}
+
+
+def test_dataset_and_paper_keys(reported):
+    _, _, _, summary = reported
+    dataset = summary["dataset"]
+    assert dataset["kind"] == "synthetic" and dataset["source"] == "test phantom"
+    assert (dataset["specimens"], dataset["frames"], dataset["test_frames"]) == (3, 6, 6)
+    assert dataset["settings"] == {"backbone": "tiny", "epochs": 3, "losses": list(LOSSES), "folds": [1, 2, 3]}
+    assert summary["paper_table2"]["ncc"]["mean_px"] == 38.43
+    assert summary["paper_table2"]["proposed"]["per_specimen_px"]["6"] == 18.28
+
+
+def test_table2_markdown_has_the_papers_layout(reported):
+    root, _, _, _ = reported
+    text = (root / "metrics" / "table2.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert lines[0] == "| Test specimen | Proposed (ours) | MSE (ours) | Proposed (paper) | MSE (paper) |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["6", "5", "4", "3", "2", "1", "Mean ± Std"]
+    assert lines[2] == "| 6 | – | – | 18.28 | 32.26 |"  # fold 6 not evaluated here
+    assert lines[7] == "| 1 | 5.00 | 1.00 | 6.76 | 17.22 |"
+    assert lines[8] == "| Mean ± Std | 5.00 ± 0.00 | 2.00 ± 0.82 | 10.25 ± 5.79 | 26.30 ± 6.04 |"
+    assert "the synthetic phantom (test phantom), 3 specimens, 6 frames" in text
+
+
+def test_per_specimen_csv_and_plots(reported):
+    root, _, _, _ = reported
+    per_specimen = pd.read_csv(root / "metrics" / "per_specimen.csv")
+    assert list(per_specimen.columns) == ["loss", "specimen", "mean_px", "mean_mm"]
+    assert per_specimen.set_index(["loss", "specimen"]).loc[("mse", 3), "mean_px"] == 3.0
+    for name in report.PLOT_NAMES:
+        png = (root / "plots" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+
+
+def test_outputs_are_byte_stable(reported, tmp_path):
+    root, params, data_path, _ = reported
+    before = {name: (root / "metrics" / name).read_bytes() for name in ("summary.json", "table2.md",
+                                                                       "per_specimen.csv")}
+    assert json.loads(before["summary.json"])["means"]["mse"] == 2.0
+    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path)
+    for name, content in before.items():
+        assert (root / "metrics" / name).read_bytes() == content, name
+    assert (root / "plots" / "figure1.png").read_bytes() == (tmp_path / "plots" / "figure1.png").read_bytes()
+
+
+def test_missing_evaluation_names_the_stage(reported, tmp_path):
+    root, params, data_path, _ = reported
+    metrics_dir = tmp_path / "metrics"
+    (metrics_dir / "predictions" / "proposed").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"run `dvc repro evaluate@proposed-1` first"):
+        report.run(params, metrics_dir=metrics_dir, plots_dir=tmp_path / "plots", data_path=data_path)
