@@ -310,7 +310,8 @@ def test_ensemble_averages_probabilities_exactly(fake_models, tmp_path):
         channel = heat[0, i]
         flat = int(channel.argmax())
         row_px, col_px = divmod(flat, NETWORK_INPUT_PX)
-        assert row["score"] == pytest.approx(float(channel.max()), rel=1e-12)
+        # The codec decodes in float32: the score is the mean probability to float32 precision.
+        assert row["score"] == pytest.approx(float(channel.max()), rel=1e-6)
         assert (row["frame_x"], row["frame_y"]) == (col_px - offset, row_px - offset)
         assert row["present"] is (float(channel.max()) >= 0.5)
     expected_labels = seg[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]

@@ -194,8 +194,6 @@ def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
 
     models, cards = [], []
     for path in paths:
-        if not Path(path).is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
         model, card = checkpoint.load_model(path, device)
         _check_card(path, card)
         if cards:
@@ -313,7 +311,7 @@ def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
     from silr import deepfluoro
 
     layout = deepfluoro.detect_layout(path)
-    if layout == "processed":
+    if layout == deepfluoro.PROCESSED:
         if raw:
             raise DataError(f"{path}: --raw does not apply to a preprocessed file (its frames are line integrals)")
         data = deepfluoro.read_processed(path)
@@ -327,7 +325,7 @@ def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
 
         def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
             return deepfluoro.read_fullres_frame(path, number, index)
-    raw_frames = layout != "processed"
+    raw_frames = layout != deepfluoro.PROCESSED
     for number in specimens if specimens else sorted(available):
         if number not in available:
             yield Failure(f"{path} [specimen {number}]",
@@ -383,9 +381,12 @@ def prepare(frame: InputFrame, frame_size: int, preprocessing: Preprocessing) ->
 
         if (frame.pixels <= 0).all():
             raise DataError(f"{frame.source}: a raw detector frame needs positive intensities, all are <= 0")
-        line_integral = deepfluoro.preprocess_raw_frame(
-            frame.pixels, crop=preprocessing.crop, i0=preprocessing.i0,
-            factor=preprocessing.downsample, rotate=frame.rotate)
+        try:
+            line_integral = deepfluoro.preprocess_raw_frame(
+                frame.pixels, crop=preprocessing.crop, i0=preprocessing.i0,
+                factor=preprocessing.downsample, rotate=frame.rotate)
+        except ValueError as exc:  # e.g. a frame smaller than the crop
+            raise DataError(f"{frame.source}: cannot preprocess as a raw detector frame: {exc}") from None
     height, width = line_integral.shape
     resampled, mode = resample(line_integral, (frame_size, frame_size))
     return PreparedFrame(frame, resampled, (width, height), mode)
