@@ -9,7 +9,8 @@ of 0.194 mm, 1020 mm source to detector) from a pose around AP; raw detector cou
 follow Beer-Lambert through soft tissue and bone, with quantum noise (bone is dark).
 Labels come from ray casting: a pixel gets the bone with the longest path along its ray.
 About 30% of the frames are stored upside down with `rot-180-for-up` = 1, as on the real
-C-arm. The output is deterministic for a seed; specimen k and its frames do not depend
+C-arm. The source is posterior (under the table), so an upright frame shows the
+patient's left on the image's left (a pinhole camera cannot mirror). The output is deterministic for a seed; specimen k and its frames do not depend
 on how many other specimens or frames are generated.
 """
 

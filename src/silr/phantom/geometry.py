@@ -62,15 +62,6 @@ class Body:
         return Body(tuple(s.resized(-self.cortex_mm) for s in self.solids),
                     tuple(h.resized(self.cortex_mm) for h in self.holes), 0.0)
 
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        """Boolean (...,) mask of points inside the body."""
-        inside = np.zeros(np.shape(points)[:-1], dtype=bool)
-        for solid in self.solids:
-            inside |= np.sum(solid.local(points) ** 2, axis=-1) <= 1.0
-        for hole in self.holes:
-            inside &= np.sum(hole.local(points) ** 2, axis=-1) > 1.0
-        return inside
-
 
 def ray_intervals(source: np.ndarray, directions: np.ndarray, ellipsoid: Ellipsoid) -> tuple[np.ndarray, np.ndarray]:
     """Entry and exit distances (mm) along unit `directions` (..., 3) from `source` (3,).
