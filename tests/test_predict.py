@@ -368,3 +368,68 @@ def test_missing_model_and_non_checkpoint_file(tmp_path, capsys):
     assert str(junk) in capsys.readouterr().err
     assert run_predict("--model", tmp_path / "absent.pt", "--info") == 2
     assert "absent.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ a real checkpoint
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real (untrained) smallest network saved as a silr checkpoint with its model card."""
+    from silr.model import build_model
+    from silr.params import ModelParams, Params
+
+    params = Params(model=ModelParams(backbone="hrnet_w18_small", decoder_channels=(4, 4)))
+    torch.manual_seed(0)
+    model = build_model("hrnet_w18_small", (4, 4)).eval()
+    model_card = checkpoint.build_card(params, loss_name="proposed", fold=3, data_hash="0123456789abcdef",
+                                       params_hash=checkpoint.params_hash_of(params, "proposed"),
+                                       val_score_px=4.25, epoch=7, data_source="tests")
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    checkpoint.save_checkpoint(path, model, model_card)
+    return path
+
+
+def test_info_prints_the_model_card(tiny_checkpoint, capsys):
+    assert run_predict("--model", tiny_checkpoint, "--info") == 0
+    out = capsys.readouterr().out
+    assert f"model card of {tiny_checkpoint}" in out
+    for line in ("landmark_names: " + ", ".join(LANDMARK_NAMES),
+                 "label_names: " + ", ".join(LABEL_NAMES[k] for k in sorted(LABEL_NAMES)),
+                 "input_size: 192", "frame_size: 180", "pad_offset: 6",
+                 "intensity: per-frame min-max to [0, 1]", "crop: 50", "i0: 65487.0", "downsample: 8",
+                 "backbone: hrnet_w18_small", "fold: 3", "data_hash: 0123456789abcdef",
+                 "val_score_px: 4.25", "epoch: 7"):
+        assert line in out, line
+    assert "params_hash: " + checkpoint.read_checkpoint(tiny_checkpoint)["card"]["params_hash"] in out
+
+
+def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_path):
+    from silr.frames import to_network_input
+
+    frame = np.random.default_rng(3).random((FRAME_SIZE_PX, FRAME_SIZE_PX)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", frame)
+    out = tmp_path / "out"
+    assert run_predict("--model", tiny_checkpoint, "--out", out, "--device", "cpu", tmp_path / "noise.npy") == 0
+
+    model, _ = checkpoint.load_model(tiny_checkpoint)
+    with torch.no_grad():
+        output = model(to_network_input(frame[None]))
+    heat = torch.sigmoid(output.heatmaps[0].double())
+    offset = pad_offset()
+    for i, row in enumerate(landmarks_json(out, "noise")["landmarks"]):
+        row_px, col_px = divmod(int(heat[i].argmax()), NETWORK_INPUT_PX)
+        assert (row["frame_x"], row["frame_y"]) == (col_px - offset, row_px - offset)
+        assert (row["x"], row["y"]) == (row["frame_x"], row["frame_y"])  # same size: no resampling
+        assert row["score"] == pytest.approx(float(heat[i].max()), rel=1e-6)
+    labels = output.segmentation[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
+    assert (np.asarray(Image.open(out / "noise_seg.png")) == labels.numpy()).all()
+
+
+def test_weights_that_do_not_fit_the_card(tiny_checkpoint, tmp_path, capsys):
+    payload = checkpoint.read_checkpoint(tiny_checkpoint)
+    payload["card"]["model"]["decoder_channels"] = [8, 4]  # the weights are of a (4, 4) decoder
+    wrong = tmp_path / "wrong.pt"
+    torch.save(payload, wrong)
+    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    assert run_predict("--model", wrong, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
+    assert "wrong.pt: weights do not fit the network its card describes" in capsys.readouterr().err

@@ -173,21 +173,6 @@ class Ensemble:
         return torch.logit(heat_sum / count).cpu(), (seg_sum / count).cpu()
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable device is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {name}: MPS is not available on this machine")
-    return device
-
-
 def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
     """Load every checkpoint, check that they agree and that they run; CheckpointError if not."""
     from silr import checkpoint
@@ -588,6 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from silr.evaluate import resolve_device  # the one 'auto' / cuda / mps rule of the project
+
     _check_arguments(args)
     device = resolve_device(args.device)
     ensemble = load_ensemble(args.model, device)
