@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fullres_writer import AIR, NAMES, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
+from fullres_writer import AIR, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
 
-from silr import anatomy, cli, coords, deepfluoro, ingest  # noqa: E402
+from silr import anatomy, cli, deepfluoro, ingest  # noqa: E402
 
 
 def centroid(image: np.ndarray) -> tuple[float, float]:

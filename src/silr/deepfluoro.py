@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,8 +339,10 @@ def _scalar(group: h5py.Group, key: str, path: Path) -> float:
 
 
 def _text(value: Any) -> str:
-    value = np.asarray(value).reshape(()).item() if np.asarray(value).size == 1 else value
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A string stored as str, bytes or a one-element array of either (h5py returns all three)."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
 def _check_finite(array: np.ndarray, path: Path, name: str) -> None:
