@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fullres_writer import AIR, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
+from fullres_writer import AIR, Frame, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
 
 from silr import anatomy, cli, deepfluoro, ingest  # noqa: E402
 
@@ -22,7 +22,7 @@ def centroid(image: np.ndarray) -> tuple[float, float]:
     return float((weight * cols).sum() / weight.sum()), float((weight * rows).sum() / weight.sum())
 
 
-def marker_frame(size: int, xy: tuple[float, float], rot180: int, name: str = "FH-l") -> object:
+def marker_frame(size: int, xy: tuple[float, float], rot180: int, name: str = "FH-l") -> Frame:
     """A frame with one attenuating blob at landmark `name` = xy (stored-frame pixels); the
     other landmarks sit far outside the frame, where nothing is drawn."""
     frame = blank_frame(size, rot180, landmark_xy=(-100.0, 300.0))
