@@ -140,7 +140,8 @@ def test_table2_markdown_has_the_papers_layout(reported):
 def test_per_specimen_csv_and_plots(reported):
     root, _, _, _ = reported
     per_specimen = pd.read_csv(root / "metrics" / "per_specimen.csv")
-    assert list(per_specimen.columns) == ["loss", "specimen", "mean_px", "mean_mm"]
+    assert list(per_specimen.columns) == ["loss", "specimen", "specimen_loss", "mean_px", "mean_mm"]
+    assert per_specimen["specimen_loss"].iloc[0] == "specimen 1 / MSE"
     assert per_specimen.set_index(["loss", "specimen"]).loc[("mse", 3), "mean_px"] == 3.0
     for name in report.PLOT_NAMES:
         png = (root / "plots" / name).read_bytes()

@@ -261,13 +261,19 @@ def table2(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px: float,
 
 
 def per_specimen_rows(summary_table2: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Tidy (loss, specimen, mean_px, mean_mm) rows of a `table2` result, for DVC's native plots."""
+    """Tidy (loss, specimen, specimen_loss, mean_px, mean_mm) rows of a `table2` result.
+
+    For DVC's native plots: `specimen_loss` ('specimen 6 / Proposed') gives every bar of a
+    bar chart its own row, since DVC's templates cannot group bars by a column.
+    """
     rows = []
     for loss, entry in summary_table2.items():
         for specimen, mean_px in entry["per_specimen_px"].items():
-            rows.append({"loss": loss, "specimen": int(specimen), "mean_px": mean_px,
-                         "mean_mm": entry["per_specimen_mm"][specimen]})
-    return pd.DataFrame(rows, columns=["loss", "specimen", "mean_px", "mean_mm"])
+            rows.append({"loss": loss, "specimen": int(specimen),
+                         "specimen_loss": f"specimen {int(specimen)} / {loss_title(loss)}",
+                         "mean_px": mean_px, "mean_mm": entry["per_specimen_mm"][specimen]})
+    table = pd.DataFrame(rows, columns=["loss", "specimen", "specimen_loss", "mean_px", "mean_mm"])
+    return table.sort_values(["specimen", "loss"], kind="stable", ignore_index=True)
 
 
 def showcase_frames(table: pd.DataFrame) -> dict[int, int]:

@@ -7,6 +7,7 @@ so that every figure reads at 100 % zoom.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -144,8 +145,11 @@ def per_landmark_errors(table: pd.DataFrame, losses: Sequence[str]) -> Figure:
     figure = Figure(figsize=(max(10.0, 1.0 * len(LANDMARK_NAMES) * max(1, len(losses)) / 2), 5),
                     layout="constrained")
     ax = figure.subplots()
-    sns.boxplot(data=errors, x="landmark", y="error_px", hue="loss", order=list(LANDMARK_NAMES),
-                hue_order=list(losses), palette=_palette(losses), fliersize=2, ax=ax)
+    with warnings.catch_warnings():
+        # seaborn 0.13 passes matplotlib 3.11 a deprecated `vert` argument; nothing to act on here.
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated.*")
+        sns.boxplot(data=errors, x="landmark", y="error_px", hue="loss", order=list(LANDMARK_NAMES),
+                    hue_order=list(losses), palette=_palette(losses), fliersize=2, ax=ax)
     ax.set_xlabel("landmark", fontsize=11)
     ax.set_ylabel("Euclidean error (px)", fontsize=11)
     ax.tick_params(axis="x", labelrotation=45, labelsize=10)
