@@ -1,0 +1,335 @@
+"""The loss library: every term of the paper's losses, and named mixes of them.
+
+Terms (registry `LOSS_TERMS`, the names used in `params.yaml` `losses.NAME: {term: weight}`):
+
+- `dice_ce`: MONAI DiceCELoss over the 7 classes (softmax, one-hot labels).
+- `kl`: KL(target || q) with the target the sum-1 Gaussian and q the softmax of the heatmap
+  logits over all pixels (via log-softmax); in-frame landmarks only, mean over them.
+- `visibility`: the paper's weighted MAE between predicted and true visibility (weight 2
+  where the landmark is out of frame, 1 where it is in frame). The predicted visibility is
+  either `soft` (differentiable, method-decisions.md) or `hard` (the paper's literal
+  {0, 0.5, 1}; piecewise constant, so it gives no gradient at all).
+- `mse`: MSE between sigmoid(H) and the peak-1 Gaussian (zero maps out of frame), mean over all.
+- `ncc`: 1 - normalised cross-correlation between H and the peak-1 Gaussian, per in-frame
+  landmark, mean over them.
+
+Terms that average over in-frame landmarks return 0 (still attached to the graph) when a
+batch has none. Every term computes in float32, whatever the autocast dtype of the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from silr import anatomy
+from silr.codec import DecodedLandmarks, HeatmapCodec, HeatmapTargets
+from silr.errors import ConfigError
+from silr.types import Batch, ModelOutput
+
+# Weight of a visibility error where the landmark is out of frame (v = 0): false positives
+# cost twice as much as misses (paper, section 2.2).
+FALSE_POSITIVE_WEIGHT = 2.0
+# Denominator guard of the NCC for a constant map (e.g. an untrained network's output).
+NCC_EPS = 1e-8
+
+
+# ------------------------------------------------------------------ functional terms
+
+def _check_maps(name: str, logits: Tensor, target: Tensor) -> None:
+    if logits.ndim != 4 or logits.shape != target.shape:
+        raise ValueError(f"{name}: expected heatmap logits and target of the same shape (B, L, H, W), "
+                         f"got {tuple(logits.shape)} and {tuple(target.shape)}")
+
+
+def _check_present(name: str, logits: Tensor, present: Tensor) -> None:
+    if present.shape != logits.shape[:2]:
+        raise ValueError(f"{name}: expected present of shape {tuple(logits.shape[:2])} (B, L), "
+                         f"got {tuple(present.shape)}")
+
+
+def _masked_mean(per_landmark: Tensor, present: Tensor) -> Tensor:
+    """Mean of (B, L) values over the in-frame landmarks; 0 (with grad) when there are none."""
+    mask = present.to(per_landmark.dtype)
+    return (per_landmark * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def dice_ce_loss(seg_logits: Tensor, labels: Tensor, _loss: nn.Module | None = None) -> Tensor:
+    """MONAI DiceCELoss of (B, C, H, W) logits against (B, H, W) integer labels."""
+    if seg_logits.ndim != 4 or labels.shape != (seg_logits.shape[0], *seg_logits.shape[2:]):
+        raise ValueError(f"dice_ce: expected logits (B, C, H, W) and labels (B, H, W) of the same B, H, W, "
+                         f"got {tuple(seg_logits.shape)} and {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        raise ValueError(f"dice_ce: expected integer class labels, got dtype {labels.dtype}")
+    loss = _loss if _loss is not None else _dice_ce_module()
+    return loss(seg_logits.float(), labels[:, None].long())
+
+
+def _dice_ce_module() -> nn.Module:
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def kl_loss(logits: Tensor, target_normalized: Tensor, present: Tensor) -> Tensor:
+    """Mean over in-frame landmarks of KL(target || softmax over all pixels of the logits)."""
+    _check_maps("kl", logits, target_normalized)
+    _check_present("kl", logits, present)
+    log_q = torch.log_softmax(logits.float().flatten(2), dim=-1)
+    target = target_normalized.float().flatten(2)
+    # xlogy gives 0 * log 0 = 0 where the target vanishes.
+    per_landmark = (torch.xlogy(target, target) - target * log_q).sum(-1)
+    return _masked_mean(per_landmark, present)
+
+
+def mse_loss(logits: Tensor, target_peak: Tensor) -> Tensor:
+    """Mean over every pixel of every map of (sigmoid(H) - peak-1 Gaussian)^2 (zero maps out of frame)."""
+    _check_maps("mse", logits, target_peak)
+    return F.mse_loss(torch.sigmoid(logits.float()), target_peak.float())
+
+
+def ncc_loss(logits: Tensor, target_peak: Tensor, present: Tensor) -> Tensor:
+    """Mean over in-frame landmarks of 1 - NCC(H, peak-1 Gaussian)."""
+    _check_maps("ncc", logits, target_peak)
+    _check_present("ncc", logits, present)
+    h = logits.float().flatten(2)
+    g = target_peak.float().flatten(2)
+    h = h - h.mean(-1, keepdim=True)
+    g = g - g.mean(-1, keepdim=True)
+    ncc = (h * g).sum(-1) / torch.sqrt((h * h).sum(-1) * (g * g).sum(-1) + NCC_EPS)
+    return _masked_mean(1.0 - ncc, present)
+
+
+def visibility_loss(v_hat: Tensor, v: Tensor) -> Tensor:
+    """The paper's L_vis: mean over the batch of (1/L) sum_i w_i |v_hat_i - v_i|, w = 2 where v = 0, else 1."""
+    if v_hat.ndim != 2 or v_hat.shape != v.shape:
+        raise ValueError(f"visibility_loss: expected v_hat and v of the same shape (B, L), "
+                         f"got {tuple(v_hat.shape)} and {tuple(v.shape)}")
+    v = v.to(v_hat.dtype)
+    weight = torch.where(v > 0, torch.ones_like(v), torch.full_like(v, FALSE_POSITIVE_WEIGHT))
+    return (weight * (v_hat - v).abs()).mean(-1).mean()
+
+
+def _bone_index(num_landmarks: int, landmark_bones: Sequence[int], device: torch.device) -> Tensor:
+    if len(landmark_bones) != num_landmarks:
+        raise ValueError(f"visibility: expected one bone label per landmark ({num_landmarks}), "
+                         f"got {len(landmark_bones)}")
+    return torch.as_tensor(tuple(landmark_bones), dtype=torch.long, device=device)
+
+
+def discrete_visibility(decoded: DecodedLandmarks, seg_labels: Tensor,
+                        landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> Tensor:
+    """The paper's v_hat in {0, 0.5, 1}, (B, L) float.
+
+    0 where the landmark is predicted absent, 0.5 where it is predicted present but the
+    label at its (rounded) predicted pixel is not its bone, 1 where it is.
+    `seg_labels`: (B, H, W) integer labels, e.g. the argmax of the segmentation logits.
+    """
+    xy, present = decoded.xy, decoded.present
+    if xy.ndim != 3 or xy.shape[-1] != 2 or present.shape != xy.shape[:2]:
+        raise ValueError(f"discrete_visibility: expected decoded xy (B, L, 2) and present (B, L), "
+                         f"got {tuple(xy.shape)} and {tuple(present.shape)}")
+    if seg_labels.ndim != 3 or seg_labels.shape[0] != xy.shape[0] or seg_labels.is_floating_point():
+        raise ValueError(f"discrete_visibility: expected integer seg_labels of shape ({xy.shape[0]}, H, W), "
+                         f"got {tuple(seg_labels.shape)} {seg_labels.dtype}")
+    batch, num_landmarks = present.shape
+    height, width = seg_labels.shape[-2:]
+    bones = _bone_index(num_landmarks, landmark_bones, seg_labels.device)
+    col = torch.round(xy[..., 0]).long().clamp(0, width - 1).to(seg_labels.device)
+    row = torch.round(xy[..., 1]).long().clamp(0, height - 1).to(seg_labels.device)
+    label_at = seg_labels.reshape(batch, height * width).gather(1, row * width + col)
+    inside = (label_at == bones[None, :]).float()
+    return present.to(seg_labels.device).float() * (0.5 + 0.5 * inside)
+
+
+def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmentation: bool = True,
+                    landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> Tensor:
+    """Differentiable v_hat (B, L) = p_present * (0.5 + 0.5 * p_inside).
+
+    p_present = sigmoid(max H_i); p_inside = sum over pixels of softmax(H_i) times the
+    segmentation probability of landmark i's bone. With `detach_segmentation` the
+    segmentation is a constant here, so the term cannot pull the masks to the landmarks.
+    It tends to the discrete v_hat as the heatmap softmax and sigmoid sharpen.
+    """
+    if heatmap_logits.ndim != 4 or seg_logits.ndim != 4 or heatmap_logits.shape[0] != seg_logits.shape[0] \
+            or heatmap_logits.shape[2:] != seg_logits.shape[2:]:
+        raise ValueError(f"soft_visibility: expected heatmaps (B, L, H, W) and segmentation (B, C, H, W) "
+                         f"of the same B, H, W, got {tuple(heatmap_logits.shape)} and {tuple(seg_logits.shape)}")
+    heatmaps = heatmap_logits.float().flatten(2)  # (B, L, HW)
+    bones = _bone_index(heatmaps.shape[1], landmark_bones, heatmaps.device)
+    if int(bones.max()) >= seg_logits.shape[1]:
+        raise ValueError(f"soft_visibility: bone label {int(bones.max())} needs at least {int(bones.max()) + 1} "
+                         f"segmentation classes, got {seg_logits.shape[1]}")
+    seg_prob = torch.softmax(seg_logits.float(), dim=1).flatten(2)  # (B, C, HW)
+    if detach_segmentation:
+        seg_prob = seg_prob.detach()
+    bone_prob = seg_prob.index_select(1, bones)  # (B, L, HW)
+    p_inside = (torch.softmax(heatmaps, dim=-1) * bone_prob).sum(-1)
+    p_present = torch.sigmoid(heatmaps.amax(-1))
+    return p_present * (0.5 + 0.5 * p_inside)
+
+
+# ------------------------------------------------------------------ terms (modules)
+
+@dataclass(frozen=True)
+class LossOptions:
+    """What a term may need besides the network output and the batch."""
+
+    codec: HeatmapCodec
+    visibility_mode: str = "soft"
+    detach_segmentation: bool = True
+
+
+class LossTerm(nn.Module):
+    """One unweighted term: forward(output, batch, targets) -> scalar tensor."""
+
+    # Whether the term reads the codec's rendered targets (rendering is skipped otherwise).
+    needs_targets = True
+
+    def __init__(self, options: LossOptions) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, output: ModelOutput, batch: Batch, targets: HeatmapTargets | None) -> Tensor:
+        raise NotImplementedError
+
+
+class DiceCE(LossTerm):
+    needs_targets = False
+
+    def __init__(self, options: LossOptions) -> None:
+        super().__init__(options)
+        self.loss = _dice_ce_module()
+
+    def forward(self, output, batch, targets):
+        return dice_ce_loss(output.segmentation, batch.labels, self.loss)
+
+
+class HeatmapKL(LossTerm):
+    def forward(self, output, batch, targets):
+        return kl_loss(output.heatmaps, targets.normalized, targets.present)
+
+
+class HeatmapMSE(LossTerm):
+    def forward(self, output, batch, targets):
+        return mse_loss(output.heatmaps, targets.peak)
+
+
+class HeatmapNCC(LossTerm):
+    def forward(self, output, batch, targets):
+        return ncc_loss(output.heatmaps, targets.peak, targets.present)
+
+
+def _soft_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
+    return soft_visibility(output.heatmaps, output.segmentation, detach_segmentation=options.detach_segmentation)
+
+
+def _hard_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
+    decoded = options.codec.decode(output.heatmaps)
+    return discrete_visibility(decoded, output.segmentation.detach().argmax(dim=1))
+
+
+# losses.visibility_mode -> how v_hat is computed from the network output.
+VISIBILITY_MODES: dict[str, Callable[[ModelOutput, LossOptions], Tensor]] = {
+    "soft": _soft_v_hat,
+    "hard": _hard_v_hat,
+}
+
+
+class Visibility(LossTerm):
+    needs_targets = False
+
+    def forward(self, output, batch, targets):
+        v_hat = VISIBILITY_MODES[self.options.visibility_mode](output, self.options)
+        loss = visibility_loss(v_hat, batch.present.to(v_hat.device).float())
+        if not loss.requires_grad and output.heatmaps.requires_grad:
+            # Hard mode is piecewise constant: it contributes its value but no gradient. The
+            # zero-valued link keeps `total.backward()` valid when it is the only term.
+            loss = loss + 0.0 * output.heatmaps.float().sum()
+        return loss
+
+
+# Term name (params.yaml `losses.NAME: {term: weight}`) -> term class.
+LOSS_TERMS: dict[str, type[LossTerm]] = {
+    "dice_ce": DiceCE,
+    "kl": HeatmapKL,
+    "mse": HeatmapMSE,
+    "ncc": HeatmapNCC,
+    "visibility": Visibility,
+}
+
+
+class WeightedLoss(nn.Module):
+    """sum_term weight * term(output, batch); zero-weight terms are never computed.
+
+    forward(output, batch) -> (total, {term: unweighted value, detached}); targets are
+    rendered from `batch.landmarks_xy` / `batch.present` with the codec, after augmentation.
+    """
+
+    def __init__(self, weights: Mapping[str, float], options: LossOptions) -> None:
+        super().__init__()
+        self.weights: dict[str, float] = dict(weights)
+        self.options = options
+        self.terms_needed: tuple[str, ...] = tuple(n for n, w in self.weights.items() if w > 0)
+        self.terms = nn.ModuleDict({n: LOSS_TERMS[n](options) for n in self.terms_needed})
+        self.needs_targets = any(term.needs_targets for term in self.terms.values())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}={w:g}" for n, w in self.weights.items()) + f", options={self.options}"
+
+    def forward(self, output: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        self._check(output, batch)
+        targets = None
+        if self.needs_targets:
+            targets = self.options.codec.encode(batch.landmarks_xy.to(output.heatmaps.device),
+                                                batch.present.to(output.heatmaps.device))
+        total: Tensor | None = None
+        values: dict[str, Tensor] = {}
+        for name, term in self.terms.items():
+            value = term(output, batch, targets)
+            weighted = self.weights[name] * value
+            total = weighted if total is None else total + weighted
+            values[name] = value.detach()
+        return total, values
+
+    def _check(self, output: ModelOutput, batch: Batch) -> None:
+        heatmaps = output.heatmaps
+        expected = tuple(self.options.codec.size)
+        if heatmaps.ndim != 4 or tuple(heatmaps.shape[-2:]) != expected:
+            raise ValueError(f"loss: expected heatmaps (B, L, {expected[0]}, {expected[1]}) matching the codec, "
+                             f"got {tuple(heatmaps.shape)}")
+        if batch.landmarks_xy.shape != (*heatmaps.shape[:2], 2) or batch.present.shape != heatmaps.shape[:2]:
+            raise ValueError(f"loss: expected batch landmarks_xy {(*heatmaps.shape[:2], 2)} and present "
+                             f"{tuple(heatmaps.shape[:2])} to match the heatmaps, got "
+                             f"{tuple(batch.landmarks_xy.shape)} and {tuple(batch.present.shape)}")
+
+
+def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_mode: str = "soft",
+               detach_segmentation: bool = True, key: str = "losses.NAME") -> WeightedLoss:
+    """A WeightedLoss from {term: weight}; ConfigError naming `key` for anything invalid."""
+    known = ", ".join(sorted(LOSS_TERMS))
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of term -> weight (known terms: {known}), got {weights!r}")
+    if not weights:
+        raise ConfigError(f"{key}: empty loss (give at least one term weight; known terms: {known})")
+    for name, weight in weights.items():
+        if name not in LOSS_TERMS:
+            raise ConfigError(f"{key}: unknown term {name!r} (known: {known})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ConfigError(f"{key}.{name}: weight must be a finite number >= 0, got {weight!r}")
+    if sum(float(w) for w in weights.values()) <= 0:
+        raise ConfigError(f"{key}: every term weight is zero (nothing to train)")
+    if visibility_mode not in VISIBILITY_MODES:
+        raise ConfigError(f"losses.visibility_mode: unknown mode {visibility_mode!r} "
+                          f"(known: {', '.join(VISIBILITY_MODES)})")
+    if not isinstance(codec, HeatmapCodec):
+        raise TypeError(f"build_loss: codec must be a HeatmapCodec, got {type(codec).__name__}")
+    options = LossOptions(codec=codec, visibility_mode=visibility_mode,
+                          detach_segmentation=bool(detach_segmentation))
+    return WeightedLoss({n: float(w) for n, w in weights.items()}, options)
