@@ -114,8 +114,9 @@ def params_hash_of(params: Params, loss_name: str) -> str:
     return stable_hash(run_params(params, loss_name))
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, card: Mapping[str, Any], **extra: Any) -> None:
-    """Write model weights + card (+ `extra` entries) to `path` atomically."""
+def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], card: Mapping[str, Any],
+                    **extra: Any) -> None:
+    """Write model weights (a network or its state dict) + card (+ `extra` entries) to `path` atomically."""
     missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
     if missing:
         raise ValueError(f"model card lacks {', '.join(missing)}")
@@ -126,7 +127,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, card: Mapping[str,
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "card": dict(card),
-        "model_state": model_state_cpu(model),
+        "model_state": model_state_cpu(model) if isinstance(model, torch.nn.Module) else dict(model),
         **extra,
     }
     with atomic_path(path) as tmp:

@@ -1,0 +1,578 @@
+"""Stage `train`: train one named loss on one fold.
+
+  silr train --loss proposed --fold 1 [--params params.yaml] [--data PATH]
+             [--folds data/folds.json] [--out-dir models] [--live-dir dvclive] [--fresh]
+
+AdamW (train.lr, train.weight_decay, constant rate as in the paper) on the fold's
+training frames with the paper's augmentation (silr.dataset), batch train.batch_size,
+train.epochs epochs. Every train.val_every epochs (and at the last) the network is
+validated on the fold's validation frames: mean Euclidean distance in pixels (180x180
+frame) between `codec.decode`d and true positions, over in-frame landmarks. The weights
+with the lowest validation error are `models/NAME/foldK/best.pt` (with the model card,
+silr.checkpoint). Every epoch's loss terms, validation error and learning rate go to
+dvclive (`dvclive/NAME/foldK/`).
+
+Resume: `models/NAME/foldK/last.pt` holds everything the run needs to continue exactly
+where it stopped (weights, optimiser, RNG states incl. the augmentation generator, epoch,
+best weights and score, the metric history) and the hash of the params, data and code it
+depends on. It is written atomically every train.checkpoint_every epochs. A rerun resumes
+from it and says so; a last.pt of other params, data, code or device is ignored (with a
+message) and overwritten. A rerun of a finished run re-emits best.pt and the dvclive logs
+from it without training. `--fresh` ignores last.pt. On the CPU a resumed run ends with
+the same weights as an uninterrupted one. SIGINT / SIGTERM stop the run at the next step;
+a checkpoint being written is finished first; the exit status is 128 + signal number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import math
+import random
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from silr import checkpoint
+from silr.dataset import FrameSet, augment, batch_indices, draw_augmentation, frame_set
+from silr.device import DeviceSetup, select_device
+from silr.errors import CheckpointError, ConfigError, DataError, SilrError
+from silr.params import DEFAULT_PARAMS_FILE, Params, load_params, stable_hash
+from silr.types import Batch, ModelOutput
+
+# Modules whose code decides what a run computes (dvc.yaml lists the same files as deps);
+# their source is part of the resume hash, so a code fix never resumes a stale run.
+CODE_MODULES = ("silr.train", "silr.dataset", "silr.model", "silr.losses", "silr.codec")
+RESUME_FORMAT_VERSION = 1
+
+
+class TrainingInterrupted(SilrError):
+    """SIGINT or SIGTERM stopped the run; the exit status is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# ------------------------------------------------------------------ what a run is
+
+@dataclass
+class RunPaths:
+    best: Path
+    last: Path
+    live: Path
+
+    @staticmethod
+    def of(out_dir: str | Path, live_dir: str | Path, loss_name: str, fold: int) -> "RunPaths":
+        run = Path(loss_name) / f"fold{fold}"
+        return RunPaths(best=Path(out_dir) / run / "best.pt", last=Path(out_dir) / run / "last.pt",
+                        live=Path(live_dir) / run)
+
+
+@dataclass
+class RunIdentity:
+    """The hashes a resumable checkpoint must match."""
+
+    params_hash: str
+    data_hash: str
+    code_hash: str
+    device: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"params": self.params_hash, "data": self.data_hash, "code": self.code_hash, "device": self.device}
+
+    @property
+    def run_hash(self) -> str:
+        return stable_hash(self.as_dict())
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        return [name for name, value in self.as_dict().items() if stored.get(name) != value]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_hash_of(data_path: str | Path, fold) -> str:
+    """Hash of the processed file's bytes and of the fold's split (train / val / test frames)."""
+    split = {"train": [list(k) for k in fold.train], "val": [list(k) for k in fold.val],
+             "test": [list(k) for k in fold.test], "test_specimen": fold.test_specimen}
+    return stable_hash({"file": file_sha256(data_path), "split": split})
+
+
+def code_hash() -> str:
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        module = importlib.import_module(name)
+        digest.update(name.encode())
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ training state
+
+@dataclass
+class Progress:
+    """What changes from epoch to epoch, besides the network and optimiser."""
+
+    epoch: int = 0  # completed epochs
+    best_score: float | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per completed epoch
+
+
+def rng_states(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run touches (plain values and tensors: weights_only-loadable)."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": numpy_state[0], "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
+                  "cached_gaussian": float(numpy_state[4])},
+        "python": _python_state_plain(random.getstate()),
+        "augment": generator.get_state(),
+    }
+
+
+def _python_state_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    numpy_state = states["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    generator.set_state(states["augment"])
+
+
+def seed_everything(seed: int, generator: torch.Generator) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    generator.manual_seed(seed)
+
+
+# ------------------------------------------------------------------ one epoch
+
+def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                frames: FrameSet, params: Params, generator: torch.Generator, setup: DeviceSetup,
+                stop: "StopRequest | None" = None, on_step=None) -> dict[str, torch.Tensor] | None:
+    """One pass over the training frames; the mean of every loss term (device tensors).
+
+    Sums stay on the device (no per-step host sync). Returns None when `stop` was
+    requested before the epoch's last step (the partial epoch is abandoned).
+    """
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    indices = list(batch_indices(len(frames), params.train.batch_size, generator, frames.device))
+    for step, index in enumerate(indices):
+        batch = augment(frames.batch(index), draw_augmentation(params.augment, len(index), generator))
+        total, terms = loss_of(model, loss_fn, batch, setup)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        for name, value in (("loss", total.detach()), *terms.items()):
+            sums[name] = sums[name] + value if name in sums else value.clone()
+        steps += 1
+        if on_step is not None:
+            on_step(total.detach())
+        if stop is not None and stop.requested and step < len(indices) - 1:
+            return None
+    return {name: value / steps for name, value in sums.items()}
+
+
+def loss_of(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Batch,
+            setup: DeviceSetup) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    images = batch.images.contiguous(memory_format=setup.memory_format)
+    with setup.autocast():
+        output = model(images)
+    # The losses (softmax over 36k pixels, Dice sums) run in float32 outside autocast.
+    output = ModelOutput(output.heatmaps.float(), output.segmentation.float())
+    return loss_fn(output, batch)
+
+
+@torch.no_grad()
+def validation_error(model: torch.nn.Module, frames: FrameSet, codec, batch_size: int,
+                     setup: DeviceSetup) -> dict[str, float]:
+    """Mean Euclidean error (px) over in-frame landmarks of `frames`, and presence accuracy."""
+    was_training = model.training
+    model.eval()
+    error_sum = torch.zeros((), device=frames.device)
+    counted = torch.zeros((), device=frames.device)
+    presence_right = torch.zeros((), device=frames.device)
+    for index in batch_indices(len(frames), batch_size, None, frames.device):
+        batch = frames.batch(index)
+        with setup.autocast():
+            output = model(batch.images.contiguous(memory_format=setup.memory_format))
+        decoded = codec.decode(output.heatmaps.float())
+        # Input and frame coordinates differ by the same pad offset: distances agree.
+        distance = torch.linalg.vector_norm(decoded.xy - batch.landmarks_xy, dim=-1)
+        error_sum += (distance * batch.present).sum()
+        counted += batch.present.sum()
+        presence_right += (decoded.present == batch.present).sum()
+    model.train(was_training)
+    total = len(frames) * frames.present.shape[1]
+    values = torch.stack([error_sum / counted.clamp_min(1), counted, presence_right / total]).tolist()
+    return {"error_px": values[0] if values[1] > 0 else math.nan, "presence_accuracy": values[2]}
+
+
+# ------------------------------------------------------------------ signals
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop stops at the next safe point."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        # A second signal acts at once (the user really wants out).
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
+
+
+# ------------------------------------------------------------------ the stage
+
+@dataclass
+class Setup:
+    """A validated run: everything checked before any output is written."""
+
+    params: Params
+    loss_name: str
+    fold_number: int
+    data_path: Path
+    paths: RunPaths
+    train_frames: FrameSet
+    val_frames: FrameSet | None
+    identity: RunIdentity
+    device: DeviceSetup
+    codec: Any
+    loss_fn: torch.nn.Module
+    model: torch.nn.Module
+    data_source: str
+
+
+def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
+            out_dir: str | Path, live_dir: str | Path) -> Setup:
+    """Check every argument and build the run; raises SilrError before anything is written."""
+    from silr.codec import HeatmapCodec
+    from silr.deepfluoro import read_processed
+    from silr.folds import load_folds
+    from silr.losses import build_loss
+    from silr.model import BACKBONES, build_model
+
+    weights = params.loss_weights(loss_name)
+    codec = HeatmapCodec.from_params(params.heatmap)
+    loss_fn = build_loss(weights, codec=codec, visibility_mode=params.losses.visibility_mode,
+                         detach_segmentation=params.losses.detach_segmentation, key=f"losses.{loss_name}")
+    if params.model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: unknown backbone {params.model.backbone!r} "
+                          f"(known: {', '.join(BACKBONES)})")
+    device = DeviceSetup(select_device(params.train.device))
+    data_path, folds_path = Path(data_path), Path(folds_path)
+    data = read_processed(data_path)
+    folds = load_folds(folds_path, data)
+    if fold not in folds:
+        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {', '.join(map(str, folds))})")
+    split = folds[fold]
+    if not split.train:
+        raise DataError(f"{folds_path}: fold {fold} has no training frames")
+    source = str(data_path)
+    train_frames = frame_set(data, split.train, device.device, source)
+    val_frames = frame_set(data, split.val, device.device, source) if split.val else None
+    identity = RunIdentity(params_hash=checkpoint.params_hash_of(params, loss_name),
+                           data_hash=data_hash_of(data_path, split), code_hash=code_hash(),
+                           device=device.device.type)
+    seed_everything(params.train.seed, torch.Generator())  # the network's initial weights
+    model = build_model(params.model.backbone, params.model.decoder_channels,
+                        init_checkpoint=params.model.init_checkpoint)
+    model = model.to(device.device, memory_format=device.memory_format)
+    return Setup(params=params, loss_name=loss_name, fold_number=fold, data_path=data_path,
+                 paths=RunPaths.of(out_dir, live_dir, loss_name, fold), train_frames=train_frames,
+                 val_frames=val_frames, identity=identity, device=device, codec=codec,
+                 loss_fn=loss_fn.to(device.device), model=model, data_source=getattr(data, "source", source))
+
+
+def read_resume_state(path: Path, identity: RunIdentity) -> tuple[dict[str, Any] | None, str]:
+    """(the resume payload of last.pt, a message) or (None, why it is not used)."""
+    if not path.exists():
+        return None, ""
+    try:
+        payload = checkpoint.read_checkpoint(path)
+    except CheckpointError as exc:
+        return None, f"ignoring {exc}; starting from scratch"
+    resume = payload.get("resume")
+    if not isinstance(resume, dict) or resume.get("version") != RESUME_FORMAT_VERSION:
+        return None, f"ignoring {path}: it holds no resume state this silr can read; starting from scratch"
+    different = identity.differences(resume.get("identity", {}))
+    if different:
+        return None, (f"ignoring {path}: it was written for different {', '.join(different)} "
+                      f"(run hash {resume.get('run_hash')}, this run {identity.run_hash}); starting from scratch")
+    payload["resume"]["model_state"] = payload["model_state"]
+    return payload["resume"], ""
+
+
+def build_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
+
+
+def card_of(setup: Setup, score: float | None, epoch: int) -> dict[str, Any]:
+    return checkpoint.build_card(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
+                                 data_hash=setup.identity.data_hash, params_hash=setup.identity.params_hash,
+                                 val_score_px=score, epoch=epoch, data_source=setup.data_source)
+
+
+def write_last(setup: Setup, optimizer: torch.optim.Optimizer, progress: Progress,
+               generator: torch.Generator, finished: bool) -> None:
+    resume = {
+        "version": RESUME_FORMAT_VERSION,
+        "identity": setup.identity.as_dict(),
+        "run_hash": setup.identity.run_hash,
+        "epoch": progress.epoch,
+        "finished": finished,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None,  # constant learning rate (the paper's AdamW at 1e-4)
+        "rng": rng_states(generator),
+        "best_score": progress.best_score,
+        "best_epoch": progress.best_epoch,
+        "best_state": progress.best_state,
+        "history": progress.history,
+        "dvclive_step": len(progress.history),
+    }
+    score = progress.history[-1].get("val/error_px") if progress.history else None
+    checkpoint.save_checkpoint(setup.paths.last, setup.model, card_of(setup, score, progress.epoch), resume=resume)
+
+
+def write_best(setup: Setup, progress: Progress) -> None:
+    """best.pt from the best weights seen so far (the last ones when nothing was validated)."""
+    if progress.best_state is not None:
+        checkpoint.save_checkpoint(setup.paths.best, progress.best_state,
+                                   card_of(setup, progress.best_score, progress.best_epoch))
+    else:
+        checkpoint.save_checkpoint(setup.paths.best, setup.model, card_of(setup, None, progress.epoch))
+
+
+class LiveLog:
+    """dvclive for one run, rebuilt from the checkpoint's history so resumed logs have no gaps or repeats."""
+
+    def __init__(self, directory: Path, history: list[dict[str, float]]) -> None:
+        from dvclive import Live
+
+        # dvcyaml=None: the pipeline's dvc.yaml declares the plots; dvclive must never edit it.
+        self.live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
+        for entry in history:
+            self.log(entry)
+
+    def log(self, entry: dict[str, float]) -> None:
+        for name, value in entry.items():
+            if name != "epoch" and value is not None and math.isfinite(value):
+                self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def close(self, progress: Progress) -> None:
+        if progress.best_score is not None:
+            self.live.summary["best/val_error_px"] = progress.best_score
+            self.live.summary["best/epoch"] = progress.best_epoch
+        self.live.end()
+
+
+def _say(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"silr train: {message}", file=sys.stderr)
+
+
+def run(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
+        out_dir: str | Path = "models", live_dir: str | Path = "dvclive", fresh: bool = False,
+        progress_bar: bool = True) -> Progress:
+    """Train (or resume, or re-emit) one run; returns its final progress."""
+    setup = prepare(params, loss_name=loss_name, fold=fold, data_path=data_path, folds_path=folds_path,
+                    out_dir=out_dir, live_dir=live_dir)
+    with _deterministic(setup.device):
+        return _train(setup, fresh=fresh, progress_bar=progress_bar)
+
+
+@contextlib.contextmanager
+def _deterministic(setup: DeviceSetup) -> Iterator[None]:
+    """Deterministic kernels on the CPU (restored afterwards); CUDA keeps its fast kernels."""
+    setup.configure()
+    if setup.is_cuda:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
+    from tqdm import tqdm
+
+    params, train = setup.params, setup.params.train
+    generator = torch.Generator(device=setup.device.device)
+    seed_everything(train.seed, generator)
+    optimizer = build_optimizer(setup.model, params)
+    progress = Progress()
+
+    resume, why_not = (None, "") if fresh else read_resume_state(setup.paths.last, setup.identity)
+    if why_not:
+        _say(why_not)
+    if resume is not None:
+        setup.model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer"])
+        restore_rng_states(resume["rng"], generator)
+        progress = Progress(epoch=int(resume["epoch"]), best_score=resume["best_score"],
+                            best_epoch=int(resume["best_epoch"]), best_state=resume["best_state"],
+                            history=list(resume["history"]))
+    run_name = f"{setup.loss_name} fold {setup.fold_number}"
+    if resume is not None and progress.epoch >= train.epochs:
+        _say(f"{run_name} already trained ({progress.epoch} epochs, {setup.paths.last}); "
+             f"re-emitting {setup.paths.best} and the dvclive logs")
+    elif resume is not None:
+        _say(f"resuming {run_name} from {setup.paths.last} at epoch {progress.epoch + 1} of {train.epochs}")
+    else:
+        val = len(setup.val_frames) if setup.val_frames is not None else 0
+        _say(f"{run_name} on {setup.device.describe()}: {len(setup.train_frames)} training / {val} validation "
+             f"frames, {train.epochs} epochs, batch {train.batch_size}, {params.model.backbone} "
+             f"{list(params.model.decoder_channels)}")
+    if setup.val_frames is None:
+        _say("the fold has no validation frames: best.pt will hold the last epoch's weights")
+
+    live = LiveLog(setup.paths.live, progress.history)
+    steps_per_epoch = len(list(batch_indices(len(setup.train_frames), train.batch_size,
+                                             torch.Generator().manual_seed(0), "cpu")))
+    bar = tqdm(total=train.epochs * steps_per_epoch, initial=progress.epoch * steps_per_epoch,
+               desc=f"train {setup.loss_name}/fold{setup.fold_number}", unit="step", file=sys.stderr,
+               disable=not progress_bar, mininterval=1.0, dynamic_ncols=True)
+    stop = StopRequest()
+    # Showing the loss needs a host copy: every step on the CPU (free), every 10th on a GPU.
+    show_every = 1 if not setup.device.is_cuda else 10
+    step_counter = [0]
+
+    def on_step(total: torch.Tensor) -> None:
+        bar.update(1)
+        step_counter[0] += 1
+        if progress_bar and step_counter[0] % show_every == 0:
+            bar.set_postfix_str(f"loss {float(total):.4g}", refresh=False)
+
+    try:
+        with stop.installed():
+            while progress.epoch < train.epochs:
+                epoch = progress.epoch + 1
+                means = train_epoch(setup.model, setup.loss_fn, optimizer, setup.train_frames, params, generator,
+                                    setup.device, stop, on_step)
+                if means is None:
+                    raise _interrupted(stop, setup, progress, mid_epoch=epoch)
+                entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                entry.update({f"train/{name}": value for name, value in
+                              zip(means, torch.stack(list(means.values())).tolist())})
+                if not math.isfinite(entry["train/loss"]):
+                    raise ConfigError(f"training diverged: the loss is {entry['train/loss']} at epoch {epoch} "
+                                      f"(try a lower train.lr, now {train.lr})")
+                improved = False
+                if setup.val_frames is not None and (epoch % train.val_every == 0 or epoch == train.epochs):
+                    scores = validation_error(setup.model, setup.val_frames, setup.codec, train.batch_size,
+                                              setup.device)
+                    entry["val/error_px"] = scores["error_px"]
+                    entry["val/presence_accuracy"] = scores["presence_accuracy"]
+                    score = scores["error_px"]
+                    if math.isfinite(score) and (progress.best_score is None or score < progress.best_score):
+                        progress.best_score, progress.best_epoch = score, epoch
+                        progress.best_state = checkpoint.model_state_cpu(setup.model)
+                        improved = True
+                    bar.set_postfix_str(f"loss {entry['train/loss']:.4g} val {score:.2f}px", refresh=False)
+                progress.epoch = epoch
+                progress.history.append(entry)
+                live.log(entry)
+                if epoch % train.checkpoint_every == 0 or epoch == train.epochs or stop.requested:
+                    write_last(setup, optimizer, progress, generator, finished=epoch == train.epochs)
+                if improved:
+                    write_best(setup, progress)
+                if stop.requested and epoch < train.epochs:
+                    raise _interrupted(stop, setup, progress, mid_epoch=None)
+    finally:
+        bar.close()
+    write_best(setup, progress)
+    live.close(progress)
+    if progress.best_score is not None:
+        _say(f"{run_name}: best validation error {progress.best_score:.2f} px at epoch {progress.best_epoch} "
+             f"-> {setup.paths.best}")
+    else:
+        _say(f"{run_name}: finished -> {setup.paths.best}")
+    return progress
+
+
+def _interrupted(stop: StopRequest, setup: Setup, progress: Progress, mid_epoch: int | None) -> TrainingInterrupted:
+    name = signal.Signals(stop.signum).name
+    if mid_epoch is not None:
+        where = f"during epoch {mid_epoch} (the partial epoch is dropped)"
+    else:
+        where = f"after epoch {progress.epoch}"
+    if setup.paths.last.exists():
+        saved = f"{setup.paths.last} holds the state to resume from"
+    else:
+        saved = "no checkpoint was written yet"
+    return TrainingInterrupted(f"stopped by {name} {where}; {saved}; rerun the same command to resume",
+                               stop.signum)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loss", required=True, metavar="NAME", help="a loss named under `losses` in params.yaml")
+    parser.add_argument("--fold", required=True, type=int, metavar="K", help="fold number (tests specimen K)")
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+    parser.add_argument("--data", default=None, help="processed 8x file (default: params data.processed)")
+    parser.add_argument("--folds", default="data/folds.json", help="folds file (default: %(default)s)")
+    parser.add_argument("--out-dir", default="models", help="checkpoint root (default: %(default)s)")
+    parser.add_argument("--live-dir", default="dvclive", help="dvclive root (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="ignore a resumable last.pt and start from scratch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    run(params, loss_name=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
+        folds_path=args.folds, out_dir=args.out_dir, live_dir=args.live_dir, fresh=args.fresh,
+        progress_bar=not args.no_progress)
+    return 0
