@@ -1,0 +1,146 @@
+"""Checkpoints and model cards (silr.checkpoint): round trip and every kind of bad file."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from silr import checkpoint
+from silr.anatomy import LANDMARK_NAMES, NETWORK_INPUT_PX
+from silr.codec import HeatmapCodec
+from silr.errors import CheckpointError
+from silr.model import build_model
+from silr.params import params_from_dict
+
+PARAMS = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True}})
+
+
+def tiny_card(**changes):
+    card = checkpoint.build_card(PARAMS, loss_name="proposed", fold=2, data_hash="d" * 16,
+                                 params_hash=checkpoint.params_hash_of(PARAMS, "proposed"),
+                                 val_score_px=4.25, epoch=7)
+    card.update(changes)
+    return card
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model("hrnet_w18_small", (4, 4))
+
+
+def test_round_trip_restores_weights_card_and_codec(tmp_path, tiny_model):
+    path = tmp_path / "models" / "best.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card())
+    assert not list(path.parent.glob(".silr-tmp-*"))  # written atomically, nothing left over
+    model, card = checkpoint.load_model(path)
+    assert not model.training
+    for (name, mine), theirs in zip(tiny_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    assert card["landmark_names"] == list(LANDMARK_NAMES)
+    assert card["label_names"][0] == "background" and len(card["label_names"]) == 7
+    assert card["model"] == {"backbone": "hrnet_w18_small", "decoder_channels": [4, 4],
+                             "num_landmarks": 14, "num_classes": 7}
+    assert (card["input_size"], card["frame_size"], card["pad_offset"]) == (192, 180, 6)
+    assert card["preprocessing"]["crop"] == 50 and card["preprocessing"]["downsample"] == 8
+    assert card["loss"]["weights"] == {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0}
+    assert (card["fold"], card["val_score_px"], card["epoch"]) == (2, 4.25, 7)
+    assert card["params"]["train"]["epochs"] == PARAMS.train.epochs
+    assert card["format"] == checkpoint.CHECKPOINT_FORMAT
+    codec = checkpoint.codec_from_card(card)
+    assert isinstance(codec, HeatmapCodec)
+    assert (codec.size, codec.sigma, codec.refine) == ((NETWORK_INPUT_PX, NETWORK_INPUT_PX), 3.0, True)
+
+
+def test_params_hash_follows_only_the_run_sections():
+    base = checkpoint.params_hash_of(PARAMS, "proposed")
+    other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+                                   "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
+                                              "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
+    assert checkpoint.params_hash_of(other_loss, "proposed") == base  # another loss's weights
+    other_eval = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+                                   "evaluate": {"success_mm": [1.0]}})
+    assert checkpoint.params_hash_of(other_eval, "proposed") == base
+    other_lr = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+                                 "train": {"lr": 0.5}})
+    assert checkpoint.params_hash_of(other_lr, "proposed") != base
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="absent.pt: no such checkpoint file"):
+        checkpoint.load_model(tmp_path / "absent.pt")
+
+
+def test_truncated_file(tmp_path, tiny_model):
+    path = tmp_path / "best.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="best.pt: not a readable silr checkpoint"):
+        checkpoint.load_model(path)
+
+
+def test_junk_and_foreign_pickles(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00 this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable silr checkpoint"):
+        checkpoint.load_model(junk)
+    # A pickle that would run code on load is refused (weights_only), never executed.
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(print, protocol=2))
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable silr checkpoint"):
+        checkpoint.load_model(evil)
+
+
+def test_torch_file_that_is_not_a_silr_checkpoint(tmp_path, tiny_model):
+    plain = tmp_path / "plain.pt"
+    torch.save(tiny_model.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="plain.pt: not a silr checkpoint .*found None"):
+        checkpoint.load_model(plain)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(CheckpointError, match="tensor.pt: not a silr checkpoint .*found 'Tensor'"):
+        checkpoint.load_model(tensor)
+
+
+def test_newer_format_version(tmp_path, tiny_model):
+    path = tmp_path / "future.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card())
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="future.pt: checkpoint format version 99 is not supported"):
+        checkpoint.load_model(path)
+
+
+def test_weights_that_do_not_fit_the_card(tmp_path, tiny_model):
+    path = tmp_path / "mismatch.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card(model={"backbone": "hrnet_w18_small",
+                                                                  "decoder_channels": [8, 4]}))
+    with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit the network its card describes"):
+        checkpoint.load_model(path)
+
+
+def test_card_with_unknown_backbone_or_missing_keys(tmp_path, tiny_model):
+    path = tmp_path / "odd.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card(model={"backbone": "resnet_nope",
+                                                                  "decoder_channels": [4, 4]}))
+    with pytest.raises(CheckpointError, match="odd.pt: cannot build the network its card describes.*resnet_nope"):
+        checkpoint.load_model(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["card"]["heatmap"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="odd.pt: model card lacks heatmap"):
+        checkpoint.load_model(path)
+
+
+def test_extra_entries_and_state_dicts(tmp_path, tiny_model):
+    path = tmp_path / "last.pt"
+    state = checkpoint.model_state_cpu(tiny_model)
+    checkpoint.save_checkpoint(path, state, tiny_card(), resume={"epoch": 3, "history": [{"a": 1.0}]})
+    payload = checkpoint.read_checkpoint(path)
+    assert payload["resume"] == {"epoch": 3, "history": [{"a": 1.0}]}
+    with pytest.raises(ValueError, match="may not be named"):
+        checkpoint.save_checkpoint(path, state, tiny_card(), model_state={})
