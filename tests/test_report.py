@@ -61,16 +61,44 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
                                       frame_indices=list(range(FRAMES)), labels=predicted_labels)
 
 
+def write_dvclive(live_dir: Path) -> None:
+    """dvclive's layout: plots/metrics/<name>.tsv with timestamp, step and the value column."""
+    for loss in LOSSES:
+        for fold in SPECIMENS:
+            metrics_dir = live_dir / loss / f"fold{fold}" / "plots" / "metrics"
+            (metrics_dir / "train").mkdir(parents=True)
+            (metrics_dir / "val").mkdir()
+            (metrics_dir / "train" / "loss.tsv").write_text(
+                "timestamp\tstep\tloss\n" + "".join(f"{1000 + s}\t{s}\t{fold * 10 - s}\n" for s in range(3)))
+            (metrics_dir / "val" / "error_px.tsv").write_text(f"timestamp\tstep\terror_px\n1\t1\t{fold}.5\n")
+    # A run whose logs are missing contributes no rows (mse fold 3).
+    for tsv in (live_dir / "mse" / "fold3").rglob("*.tsv"):
+        tsv.unlink()
+
+
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data_path = root / "ds_8x.h5"
     specimens = write_data(data_path)
     write_evaluations(root / "metrics", specimens)
+    write_dvclive(root / "dvclive")
     params = params_from_dict({"study": {"losses": list(LOSSES), "folds": list(SPECIMENS)},
                                "train": {"epochs": 3}, "model": {"backbone": "tiny"}})
-    summary = report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", data_path=data_path)
+    summary = report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", data_path=data_path,
+                         live_dir=root / "dvclive")
     return root, params, data_path, summary
+
+
+def test_training_curves_are_fold_means_per_loss(reported):
+    root, _, _, _ = reported
+    train_loss = pd.read_csv(root / "metrics" / "curves" / "train_loss.csv")
+    assert list(train_loss.columns) == ["step", "proposed", "mse"]
+    # proposed: folds 1-3 give 10 - s, 20 - s, 30 - s -> mean 20 - s; mse: folds 1-2 only -> 15 - s.
+    assert train_loss["proposed"].tolist() == [20.0, 19.0, 18.0]
+    assert train_loss["mse"].tolist() == [15.0, 14.0, 13.0]
+    val = pd.read_csv(root / "metrics" / "curves" / "val_error_px.csv")
+    assert val.to_dict("list") == {"step": [1], "proposed": [2.5], "mse": [2.0]}
 
 
 def test_table2_has_the_known_errors(reported):
@@ -151,9 +179,11 @@ def test_per_specimen_csv_and_plots(reported):
 def test_outputs_are_byte_stable(reported, tmp_path):
     root, params, data_path, _ = reported
     before = {name: (root / "metrics" / name).read_bytes() for name in ("summary.json", "table2.md",
-                                                                       "per_specimen.csv")}
+                                                                       "per_specimen.csv",
+                                                                       "curves/train_loss.csv")}
     assert json.loads(before["summary.json"])["means"]["mse"] == 2.0
-    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path)
+    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
+               live_dir=root / "dvclive")
     for name, content in before.items():
         assert (root / "metrics" / name).read_bytes() == content, name
     assert (root / "plots" / "figure1.png").read_bytes() == (tmp_path / "plots" / "figure1.png").read_bytes()

@@ -181,3 +181,28 @@ def segmentation_comparison(images: Sequence[np.ndarray], true_labels: Sequence[
     legend = [Patch(color=LABEL_COLORS[value], label=name) for value, name in LABEL_NAMES.items() if value]
     figure.legend(handles=legend, loc="outside lower center", ncol=3, fontsize=10, frameon=False)
     return figure
+
+
+def training_curves(curves: pd.DataFrame, losses: Sequence[str], metric_names: Sequence[str]) -> Figure:
+    """One panel per dvclive metric: a thin line per fold, a thick one for the mean over folds."""
+    figure = Figure(figsize=(6.0 * len(metric_names), 4.6), layout="constrained")
+    axes = figure.subplots(1, len(metric_names), squeeze=False)[0]
+    palette = _palette(losses)
+    for ax, metric in zip(axes, metric_names):
+        rows = curves[curves["metric"] == metric]
+        for loss in losses:
+            mine = rows[rows["loss"] == loss]
+            for _, fold_rows in mine.groupby("fold"):
+                ax.plot(fold_rows["step"], fold_rows["value"], color=palette[loss], alpha=0.3, linewidth=1)
+            mean = mine.groupby("step")["value"].mean()
+            if len(mean):
+                ax.plot(mean.index, mean.to_numpy(), color=palette[loss], linewidth=2.2, marker="o",
+                        markersize=3, label=loss_title(loss))
+        if rows.empty:
+            ax.text(0.5, 0.5, "no dvclive logs", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+        ax.set_title(metric, fontsize=12)
+        ax.set_xlabel("step (epoch)", fontsize=11)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=10)
+    return figure

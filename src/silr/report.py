@@ -11,9 +11,12 @@ labels, pixel spacing, what data it is). Writes
   block for `dvc exp show`), `segmentation_dice` (per loss and bone, from the label maps),
   `dataset` (data kind, source, counts, settings) and `paper_table2` (the paper's numbers);
 - `metrics/table2.md`: the paper's table layout, our numbers beside the paper's;
-- `metrics/per_specimen.csv`: loss, specimen, mean_px, mean_mm (for `dvc plots`);
+- `metrics/per_specimen.csv`: loss, specimen, specimen_loss, mean_px, mean_mm (for `dvc plots`);
+- `metrics/curves/<metric>.csv` for the training loss and the validation error: step, then
+  one column per loss (mean over folds) from the dvclive logs, for `dvc plots` (whose
+  definitions cannot enumerate the dvclive folders of every (loss, fold) themselves);
 - `plots/figure1.png`, `plots/per_specimen_errors.png`, `plots/cumulative_errors.png`,
-  `plots/per_landmark_errors.png`, `plots/segmentation.png`.
+  `plots/per_landmark_errors.png`, `plots/segmentation.png`, `plots/training_curves.png`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ DEFAULT_METRICS = "metrics"
 DEFAULT_PLOTS = "plots"
 # How the data kinds of the processed file's attributes read in a sentence.
 DATA_KIND_TEXT = {"synthetic": "the synthetic phantom", "deepfluoro": "the DeepFluoro data set"}
+DEFAULT_LIVE = "dvclive"
 PLOT_NAMES = ("figure1.png", "per_specimen_errors.png", "cumulative_errors.png", "per_landmark_errors.png",
-              "segmentation.png")
+              "segmentation.png", "training_curves.png")
+# dvclive metric (path under plots/metrics, without .tsv) -> the curves file it becomes.
+CURVE_FILES = {"train/loss": "train_loss.csv", "val/error_px": "val_error_px.csv"}
 
 
 # ------------------------------------------------------------------ pure logic
@@ -169,9 +175,47 @@ def _true_labels(data: Any, maps: Mapping[str, np.ndarray], path: Path) -> np.nd
     return truth
 
 
+def read_training_curves(live_dir: str | Path, losses: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
+    """Every dvclive metric of every (loss, fold) as tidy rows (loss, fold, metric, step, value).
+
+    A run without dvclive logs contributes no rows (the curves are a view, not a result).
+    """
+    rows = []
+    for loss in losses:
+        for fold in folds:
+            root = Path(live_dir) / loss / f"fold{fold}" / "plots" / "metrics"
+            for tsv in sorted(root.rglob("*.tsv")):
+                metric = tsv.relative_to(root).with_suffix("").as_posix()
+                try:
+                    logged = pd.read_csv(tsv, sep="\t")
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+                    raise DataError(f"{tsv}: not a readable dvclive metric file ({type(exc).__name__})") from None
+                value_column = tsv.stem
+                if "step" not in logged.columns or value_column not in logged.columns:
+                    raise DataError(f"{tsv}: expected columns step and {value_column}, "
+                                    f"got {', '.join(map(str, logged.columns))}")
+                rows.append(pd.DataFrame({"loss": loss, "fold": fold, "metric": metric,
+                                          "step": logged["step"].astype(int),
+                                          "value": logged[value_column].astype(float)}))
+    columns = ["loss", "fold", "metric", "step", "value"]
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+def curves_wide(curves: pd.DataFrame, metric: str, losses: Sequence[str]) -> pd.DataFrame:
+    """step, then one column per loss: the metric's mean over folds at each step."""
+    rows = curves[curves["metric"] == metric]
+    if rows.empty:
+        return pd.DataFrame(columns=["step", *losses])
+    wide = rows.pivot_table(index="step", columns="loss", values="value", aggfunc="mean")
+    wide = wide.reindex(columns=list(losses)).reset_index()
+    wide.columns.name = None
+    return wide
+
+
 # ------------------------------------------------------------------ the stage
 
-def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params) -> None:
+def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
+                curves: pd.DataFrame) -> None:
     """Every PNG of the report (plots.py draws, this function picks the frames)."""
     from silr import plots
 
@@ -184,6 +228,7 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
     plots.save_png(plots.cumulative_errors(table, losses, data.pixel_spacing_mm, params.evaluate.success_mm),
                    plots_dir / "cumulative_errors.png")
     plots.save_png(plots.per_landmark_errors(table, losses), plots_dir / "per_landmark_errors.png")
+    plots.save_png(plots.training_curves(curves, losses, list(CURVE_FILES)), plots_dir / "training_curves.png")
 
     # The segmentation figure shows the first loss of the study (the proposed one by default)
     # on the Figure 1 frames; only a loss with a segmentation term trains the masks.
@@ -201,7 +246,8 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
                                                  metrics.loss_title(seg_loss)), plots_dir / "segmentation.png")
 
 
-def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path) -> dict[str, Any]:
+def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path,
+        live_dir: str | Path = DEFAULT_LIVE) -> dict[str, Any]:
     """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
     from silr import deepfluoro
 
@@ -225,7 +271,13 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     write_with(metrics_dir / "per_specimen.csv",
                lambda tmp: per_specimen.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                lineterminator="\n"))
-    write_plots(plots_dir, table, data, metrics_dir, params)
+    curves = read_training_curves(live_dir, losses, folds)
+    for metric, name in CURVE_FILES.items():
+        wide = curves_wide(curves, metric, losses)
+        write_with(metrics_dir / "curves" / name,
+                   lambda tmp, wide=wide: wide.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
+                                                     lineterminator="\n"))
+    write_plots(plots_dir, table, data, metrics_dir, params, curves)
     return summary
 
 
@@ -235,9 +287,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-plots", default=DEFAULT_PLOTS, help="directory for the PNGs (default: %(default)s)")
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--data", default=None, help="processed HDF5 file (default: data.processed in params)")
+    parser.add_argument("--live", default=DEFAULT_LIVE, help="dvclive root of the training runs (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    run(params, metrics_dir=args.metrics, plots_dir=args.out_plots, data_path=args.data or params.data.processed)
+    run(params, metrics_dir=args.metrics, plots_dir=args.out_plots, data_path=args.data or params.data.processed,
+        live_dir=args.live)
     return 0
