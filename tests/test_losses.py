@@ -97,9 +97,9 @@ def test_ncc_identical_negated_and_affine_maps():
 
 def test_visibility_loss_is_the_papers_weighted_mae():
     v = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    v_hat = torch.tensor([[0.5, 0.5, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    # Row 1: (1 * 0.5 + 2 * 0.5 + 0 + 0) / 4 = 0.375; row 2: 0; mean 0.1875.
-    assert visibility_loss(v_hat, v).item() == pytest.approx(0.1875)
+    v_hat = torch.tensor([[0.5, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    # Row 1: (1 * 0.5 + 2 * 1.0 + 0 + 0) / 4 = 0.625; row 2: 0; mean 0.3125.
+    assert visibility_loss(v_hat, v).item() == pytest.approx(0.3125)
     # Every landmark out of frame but predicted present outside its bone: 2 * 0.5 = 1.
     assert visibility_loss(torch.full((3, L), 0.5), torch.zeros(3, L)).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"same shape \(B, L\)"):
