@@ -19,6 +19,7 @@ batch has none. Every term computes in float32, whatever the autocast dtype of t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -119,7 +120,13 @@ def _bone_index(num_landmarks: int, landmark_bones: Sequence[int], device: torch
     if len(landmark_bones) != num_landmarks:
         raise ValueError(f"visibility: expected one bone label per landmark ({num_landmarks}), "
                          f"got {len(landmark_bones)}")
-    return torch.as_tensor(tuple(landmark_bones), dtype=torch.long, device=device)
+    return _bone_tensor(tuple(int(b) for b in landmark_bones), device)
+
+
+@functools.lru_cache(maxsize=16)
+def _bone_tensor(landmark_bones: tuple[int, ...], device: torch.device) -> Tensor:
+    # Cached per device: a training step on a GPU makes no host-to-device copy for it.
+    return torch.tensor(landmark_bones, dtype=torch.long, device=device)
 
 
 def discrete_visibility(decoded: DecodedLandmarks, seg_labels: Tensor,
@@ -162,9 +169,9 @@ def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmen
                          f"of the same B, H, W, got {tuple(heatmap_logits.shape)} and {tuple(seg_logits.shape)}")
     heatmaps = heatmap_logits.float().flatten(2)  # (B, L, HW)
     bones = _bone_index(heatmaps.shape[1], landmark_bones, heatmaps.device)
-    if int(bones.max()) >= seg_logits.shape[1]:
-        raise ValueError(f"soft_visibility: bone label {int(bones.max())} needs at least {int(bones.max()) + 1} "
-                         f"segmentation classes, got {seg_logits.shape[1]}")
+    if max(landmark_bones) >= seg_logits.shape[1]:
+        raise ValueError(f"soft_visibility: bone label {max(landmark_bones)} needs at least "
+                         f"{max(landmark_bones) + 1} segmentation classes, got {seg_logits.shape[1]}")
     seg_prob = torch.softmax(seg_logits.float(), dim=1).flatten(2)  # (B, C, HW)
     if detach_segmentation:
         seg_prob = seg_prob.detach()
