@@ -101,7 +101,8 @@ def describe_data(dataset: Mapping[str, Any]) -> str:
     settings = dataset["settings"]
     return (f"Data: {kind} ({dataset['source']}), {dataset['specimens']} specimens, {dataset['frames']} frames "
             f"({dataset['test_frames']} test frames over folds {', '.join(map(str, settings['folds']))}), "
-            f"{dataset['mm_per_px']:g} mm per pixel. Model: {settings['backbone']}, {settings['epochs']} epochs.")
+            f"{dataset['mm_per_px']:g} mm per pixel. Model: {settings['backbone']}, {settings['epochs']} "
+            f"epoch{'' if settings['epochs'] == 1 else 's'}.")
 
 
 def _cell(value: float | None) -> str:
