@@ -30,6 +30,29 @@ def _prepare_dir(path: Path) -> None:
         raise OutputError(f"{path}: output directory {path.parent} is not writable")
 
 
+def ensure_writable(*paths: str | os.PathLike) -> None:
+    """Check, before any work, that every output in `paths` can be written: its directory
+    exists or can be made, accepts a new file, and the path is not a directory.
+
+    A stage with several outputs calls this first, so a read-only or blocked location fails
+    it before it computes anything and before any of its outputs is written (`os.access`
+    alone is not enough: it says yes to root on a read-only file system).
+    """
+    for path in paths:
+        target = Path(path)
+        _prepare_dir(target)
+        if target.is_dir():
+            raise OutputError(f"{target}: is a directory, expected a file path")
+        probe = target.parent / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise OutputError(f"{target}: output directory {target.parent} does not accept new files "
+                              f"({exc.strerror})") from None
+        with contextlib.suppress(FileNotFoundError):
+            probe.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.

@@ -45,6 +45,7 @@ from silr import checkpoint
 from silr.dataset import FrameSet, augment, batch_indices, draw_augmentation, frame_set
 from silr.device import DeviceSetup, select_device
 from silr.errors import CheckpointError, ConfigError, DataError, SilrError
+from silr.io import ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params, stable_hash
 from silr.types import Batch, ModelOutput
 
@@ -317,6 +318,9 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     split = folds[fold]
     if not split.train:
         raise DataError(f"{folds_path}: fold {fold} has no training frames")
+    paths = RunPaths.of(out_dir, live_dir, loss_name, fold)
+    # A blocked output location fails now, not after the first epoch (dvclive writes into live).
+    ensure_writable(paths.best, paths.last, paths.live / "metrics.json")
     source = str(data_path)
     train_frames = frame_set(data, split.train, device.device, source)
     val_frames = frame_set(data, split.val, device.device, source) if split.val else None
@@ -328,7 +332,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                         init_checkpoint=params.model.init_checkpoint)
     model = model.to(device.device, memory_format=device.memory_format)
     return Setup(params=params, loss_name=loss_name, fold_number=fold, data_path=data_path,
-                 paths=RunPaths.of(out_dir, live_dir, loss_name, fold), train_frames=train_frames,
+                 paths=paths, train_frames=train_frames,
                  val_frames=val_frames, identity=identity, device=device, codec=codec,
                  loss_fn=loss_fn.to(device.device), model=model, data_source=getattr(data, "source", source))
 
