@@ -32,7 +32,7 @@ import torch
 from silr import coords, frames, metrics
 from silr.anatomy import LANDMARK_NAMES
 from silr.errors import CheckpointError, ConfigError, DataError
-from silr.io import write_json, write_with
+from silr.io import ensure_writable, write_json, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 DEFAULT_FOLDS = "data/folds.json"
@@ -253,6 +253,9 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     model, card = checkpoint.load_model(ckpt, resolve_device(device))
     _check_card(ckpt, card, loss, fold)
     codec = checkpoint.codec_from_card(card)
+    paths = output_paths(out_dir, loss, fold)
+    # All three outputs or none: a blocked location fails before the first one is written.
+    ensure_writable(paths.predictions, paths.fold_metrics, paths.segmentation)
 
     specimens = [specimen for specimen, _ in test]
     frame_indices = [index for _, index in test]
@@ -273,7 +276,6 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
         "model": {"epoch": card.get("epoch"), "val_score_px": card.get("val_score_px")},
     })
 
-    paths = output_paths(out_dir, loss, fold)
     write_predictions_csv(paths.predictions, table)
     write_label_maps(paths.segmentation, specimens=specimens, frame_indices=frame_indices, labels=predicted.labels)
     write_json(paths.fold_metrics, metrics.rounded(result))
