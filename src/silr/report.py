@@ -31,7 +31,7 @@ import pandas as pd
 from silr import metrics
 from silr.errors import DataError
 from silr.evaluate import output_paths, read_label_maps, read_predictions_csv
-from silr.io import write_json, write_text, write_with
+from silr.io import ensure_writable, write_json, write_text, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 DEFAULT_METRICS = "metrics"
@@ -256,6 +256,10 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     losses, folds = list(params.study.losses), list(params.study.folds)
     table = load_predictions(metrics_dir, losses, folds)
     data = deepfluoro.read_processed(data_path)
+    # Every output or none: a blocked location fails before the first one is written.
+    ensure_writable(*(metrics_dir / name for name in ("summary.json", "table2.md", "per_specimen.csv")),
+                    *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
+                    *(plots_dir / name for name in PLOT_NAMES))
     result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
                                 success_mm=params.evaluate.success_mm)
     dataset = dataset_description(data, table, params)
