@@ -27,7 +27,7 @@ import numpy as np
 
 from silr import anatomy, coords
 from silr.errors import ConfigError
-from silr.io import atomic_path
+from silr.io import atomic_path, ensure_writable
 from silr.phantom.projector import AIR_INTENSITY, MIN_BONE_PATH_MM, Detector, Pose, Projection, render, sample_pose
 from silr.phantom.specimen import Specimen, make_specimen
 from silr.phantom.volume import voxelize
@@ -218,6 +218,7 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
 
 def run(out: Path, specimens: int, frames: int, seed: int, preview: Path | None = None) -> SynthSummary:
     """The stage: generate the phantom file atomically, then the preview picture."""
+    ensure_writable(out, *([preview] if preview is not None else []))  # both outputs or none
     with atomic_path(out) as tmp:
         summary = write_phantom(tmp, specimens, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
     if preview is not None:
