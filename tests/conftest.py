@@ -107,3 +107,41 @@ def tiny_data(tmp_path_factory) -> dict:
     document["data"] = str(processed)
     folds_path.write_text(json.dumps(document, indent=2))
     return {"processed": processed, "folds": folds_path, "truth": truth}
+
+
+# A training configuration small enough for tests: smallest HRNet, 4-channel decoders.
+TINY_TRAIN_PARAMS = {
+    "model": {"backbone": "hrnet_w18_small", "decoder_channels": [4, 4]},
+    "train": {"epochs": 3, "batch_size": 2, "lr": 0.001, "val_every": 1, "seed": 0, "device": "cpu",
+              "checkpoint_every": 1},
+}
+
+
+def write_tiny_run(root: Path, frames: int = 3, params: dict | None = None) -> dict:
+    """A processed file, folds.json and params.yaml for `silr train` in `root`; returns their paths.
+
+    With 3 specimens x 3 frames, fold 1 trains on 4 frames and validates on 2.
+    """
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    processed = root / "ds_8x.h5"
+    write_tiny_processed(processed, specimens=(1, 2, 3), frames=frames)
+    folds_path = root / "folds.json"
+    document = tiny_folds((1, 2, 3), frames=frames)
+    document["data"] = str(processed)
+    folds_path.write_text(json.dumps(document, indent=2))
+    merged = {section: dict(values) for section, values in TINY_TRAIN_PARAMS.items()}
+    for section, values in (params or {}).items():
+        merged.setdefault(section, {}).update(values)
+    merged["data"] = {"processed": str(processed)}
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(merged))
+    return {"root": root, "processed": processed, "folds": folds_path, "params": params_path,
+            "models": root / "models", "live": root / "dvclive"}
+
+
+def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) -> list[str]:
+    return ["train", "--loss", loss, "--fold", str(fold), "--params", str(run["params"]),
+            "--folds", str(run["folds"]), "--out-dir", str(run["models"]), "--live-dir", str(run["live"]),
+            "--no-progress", *extra]

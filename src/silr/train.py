@@ -415,8 +415,7 @@ class LiveLog:
 
     def close(self, progress: Progress) -> None:
         if progress.best_score is not None:
-            self.live.summary["best/val_error_px"] = progress.best_score
-            self.live.summary["best/epoch"] = progress.best_epoch
+            self.live.summary["best"] = {"val_error_px": progress.best_score, "epoch": progress.best_epoch}
         self.live.end()
 
 
