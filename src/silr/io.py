@@ -25,7 +25,9 @@ def _prepare_dir(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create directory {path.parent}: {exc.strerror}") from None
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, expected a directory" if blocker is not None else exc.strerror
+        raise OutputError(f"{path}: cannot create directory {path.parent}: {reason}") from None
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{path}: output directory {path.parent} is not writable")
 
