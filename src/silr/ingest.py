@@ -32,7 +32,7 @@ import numpy as np
 from silr import anatomy, coords, deepfluoro
 from silr.deepfluoro import FullResIndex, SpecimenFrames
 from silr.errors import ConfigError, DataError
-from silr.io import atomic_path
+from silr.io import atomic_path, ensure_writable
 from silr.params import DataParams
 
 
@@ -156,6 +156,7 @@ def run(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSum
     if raw.resolve() == out.resolve():
         raise ConfigError(f"{out}: the output would overwrite the input; choose another --out")
     layout = deepfluoro.detect_layout(raw)
+    ensure_writable(out)  # a blocked output fails before minutes of reading, not after
     ingest = copy_processed if layout == deepfluoro.PROCESSED else ingest_fullres
     return ingest(raw, out, factor=factor, crop=crop, i0=i0)
 
