@@ -366,7 +366,7 @@ def params_study_fold_zero(w: World) -> Case:
 
 
 def params_not_yaml(w: World) -> Case:
-    case = train_case(w, str(w.project.params), "not valid YAML")
+    case = train_case(w, str(w.project.params), "not valid YAML at line 2, column 6", "expected ',' or '}'")
     w.project.write_params(text="train: {epochs: 1\nmodel: [")
     return case
 
