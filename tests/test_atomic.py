@@ -29,7 +29,7 @@ from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
 
 from silr import io as silr_io  # noqa: E402
 from silr.errors import OutputError  # noqa: E402
-from silr.io import TMP_PREFIX, atomic_path, ensure_writable, write_json, write_text, write_with  # noqa: E402
+from silr.io import TMP_PREFIX, atomic_path, ensure_writable, write_json, write_with  # noqa: E402
 
 SRC = Path(silr_io.__file__).parent
 SILR = Path(sys.executable).parent / "silr"

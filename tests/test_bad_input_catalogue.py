@@ -566,7 +566,8 @@ def test_chmod_read_only_directory(world, capsys):
 
 # ------------------------------------------------------------------ real processes
 
-@pytest.mark.parametrize("name", ["ingest_truncated_hdf5", "folds_non_numeric_val_fraction", "evaluate_corrupt_checkpoint"])
+@pytest.mark.parametrize("name", [
+    "ingest_truncated_hdf5", "folds_non_numeric_val_fraction", "evaluate_corrupt_checkpoint"])
 def test_installed_command_exit_status_and_clean_stderr(name, world):
     case = CATALOGUE[name](world)
     result = subprocess.run([str(SILR), *case.argv], capture_output=True, text=True, timeout=300,

@@ -89,8 +89,6 @@ class TinyProject:
         if stage == "report":
             return ["report", "--metrics", str(self.metrics), "--out-plots", str(self.plots), *common,
                     "--data", str(self.processed), "--live", str(self.live)]
-        if stage == "folds":
-            return ["folds", "--data", str(self.processed), "--out", str(self.root / "folds-out.json"), *common]
         raise ValueError(stage)
 
 
