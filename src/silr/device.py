@@ -1,8 +1,10 @@
 """Which torch device a run uses, and the settings that go with it.
 
 `auto` picks CUDA, then Apple's MPS, then the CPU. On CUDA the network runs in bfloat16
-autocast with channels_last memory (tensor cores), cuDNN may pick its fastest kernels, and
-TF32 matmuls are allowed; on the CPU everything stays float32 and deterministic.
+autocast (tensor cores), cuDNN may pick its fastest kernels, and TF32 matmuls are allowed;
+on the CPU everything stays float32 and deterministic. Both use channels_last memory: on
+CUDA for the tensor cores, on the CPU because oneDNN's convolutions run faster in it
+(hrnet_w18_small, decoder [16, 8], batch 16, 2 cores: 9.6 vs 5.8 training images/s).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class DeviceSetup:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.is_cuda else torch.contiguous_format
+        # channels_last pays on both: tensor cores on CUDA, oneDNN's NHWC kernels on the CPU.
+        return torch.channels_last
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on CUDA (where tensor cores pay), a no-op elsewhere."""
