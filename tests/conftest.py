@@ -145,3 +145,24 @@ def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) ->
     return ["train", "--loss", loss, "--fold", str(fold), "--params", str(run["params"]),
             "--folds", str(run["folds"]), "--out-dir", str(run["models"]), "--live-dir", str(run["live"]),
             "--no-progress", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory) -> dict:
+    """`silr train --loss proposed --fold 1` on the tiny data, 3 epochs, once per session.
+
+    Read-only for the tests that use it (they compare other runs with it). Trained on one
+    thread: two OpenMP threads on a busy 2-core machine can be 10x slower.
+    """
+    import torch
+
+    from silr import cli
+
+    run = write_tiny_run(tmp_path_factory.mktemp("trained-tiny-run"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(train_argv(run)) == 0
+    finally:
+        torch.set_num_threads(before)
+    return run

@@ -1,0 +1,190 @@
+"""Resume: an interrupted `silr train` continues where it stopped and ends where an
+uninterrupted run ends (CPU, bit for bit); a last.pt of other params/data is never resumed.
+
+The SIGKILL test runs the real command in subprocesses and kills it at several points
+(before the first checkpoint, right after one, in the middle of an epoch); it is slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import train_argv, write_tiny_run
+from silr import checkpoint, cli, train
+from silr.errors import CheckpointError
+from silr.train import RunIdentity, read_resume_state
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_paths(run: dict, loss: str = "proposed", fold: int = 1) -> dict[str, Path]:
+    base = run["models"] / loss / f"fold{fold}"
+    return {"best": base / "best.pt", "last": base / "last.pt", "live": run["live"] / loss / f"fold{fold}"}
+
+
+def states_equal(a: Path, b: Path) -> bool:
+    first, second = checkpoint.read_checkpoint(a), checkpoint.read_checkpoint(b)
+    return first["model_state"].keys() == second["model_state"].keys() and all(
+        torch.equal(first["model_state"][k], second["model_state"][k]) for k in first["model_state"])
+
+
+def history_of(path: Path) -> list[dict]:
+    return checkpoint.read_checkpoint(path)["resume"]["history"]
+
+
+def test_sigterm_then_rerun_matches_an_uninterrupted_run(trained_tiny_run, tmp_path, monkeypatch, capsys):
+    ref = run_paths(trained_tiny_run)
+
+    run = write_tiny_run(tmp_path / "interrupted")
+    paths = run_paths(run)
+    real_validation = train.validation_error
+    calls = []
+
+    def validation_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # during epoch 2's validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validation_error", validation_then_sigterm)
+    assert cli.main(train_argv(run)) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after epoch 2" in err and "rerun the same command to resume" in err
+    assert [e["epoch"] for e in history_of(paths["last"])] == [1, 2]
+
+    monkeypatch.setattr(train, "validation_error", real_validation)
+    assert cli.main(train_argv(run)) == 0
+    assert "resuming proposed fold 1 from" in capsys.readouterr().err
+    assert states_equal(paths["best"], ref["best"])
+    assert states_equal(paths["last"], ref["last"])
+    assert history_of(paths["last"]) == history_of(ref["last"])
+    card, ref_card = (checkpoint.read_checkpoint(p)["card"] for p in (paths["best"], ref["best"]))
+    assert (card["val_score_px"], card["epoch"]) == (ref_card["val_score_px"], ref_card["epoch"])
+    # The dvclive logs were rebuilt from the checkpoint: one row per epoch, no repeats.
+    lines = (paths["live"] / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    step = lines[0].split("\t").index("step")
+    assert [line.split("\t")[step] for line in lines[1:]] == ["0", "1", "2"]
+
+    # A finished run's rerun re-emits best.pt (DVC deletes it before the stage runs).
+    paths["best"].unlink()
+    assert cli.main(train_argv(run)) == 0
+    assert "already trained (3 epochs" in capsys.readouterr().err
+    assert states_equal(paths["best"], ref["best"])
+
+
+def test_last_checkpoint_of_other_params_data_or_code_is_ignored(trained_tiny_run, tmp_path, capsys):
+    last = run_paths(trained_tiny_run)["last"]
+    stored = checkpoint.read_checkpoint(last)["resume"]["identity"]
+    same = RunIdentity(stored["params"], stored["data"], stored["code"], stored["device"])
+    resume, message = read_resume_state(last, same)
+    assert resume is not None and resume["epoch"] == 3 and message == ""
+    for field, label in (("params_hash", "params"), ("data_hash", "data"), ("code_hash", "code"),
+                         ("device", "device")):
+        other = RunIdentity(**{**same.__dict__, field: "0" * 16})
+        resume, message = read_resume_state(last, other)
+        assert resume is None
+        assert f"ignoring {last}: it was written for different {label}" in message
+
+    # Through the command: another learning rate starts from scratch, and says so.
+    run = write_tiny_run(tmp_path, params={"train": {"epochs": 1, "lr": 0.002}})
+    copied = run_paths(run)["last"]
+    copied.parent.mkdir(parents=True)
+    shutil.copyfile(last, copied)
+    assert cli.main(train_argv(run)) == 0
+    err = capsys.readouterr().err
+    assert "it was written for different params" in err and "starting from scratch" in err
+    assert history_of(copied)[-1]["epoch"] == 1 and history_of(copied)[-1]["lr"] == 0.002
+
+
+def test_corrupt_last_checkpoint_is_ignored(tmp_path):
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"PK\x03\x04 truncated")
+    identity = RunIdentity("p", "d", "c", "cpu")
+    resume, message = read_resume_state(last, identity)
+    assert resume is None and "not a readable silr checkpoint" in message and "starting from scratch" in message
+    with pytest.raises(CheckpointError):
+        checkpoint.read_checkpoint(last)
+
+
+# ------------------------------------------------------------------ SIGKILL, real processes
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return env
+
+
+def _command(run: dict) -> list[str]:
+    return [sys.executable, "-m", "silr", *train_argv(run)]
+
+
+def _last_epoch(path: Path) -> int:
+    try:
+        return int(checkpoint.read_checkpoint(path)["resume"]["epoch"])
+    except (CheckpointError, KeyError):
+        return 0
+
+
+def _kill_when(run: dict, ready, timeout: float = 300.0) -> None:
+    process = subprocess.Popen(_command(run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def _finish(run: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(run), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def _evaluate(run: dict, out: Path) -> bytes:
+    argv = ["evaluate", "--loss", "proposed", "--fold", "1", "--params", str(run["params"]),
+            "--folds", str(run["folds"]), "--models", str(run["models"]), "--out", str(out), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    return (out / "folds" / "proposed" / "fold1.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_rerun_gives_the_same_best_checkpoint(tmp_path):
+    params = {"train": {"epochs": 4}}
+    reference = write_tiny_run(tmp_path / "reference", params=params)
+    _finish(reference)
+    ref = run_paths(reference)
+    reference_metrics = _evaluate(reference, tmp_path / "reference" / "metrics")
+
+    kill_points = {
+        "before-first-checkpoint": lambda paths, started: time.monotonic() - started > 4.0,
+        "right-after-epoch-1": lambda paths, started: _last_epoch(paths["last"]) >= 1,
+        "mid-epoch-3": lambda paths, started: _last_epoch(paths["last"]) >= 2 and time.sleep(0.4) is None,
+    }
+    for name, condition in kill_points.items():
+        run = write_tiny_run(tmp_path / name, params=params)
+        paths = run_paths(run)
+        started = time.monotonic()
+        _kill_when(run, lambda: condition(paths, started))
+        killed_at = _last_epoch(paths["last"])
+        done = _finish(run)
+        if killed_at:
+            assert f"resuming proposed fold 1 from {paths['last']} at epoch {killed_at + 1}" in done.stderr, name
+        assert states_equal(paths["best"], ref["best"]), name
+        assert history_of(paths["last"]) == history_of(ref["last"]), name
+        assert _evaluate(run, tmp_path / name / "metrics") == reference_metrics, name
