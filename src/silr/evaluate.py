@@ -31,6 +31,7 @@ import torch
 
 from silr import coords, frames, metrics
 from silr.anatomy import LANDMARK_NAMES
+from silr.device import select_device
 from silr.errors import CheckpointError, ConfigError, DataError
 from silr.io import ensure_writable, write_json, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -206,20 +207,6 @@ def read_label_maps(path: str | Path) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ the stage
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; an unavailable device is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name!r}: MPS is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-
-
 def _check_card(path: Path, card: dict, loss: str, fold: int) -> None:
     # A best.pt copied between folders would silently score the wrong model.
     trained_loss = (card.get("loss") or {}).get("name")
@@ -250,7 +237,7 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     if not test:
         raise DataError(f"{folds_path}: fold {fold} has no test frames")
 
-    model, card = checkpoint.load_model(ckpt, resolve_device(device))
+    model, card = checkpoint.load_model(ckpt, select_device(device, key="--device"))
     _check_card(ckpt, card, loss, fold)
     codec = checkpoint.codec_from_card(card)
     paths = output_paths(out_dir, loss, fold)

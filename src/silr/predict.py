@@ -573,10 +573,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from silr.evaluate import resolve_device  # the one 'auto' / cuda / mps rule of the project
+    from silr.device import select_device  # the one 'auto' / cuda / mps rule of the project
 
     _check_arguments(args)
-    device = resolve_device(args.device)
+    device = select_device(args.device, key="--device")
     ensemble = load_ensemble(args.model, device)
     if args.info:
         for path, card in zip(ensemble.paths, ensemble.cards):
