@@ -25,18 +25,21 @@ def _mps_available() -> bool:
 
 
 def select_device(requested: str = "auto", key: str = "train.device") -> torch.device:
-    """The torch device for `requested` (auto | cpu | cuda | mps); ConfigError if it is not there."""
-    if requested not in DEVICE_CHOICES:
-        raise ConfigError(f"{key} must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
-    if requested == "auto":
+    """The torch device for `requested` (auto | cpu | cuda | cuda:N | mps); ConfigError if it is not there."""
+    kind, _, index = str(requested).partition(":")
+    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{key} must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {requested!r}")
+    if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} is 'cuda' but this machine has no usable CUDA device (use auto or cpu)")
-    if requested == "mps" and not _mps_available():
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is {requested!r} but this machine has no usable CUDA device (use auto or cpu)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"{key} is {requested!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not _mps_available():
         raise ConfigError(f"{key} is 'mps' but this machine has no usable MPS device (use auto or cpu)")
     return torch.device(requested)
 
