@@ -203,10 +203,13 @@ def rotation_matrices(angle: Tensor, size: int) -> Tensor:
 
 
 def _invert(matrices: Tensor) -> Tensor:
-    """Inverse of (B, 2, 3) affine maps."""
-    linear, shift = matrices[:, :, :2], matrices[:, :, 2:]
-    inverse = torch.linalg.inv(linear)
-    return torch.cat([inverse, -inverse @ shift], dim=2)
+    """Inverse of (B, 2, 3) affine maps, in closed form (linalg.inv would sync a GPU to check errors)."""
+    a, b, c = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
+    d, e, f = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return torch.stack([torch.stack([ia, ib, -(ia * c + ib * f)], -1),
+                        torch.stack([id_, ie, -(id_ * c + ie * f)], -1)], -2)
 
 
 def _map_points(matrices: Tensor, xy: Tensor) -> Tensor:
@@ -223,8 +226,7 @@ def _sample(values: Tensor, matrices: Tensor, mode: str) -> Tensor:
     pixels = torch.stack([grid_x, grid_y], dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)
     source = _map_points(matrices, pixels).reshape(batch, height, width, 2)
     # Pixel centres -> grid_sample's [-1, 1] with align_corners=False (MONAI's default).
-    scale = torch.tensor([width, height], device=values.device, dtype=matrices.dtype)
-    grid = (2 * source + 1) / scale - 1
+    grid = torch.stack([(2 * source[..., 0] + 1) / width - 1, (2 * source[..., 1] + 1) / height - 1], dim=-1)
     return F.grid_sample(values, grid.to(values.dtype), mode=mode, padding_mode="border", align_corners=False)
 
 
