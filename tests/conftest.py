@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from silr.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_INDEX, LANDMARK_NAMES, VERTEBRAE, specimen_group
 
@@ -29,6 +30,19 @@ TEMPLATE_XY = np.array([
     [97.0, 152.0], [83.0, 152.0],    # IPS
     [150.0, 38.0], [30.0, 38.0],     # ASIS
 ])
+
+
+@pytest.fixture
+def one_thread():
+    """Pin torch to one thread for the test.
+
+    Two OpenMP threads on a shared 2-core machine can run 10x slower than one; results
+    are compared within one thread count, never across.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_frames(count: int, rng: np.random.Generator, size: int = FRAME_SIZE_PX,

@@ -24,12 +24,7 @@ from silr.errors import CheckpointError
 from silr.train import RunIdentity, read_resume_state
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_paths(run: dict, loss: str = "proposed", fold: int = 1) -> dict[str, Path]:

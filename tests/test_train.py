@@ -18,14 +18,7 @@ from silr.train import validation_error
 from silr.types import ModelOutput
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine can run 10x slower than one; results
-    # are compared within one thread count, never across.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_tsv(path):
