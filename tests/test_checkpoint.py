@@ -54,6 +54,17 @@ def test_round_trip_restores_weights_card_and_codec(tmp_path, tiny_model):
     assert (codec.size, codec.sigma, codec.refine) == ((NETWORK_INPUT_PX, NETWORK_INPUT_PX), 3.0, True)
 
 
+def test_equal_checkpoints_are_equal_bytes(tmp_path, tiny_model):
+    # DVC compares outputs by hash: a rerun that trains the same weights must write the same
+    # file, whatever temporary name the atomic write used on the way.
+    first, second = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt"
+    checkpoint.save_checkpoint(first, tiny_model, tiny_card())
+    checkpoint.save_checkpoint(second, tiny_model, tiny_card())
+    assert first.read_bytes() == second.read_bytes()
+    checkpoint.save_checkpoint(first, tiny_model, tiny_card())  # overwrite in place
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_params_hash_follows_only_the_run_sections():
     base = checkpoint.params_hash_of(PARAMS, "proposed")
     other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},

@@ -130,8 +130,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torc
         "model_state": model_state_cpu(model) if isinstance(model, torch.nn.Module) else dict(model),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object, not the path: given a path, torch.save names the archive's root
+    # folder after the (random) temporary file, so equal checkpoints would differ in bytes and
+    # DVC would see a changed output on every rerun.
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(payload, stream)
 
 
 def model_state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
