@@ -118,9 +118,14 @@ def test_ensure_writable_probes_without_leaving_anything(tmp_path):
 # ------------------------------------------------------------------ stage writers failing half way
 
 def half_then_fail(path_argument: int):
-    """A stand-in writer: half a file at its path argument, then a crash."""
+    """A stand-in writer: half a file at its path (or open file) argument, then a crash."""
     def write(*args, **kwargs):
-        Path(args[path_argument]).write_bytes(b"\x00" * 100)
+        target = args[path_argument]
+        if hasattr(target, "write"):
+            target.write(b"\x00" * 100)
+            target.flush()
+        else:
+            Path(target).write_bytes(b"\x00" * 100)
         raise RuntimeError("killed mid-write")
     return write
 
@@ -284,6 +289,18 @@ def _bound_by_atomic_path(name: str, enclosing: list[ast.AST]) -> bool:
     return False
 
 
+def _opened_path(name: str, enclosing: list[ast.AST]) -> ast.expr | None:
+    """X in an enclosing `with open(X, "wb") as name`: the path a stream writes to."""
+    for node in enclosing:
+        if isinstance(node, ast.With):
+            for item in node.items:
+                call = item.context_expr
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "open" and call.args \
+                        and isinstance(item.optional_vars, ast.Name) and item.optional_vars.id == name:
+                    return call.args[0]
+    return None
+
+
 def _in_memory(name: str, enclosing: list[ast.AST]) -> bool:
     """`name = io.BytesIO()` in an enclosing function: a buffer, not a file."""
     for node in enclosing:
@@ -323,6 +340,9 @@ class Checker:
         name = path.id
         if _bound_by_atomic_path(name, enclosing) or _in_memory(name, enclosing):
             return True
+        opened = _opened_path(name, enclosing)
+        if opened is not None:  # a stream is as safe as the path it was opened on
+            return self.safe(opened, enclosing, depth + 1)
         function = next((n for n in reversed(enclosing) if isinstance(n, (ast.FunctionDef, ast.Lambda))
                          and name in _params(n)), None)
         if function is None:
@@ -395,7 +415,11 @@ def stage(out):
     with open(out, "a") as handle:         # appending to the final path
         handle.write("x")
     out.write_text("x")                    # Path.write_text on the final path
+    with atomic_path(out) as tmp, open(tmp, "wb") as stream:
+        torch.save({}, stream)             # fine: a stream on the temporary name
+    with open(out, "wb") as stream:        # the final path ...
+        torch.save({}, stream)             # ... and a stream on it
 '''}
     safe, unsafe = scan_sources(sources)
-    assert unsafe == ["bad.py:6", "bad.py:11", "bad.py:15", "bad.py:17"]
-    assert safe == ["bad.py:13", "bad.py:14"]
+    assert unsafe == ["bad.py:6", "bad.py:11", "bad.py:15", "bad.py:17", "bad.py:20", "bad.py:21"]
+    assert safe == ["bad.py:13", "bad.py:14", "bad.py:18", "bad.py:19"]
