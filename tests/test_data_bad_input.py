@@ -112,10 +112,22 @@ def test_wrong_processed_lands_shape(good_processed, capsys):
     ingest_fails(good_processed, capsys, "01/lands has shape (1, 14, 2), expected (1, 2, 14)")
 
 
-def test_unknown_landmark_name(good_fullres, capsys):
+def test_extra_landmark_names_are_ignored_with_one_warning(good_fullres, capsys):
+    from silr import deepfluoro
     with h5py.File(good_fullres, "r+") as f:
-        f[f"{FRAME}/gt-landmarks/FH-x"] = np.zeros((2, 1))
-    ingest_fails(good_fullres, capsys, f"{FRAME}/gt-landmarks has unknown landmark name(s) ['FH-x']")
+        f[f"{FRAME}/gt-landmarks/FH-x"] = np.full((2, 1), 7.0)
+        f["18-1109/projections/000/gt-landmarks/FH-x"] = np.zeros((2, 1))
+        f["18-1109/projections/000/gt-landmarks/COCCYX"] = np.zeros((2, 1))
+    out = good_fullres.parent / "out" / "ds.h5"
+    rc = cli.main(["ingest", "--raw", str(good_fullres), "--out", str(out), "--crop", "4", "--downsample", "4"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured
+    warnings_printed = captured.err.strip().splitlines()
+    assert warnings_printed == [f"silr: warning: {good_fullres}: gt-landmarks of 2 frame(s) also has landmark(s) "
+                                f"['COCCYX', 'FH-x'], not among the 14 silr uses (FH-l, FH-r, GSN-l, GSN-r, "
+                                f"IOF-l, IOF-r, MOF-l, MOF-r, SPS-l, SPS-r, IPS-l, IPS-r, ASIS-l, ASIS-r); ignored"]
+    data = deepfluoro.read_processed(out)
+    assert data.specimens[1].landmarks_xy.shape == (2, 14, 2)
 
 
 def test_missing_landmark_name(good_fullres, capsys):
@@ -124,11 +136,12 @@ def test_missing_landmark_name(good_fullres, capsys):
     ingest_fails(good_fullres, capsys, f"{FRAME}/gt-landmarks has no landmark(s) ['MOF-r']")
 
 
-def test_unknown_processed_landmark_name(good_processed, capsys):
+def test_processed_file_whose_name_was_replaced_misses_a_landmark(good_processed, capsys):
     with h5py.File(good_processed, "r+") as f:
+        name = f["land-names/land-03"][()].decode()
         del f["land-names/land-03"]
         f["land-names/land-03"] = np.bytes_("ASIS-x")
-    ingest_fails(good_processed, capsys, "land-names has unknown landmark name(s) ['ASIS-x']")
+    ingest_fails(good_processed, capsys, f"land-names has no landmark(s) ['{name}']")
 
 
 def test_labels_outside_range(good_fullres, capsys):

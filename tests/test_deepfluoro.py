@@ -16,54 +16,77 @@ from silr import anatomy, deepfluoro  # noqa: E402
 
 # ------------------------------------------------------------------ transforms
 
-def test_log_transform_block_mean_and_clipping():
+def test_log_transform_and_clipping_without_downsampling():
     i0 = 100.0
     intensity = np.full((8, 8), i0 / math.e**2)       # line integral 2 everywhere
     intensity[0, 0], intensity[0, 1], intensity[5, 6] = 0.0, -3.0, 0.5  # three below the floor of 1
     with pytest.warns(deepfluoro.ClippedIntensityWarning, match="3 raw intensities below 1"):
-        frame = deepfluoro.preprocess_raw_frame(intensity, crop=0, i0=i0, factor=4, rotate=False)
-    assert frame.dtype == np.float32 and frame.shape == (2, 2)
-    # Clipped pixels become log(100) - log(1) = 4.6052; each 4x4 block is the mean of 16.
-    assert frame[0, 0] == pytest.approx((14 * 2 + 2 * math.log(100)) / 16, abs=1e-6)
-    assert frame[1, 1] == pytest.approx((15 * 2 + math.log(100)) / 16, abs=1e-6)
-    assert frame[0, 1] == pytest.approx(2.0) and frame[1, 0] == pytest.approx(2.0)
+        frame = deepfluoro.preprocess_raw_frame(intensity, crop=0, i0=i0, factor=1, rotate=False)
+    assert frame.dtype == np.float32 and frame.shape == (8, 8)
+    # Clipped pixels become log(100) - log(1) = 4.6052; factor 1 neither smooths nor samples.
+    assert frame[0, 0] == pytest.approx(math.log(100)) and frame[5, 6] == pytest.approx(math.log(100))
+    assert frame[3, 3] == pytest.approx(2.0)
 
 
-def test_crop_rotation_and_partial_last_block():
-    # A 20x20 frame, crop 2, factor 4: 16 cropped px -> 4 blocks; 18 cropped px (crop 1) -> 5 blocks,
-    # the last one reaching one pixel into the margin.
-    line = np.arange(20, dtype=np.float64)
-    intensity = 1e12 * np.exp(-np.tile(line, (20, 1)))  # line integral = column index
-    frame = deepfluoro.preprocess_raw_frame(intensity, crop=2, i0=1e12, factor=4, rotate=False)
-    assert frame[0].tolist() == pytest.approx([3.5, 7.5, 11.5, 15.5])   # block centres 2+1.5, ...
-    turned = deepfluoro.preprocess_raw_frame(intensity, crop=2, i0=1e12, factor=4, rotate=True)
-    assert turned[0].tolist() == pytest.approx([15.5, 11.5, 7.5, 3.5])   # column c -> 19 - c
-    wide = deepfluoro.preprocess_raw_frame(intensity, crop=1, i0=1e12, factor=4, rotate=False)
-    assert wide.shape == (5, 5) and wide[0, -1] == pytest.approx(18.0)   # block 17..20: only 17..19 exist
-    assert deepfluoro.output_size(1536, 50, 8) == 180 and deepfluoro.output_size(1536, 50, 16) == 90
+@pytest.mark.parametrize("factor, taps", [(2, 7), (4, 11), (8, 21), (16, 43)])
+def test_smoothing_kernel_is_itks_discrete_gaussian(factor, taps):
+    from scipy import special
+    variance = (factor / 2) ** 2
+    kernel = deepfluoro.discrete_gaussian_kernel(variance)
+    radius = len(kernel) // 2
+    assert len(kernel) == taps and kernel.sum() == pytest.approx(1.0)
+    assert kernel == pytest.approx(kernel[::-1])
+    # Taps are e^-t I_n(t) up to one common factor, and hold at least 99% of that mass.
+    ratios = kernel / special.ive(np.abs(np.arange(-radius, radius + 1)), variance)
+    assert ratios == pytest.approx(np.full(taps, ratios[0]))
+    assert 1 / ratios[0] >= 0.99
+    # One tap fewer would hold less than 99%: the kernel is the shortest that reaches it.
+    assert (1 / ratios[0]) - 2 * special.ive(radius, variance) < 0.99
 
 
-def test_label_block_majority_ties_to_lower():
-    labels = np.zeros((8, 16), np.uint8)
-    labels[:5, 1:8] = 2            # block 0: 35 of 64 are 2 -> 2
-    labels[:4, 8:16] = 3           # block 1: 32 x 3 and 32 x 1 -> tie -> 1
-    labels[4:, 8:16] = 1
-    assert deepfluoro.downsample_labels(labels, crop=0, factor=8, rotate=False).tolist() == [[2, 1]]
-    thin = np.zeros((8, 8), np.uint8)
-    thin[:, 3:5] = 4               # a 2-px line: 16 of 64 -> background
-    assert deepfluoro.downsample_labels(thin, crop=0, factor=8, rotate=False).tolist() == [[0]]
-    turned = deepfluoro.downsample_labels(labels, crop=0, factor=8, rotate=True)
-    assert turned.tolist() == [[1, 2]] and turned.dtype == np.uint8
+def test_downsampling_samples_at_f_times_i_after_the_crop():
+    # Line integral = row index + column index / 1000: smoothing keeps a linear ramp
+    # unchanged away from the borders, so sample (r, c) shows which pixel it sits on.
+    size, crop, factor = 120, 4, 8
+    rows, cols = np.indices((size, size), dtype=np.float64)
+    i0 = math.exp(130.0)
+    intensity = i0 * np.exp(-(rows + cols / 1000.0))
+    frame = deepfluoro.preprocess_raw_frame(intensity, crop=crop, i0=i0, factor=factor, rotate=False)
+    assert frame.shape == (14, 14)            # round(112 / 8) = 14, the last sample at cropped pixel 104
+    interior = slice(2, 12)                   # at least the kernel radius (10 px) from every border
+    on_pixel = crop + factor * np.arange(14)  # full-resolution pixel of sample i
+    expected = on_pixel[:, None] + on_pixel[None, :] / 1000.0
+    assert frame[interior, interior] == pytest.approx(expected[interior, interior], abs=2e-5)
+    turned = deepfluoro.preprocess_raw_frame(intensity, crop=crop, i0=i0, factor=factor, rotate=True)
+    np.testing.assert_array_equal(turned, frame[::-1, ::-1])   # turned after downsampling
 
 
-def test_landmarks_turn_then_map():
+def test_constant_frame_stays_constant_to_the_edges():
+    intensity = np.full((64, 64), 1e4 / math.e)
+    frame = deepfluoro.preprocess_raw_frame(intensity, crop=3, i0=1e4, factor=16, rotate=False)
+    assert frame.shape == (4, 4) and frame == pytest.approx(np.ones((4, 4)))
+
+
+def test_labels_are_sampled_at_small_pixel_centres():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2, 2] = 3              # cropped (0, 0): small pixel (0, 0)
+    labels[2, 6] = 5              # cropped (0, 4): small pixel (0, 1)
+    labels[3, 3:18] = 2           # a line between the sample rows: never sampled
+    small = deepfluoro.downsample_labels(labels, crop=2, factor=4, rotate=False)
+    assert small.shape == (4, 4) and small.dtype == np.uint8
+    assert small[0].tolist() == [3, 5, 0, 0] and not (small == 2).any()
+    turned = deepfluoro.downsample_labels(labels, crop=2, factor=4, rotate=True)
+    np.testing.assert_array_equal(turned, small[::-1, ::-1])
+
+
+def test_landmarks_map_then_turn():
     xy = np.array([[40.0, 60.0], [-100.0, 300.0]])
     upright = deepfluoro.preprocess_landmarks(xy, crop=8, factor=8, rotate=False, width=256, height=256)
-    # (40 - 8 + 0.5) / 8 - 0.5 = 3.5625; (-100 - 8 + 0.5) / 8 - 0.5 = -13.9375 (kept, out of frame)
-    assert upright.ravel().tolist() == pytest.approx([3.5625, 6.0625, -13.9375, 36.0625])
+    # (40 - 8) / 8 = 4; (60 - 8) / 8 = 6.5; (-100 - 8) / 8 = -13.5 (kept, out of frame); (300 - 8) / 8 = 36.5
+    assert upright.ravel().tolist() == pytest.approx([4.0, 6.5, -13.5, 36.5])
     turned = deepfluoro.preprocess_landmarks(xy, crop=8, factor=8, rotate=True, width=256, height=256)
-    # (40, 60) -> (215, 195) -> ((215 - 8 + 0.5) / 8 - 0.5, (195 - 8 + 0.5) / 8 - 0.5)
-    assert turned[0].tolist() == pytest.approx([25.4375, 22.9375])
+    # The small frame is round(240 / 8) = 30 wide: (29 - 4, 29 - 6.5)
+    assert turned[0].tolist() == pytest.approx([25.0, 22.5])
 
 
 # ------------------------------------------------------------------ readers

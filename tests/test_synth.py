@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from silr import anatomy, coords
+from silr import anatomy, baselines, coords
 from silr.errors import ConfigError
+from silr.folds import make_folds
+from silr.params import SynthParams
 from silr.phantom.geometry import Ellipsoid, ray_intervals, union_minus_holes_length
 from silr.phantom.projector import MAX_INTENSITY, Detector, project_points, sample_pose
 from silr.phantom.specimen import make_specimen
@@ -22,7 +24,7 @@ IMAGE_GROUP = ("pixels", "origin", "spacing", "dir-mat")
 def phantom(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     path, preview = out / "phantom.h5", out / "preview.png"
-    summary = run(path, specimens=2, frames=3, seed=0, preview=preview)
+    summary = run(path, frames=(3, 2), seed=0, preview=preview)
     return path, preview, summary
 
 
@@ -59,7 +61,7 @@ def test_layout_is_complete(phantom):
                 {v: anatomy.LABEL_NAMES[v] for v in anatomy.BONE_LABELS}
             assert sorted(spec["vol-landmarks"]) == sorted(anatomy.LANDMARK_NAMES)
             assert all(spec["vol-landmarks"][n].shape == (3, 1) for n in anatomy.LANDMARK_NAMES)
-            assert sorted(spec["projections"]) == ["000", "001", "002"]
+            assert sorted(spec["projections"]) == ["000", "001", "002"][:{"17-1882": 3, "18-1109": 2}[sid]]
             for key in spec["projections"]:
                 proj = spec["projections"][key]
                 assert sorted(proj["image"]) == sorted(IMAGE_GROUP)
@@ -94,6 +96,8 @@ def test_intensities_are_raw_counts_and_bone_is_dark(phantom):
             if bone.sum() < 200:
                 continue
             ring = ndimage.binary_dilation(bone, iterations=4) & background
+            if ring.sum() < 50:  # a bone filling the view has no background around it
+                continue
             assert inner_intensity[bone].mean() < inner_intensity[ring].mean(), (sid, key, label)
 
 
@@ -129,7 +133,7 @@ def _on_own_bone(path) -> tuple[int, int]:
 def test_landmarks_lie_on_their_own_bone(phantom):
     path, _, _ = phantom
     hits, total = _on_own_bone(path)
-    assert total >= 70 and hits / total >= 0.9
+    assert total >= 50 and hits / total >= 0.9
 
 
 def test_turned_frames_are_stored_upside_down(phantom):
@@ -146,27 +150,80 @@ def test_turned_frames_are_stored_upside_down(phantom):
     assert summary.turned_frames == sum(flags)
 
 
-def test_default_poses_put_some_landmarks_out_of_frame():
-    # The default set (6 specimens x 12 frames, seed 0): the same streams the generator draws from.
+def _default_set_landmarks() -> dict[int, np.ndarray]:
+    """Specimen -> (N, 14, 2) landmarks of the default phantom after ingestion (8x, upright),
+    from the same random streams the generator draws from, without rendering."""
     detector = Detector()
-    inside, turned = [], 0
-    for number in range(1, 7):
+    result = {}
+    for number, count in enumerate(SynthParams().frames, start=1):
         specimen = make_specimen(specimen_rng(0, number))
         points = np.stack([specimen.landmarks[n] for n in anatomy.LANDMARK_NAMES])
-        for frame in range(12):
+        frames = []
+        for frame in range(count):
             pose = sample_pose(specimen_rng(0, number, frame))
-            inside.append(coords.in_frame(project_points(points, pose.cam_to_vol, detector.intrinsic), SIZE, SIZE))
-            turned += pose.rot180
-    inside = np.array(inside)
-    assert 1 - inside.mean() >= 0.02
-    assert np.all(inside.mean(axis=0) > 0.6)          # every landmark in frame in most frames
-    assert 10 <= turned <= 40
+            xy = project_points(points, pose.cam_to_vol, detector.intrinsic)
+            frames.append(coords.ingested_landmarks(xy, crop=50, factor=8, turned=pose.rot180,
+                                                    fullres_size=(SIZE, SIZE)))
+        result[number] = np.stack(frames)
+    return result
+
+
+def test_default_set_size_and_out_of_frame_landmarks():
+    per_specimen = _default_set_landmarks()
+    assert {n: len(v) for n, v in per_specimen.items()} == {1: 22, 2: 21, 3: 5, 4: 10, 5: 11, 6: 5}
+    inside = coords.in_frame(np.concatenate(list(per_specimen.values())), 180, 180)
+    assert 0.05 <= 1 - inside.mean() <= 0.3          # views leave some landmarks out, as real ones do
+    assert np.all(inside.mean(axis=0) > 0.5)         # every landmark in frame in most frames
+
+
+def test_default_set_defeats_the_mean_shape_guess():
+    # The issue's bar: guessing each landmark at its mean in-frame position over a fold's
+    # training frames must be off by at least 30 px on average (the AP-only phantom: 20.7 px).
+    per_specimen = _default_set_landmarks()
+    folds = make_folds({n: len(v) for n, v in per_specimen.items()}, 0.1, 0)
+    means = []
+    for fold in folds.values():
+        train = np.stack([per_specimen[s][i] for s, i in fold.train])
+        test = np.stack([per_specimen[s][i] for s, i in fold.test])
+        means.append(baselines.test_errors_px(baselines.mean_shape(train, 180, 180), test, 180, 180).mean())
+    assert np.mean(means) >= 30.0, means
+
+
+def test_upright_frames_show_the_patients_left_on_the_right():
+    # Real DeepFluoro frames, turned upright, have the left hemipelvis, left femur and FH-l on
+    # the image's right. Every frame of the default set, by its landmarks:
+    names = list(anatomy.LANDMARK_NAMES)
+    for number, frames in _default_set_landmarks().items():
+        for frame, xy in enumerate(frames):
+            assert xy[names.index("FH-l"), 0] > xy[names.index("FH-r"), 0], (number, frame)
+            assert xy[names.index("ASIS-l"), 0] > xy[names.index("ASIS-r"), 0], (number, frame)
+
+
+def test_rendered_left_hemipelvis_lies_right_of_the_midline(phantom):
+    # And by the rendered labels: turned upright as ingestion turns them, most left-hemipelvis
+    # pixels lie right of the midline (halfway between the femoral heads), most right-hemipelvis
+    # pixels left of it; oblique views let some of a hemipelvis cross the projected midline.
+    path, _, _ = phantom
+    names = list(anatomy.LANDMARK_NAMES)
+    heads = [names.index(n) for n in ("FH-l", "FH-r")]
+    for sid, key, proj in _frames(path):
+        labels = proj["gt-seg/pixels"][()]
+        xy = np.stack([proj["gt-landmarks"][n][()][:, 0] for n in anatomy.LANDMARK_NAMES])
+        if proj["rot-180-for-up"][()]:
+            labels, xy = labels[::-1, ::-1], coords.rotate180(xy, SIZE, SIZE)
+        midline = xy[heads, 0].mean()
+        for label, right_side in ((anatomy.LEFT_HEMIPELVIS, True), (anatomy.RIGHT_HEMIPELVIS, False)):
+            columns = np.nonzero(labels == label)[1]
+            if columns.size < 1000:
+                continue
+            share = np.mean(columns > midline) if right_side else np.mean(columns < midline)
+            assert share >= 0.7, (sid, key, anatomy.LABEL_NAMES[label], share)
 
 
 def test_same_seed_same_file_other_seed_other_file(tmp_path):
     def arrays(seed, name):
         path = tmp_path / name
-        write_phantom(path, specimens=1, frames=1, seed=seed, preview_panels=0)
+        write_phantom(path, frames=(1,), seed=seed, preview_panels=0)
         with h5py.File(path) as f:
             proj = f["17-1882/projections/000"]
             return (proj["image/pixels"][()], proj["gt-seg/pixels"][()], proj["gt-landmarks/FH-l"][()],
@@ -182,7 +239,7 @@ def test_same_seed_same_file_other_seed_other_file(tmp_path):
 def test_preview_is_a_png(phantom):
     _, preview, summary = phantom
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(summary.panels) == 6 and summary.panels[0].image.shape == (384, 384)
+    assert len(summary.panels) == 5 and summary.panels[0].image.shape == (384, 384)
 
 
 def test_specimen_ids_and_bad_counts():
@@ -192,7 +249,7 @@ def test_specimen_ids_and_bad_counts():
     with pytest.raises(ConfigError, match="synth.specimens"):
         specimen_ids(0)
     with pytest.raises(ConfigError, match="synth.frames"):
-        write_phantom(None, specimens=1, frames=0, seed=0)
+        write_phantom(None, frames=(2, 0), seed=0)
 
 
 def test_ray_lengths_are_exact():
@@ -209,9 +266,18 @@ def test_ray_lengths_are_exact():
 
 @pytest.mark.slow
 def test_default_phantom_size_and_landmarks(tmp_path):
+    from silr import ingest
+    from silr.deepfluoro import read_processed
+
     path = tmp_path / "phantom_full_res.h5"
-    summary = run(path, specimens=6, frames=12, seed=0, preview=tmp_path / "preview.png")
-    assert os.path.getsize(path) < 300e6
-    assert summary.landmarks_out_of_frame / summary.landmarks_total >= 0.02
+    summary = run(path, frames=SynthParams().frames, seed=0, preview=tmp_path / "preview.png")
+    assert os.path.getsize(path) < 300e6 and summary.frames == 74
+    assert summary.landmarks_out_of_frame / summary.landmarks_total >= 0.05
     hits, total = _on_own_bone(path)
     assert hits / total >= 0.9
+    # Rendered and ingested, the mean-shape guess over the folds' training frames.
+    ingest.run(path, tmp_path / "ds.h5", factor=8, crop=50, i0=65487.0)
+    data = read_processed(tmp_path / "ds.h5")
+    folds = make_folds(data.frames_per_specimen, 0.1, 0)
+    means = baselines.per_specimen_means(data, folds)["mean_shape"]
+    assert np.mean(list(means.values())) >= 30.0

@@ -66,6 +66,9 @@ SPECIMEN_IDS: dict[int, str] = {
     6: "17-1905",
 }
 SPECIMEN_NUMBERS: dict[str, int] = {sid: num for num, sid in SPECIMEN_IDS.items()}
+# Frames per specimen in the real data set (paper numbering; 366 in all), the model for
+# the phantom's default size.
+DEEPFLUORO_FRAMES: dict[int, int] = {1: 111, 2: 104, 3: 24, 4: 48, 5: 55, 6: 24}
 
 # Detector geometry of the full-resolution frames (Siemens CIOS Fusion, 30x30 cm panel).
 FULLRES_SIZE_PX = 1536

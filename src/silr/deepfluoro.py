@@ -13,18 +13,20 @@ numeric projection order. Full-resolution frames are read one at a time (the rea
 is 2.5 GB).
 
 Ingestion of one full-resolution frame (`preprocess_raw_frame`, `downsample_labels`,
-`preprocess_landmarks`), in this order:
-1. turn the frame 180 degrees where `rot-180-for-up` is 1 (full-resolution coordinates);
+`preprocess_landmarks`) rebuilds the published `ipcai_2020_ds_*.h5` files exactly as the
+data set's authors made them (their `proj_3d_labels_into_2d` with xreg's `ProjPreProc` and
+`DownsampleProjData`), in this order:
+1. crop `crop` px from every border (the collimator edge): 1536 -> 1436;
 2. log transform, line integral = log(I0) - log(I); raw intensities below
    `INTENSITY_FLOOR` (zero or negative detector values) are clipped to it first;
-3. crop `crop` px from the top and left border and cut the frame into factor x factor
-   blocks starting there: the output is ceil((size - 2 crop) / factor) pixels wide, so a
-   last partial block reaches into the right/bottom margin (1436 -> 180 at 8x, as the
-   published files); a block that would leave the detector averages the pixels it has;
-4. image: the mean of each block (its centre lies exactly at `coords.fullres_to_downsampled`);
-   labels: the most frequent label of each block, a tie going to the lower label value
-   (background before bone, so bone areas neither grow nor shrink at their edges);
-   landmarks: `coords.rotate180` then `coords.fullres_to_downsampled`.
+3. image: ITK's discrete Gaussian (variance (factor / 2)^2 px^2, edge pixels repeated),
+   then the sample at cropped pixel factor * i, i = 0 .. round(1436 / factor) - 1
+   (the origin is kept: at 8x the last of 180 samples is pixel 1432);
+4. labels: the full-resolution label at the same pixels (the ray cast onto the small
+   detector hits each small pixel's centre);
+5. landmarks: (x - crop) / factor (`coords.fullres_to_downsampled`);
+6. only then the 180-degree turn where `rot-180-for-up` is 1, in the small frame
+   (`coords.ingested_landmarks` holds steps 5 and 6).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
+from scipy import ndimage, special
 
 from silr import anatomy, coords
-from silr.errors import DataError
+from silr.errors import DataError, IgnoredLandmarkWarning, SilrWarning
 
 FULLRES = "fullres"
 PROCESSED = "processed"
@@ -54,7 +57,13 @@ PUBLISHED_CROP = 50
 DATA_KINDS = ("deepfluoro", "synthetic")
 DEFAULT_DATA_KIND = "deepfluoro"
 
-LABEL_RULE = ("most frequent label of each factor x factor block; ties go to the lower label value")
+LABEL_RULE = "the full-resolution label at each small pixel's centre (cropped pixel factor * i)"
+IMAGE_RULE = ("discrete Gaussian smoothing, variance (factor / 2)^2 px^2, then the sample at cropped pixel "
+              "factor * i; turned after downsampling")
+
+# ITK DiscreteGaussianImageFilter's defaults, which the published files' downsampling used.
+GAUSSIAN_MAX_ERROR = 0.01
+GAUSSIAN_MAX_WIDTH = 32
 
 # Root attributes of the files `silr ingest` writes (the published files have none).
 ATTR_SOURCE = "silr-source"
@@ -65,13 +74,14 @@ ATTR_CROP = "silr-crop"
 ATTR_I0 = "silr-i0"
 ATTR_SPECIMEN_IDS = "silr-specimen-ids"  # JSON {"1": "17-1882", ...}
 ATTR_LABEL_RULE = "silr-label-rule"
+ATTR_IMAGE_RULE = "silr-image-rule"
 ATTR_INTENSITY_FLOOR = "silr-intensity-floor"
 ATTR_INGEST_MODE = "silr-ingest-mode"  # "downsampled" (from full-res) or "copied" (already preprocessed)
 
 _GZIP = {"compression": "gzip", "compression_opts": 4}
 
 
-class ClippedIntensityWarning(UserWarning):
+class ClippedIntensityWarning(SilrWarning):
     """Non-positive raw detector intensities were clipped before the log transform."""
 
 
@@ -162,6 +172,7 @@ class RawFrame:
     labels: np.ndarray     # uint8 (H, W)
     landmarks_xy: np.ndarray  # float64 (14, 2) (column, row) in the stored frame
     rotate: bool           # rot-180-for-up
+    ignored_landmarks: tuple[str, ...] = ()  # names in gt-landmarks that silr does not use
 
 
 # ------------------------------------------------------------------ the ingestion transforms
@@ -171,28 +182,43 @@ def _check_frame(array: np.ndarray, what: str, crop: int, factor: int) -> None:
         raise ValueError(f"{what} must be a 2D (H, W) frame, got shape {array.shape}")
     if factor < 1 or crop < 0:
         raise ValueError(f"factor must be >= 1 and crop >= 0, got factor={factor}, crop={crop}")
-    if min(array.shape) <= 2 * crop:
-        raise ValueError(f"crop {crop} px per border leaves nothing of a {array.shape[0]}x{array.shape[1]} frame")
+    if min(coords.downsampled_length(n, crop, factor) for n in array.shape) < 1:
+        raise ValueError(f"crop {crop} px per border and downsampling by {factor} leave nothing of a "
+                         f"{array.shape[0]}x{array.shape[1]} frame")
 
 
-def output_size(size: int, crop: int, factor: int) -> int:
-    """Downsampled length of a full-resolution length: ceil((size - 2 crop) / factor)."""
-    return -(-(size - 2 * crop) // factor)
+def discrete_gaussian_kernel(variance: float) -> np.ndarray:
+    """The smoothing kernel of the published files' downsampling (ITK's DiscreteGaussianImageFilter
+    with its defaults, as xreg's DownsampleImage calls it): Lindeberg's discrete Gaussian
+    e^-t I_n(t) (t = variance in pixels^2), taps added until they hold 1 - GAUSSIAN_MAX_ERROR of
+    the mass or the half-width reaches GAUSSIAN_MAX_WIDTH, then normalised to sum 1."""
+    if variance <= 0:
+        return np.ones(1)
+    half = [float(special.ive(0, variance)), float(special.ive(1, variance))]
+    total = half[0] + 2 * half[1]
+    n = 2
+    while total < 1.0 - GAUSSIAN_MAX_ERROR and len(half) <= GAUSSIAN_MAX_WIDTH:
+        half.append(float(special.ive(n, variance)))
+        total += 2 * half[-1]
+        n += 1
+    taps = np.array(half[:0:-1] + half) / total
+    return taps
 
 
-def _blocks(frame: np.ndarray, crop: int, factor: int, fill: Any) -> np.ndarray:
-    """(h, w, factor * factor) view of the factor x factor blocks starting at (crop, crop).
-
-    Blocks reaching past the detector edge are padded with `fill` (callers ignore it).
-    """
-    height, width = frame.shape
-    out_h, out_w = output_size(height, crop, factor), output_size(width, crop, factor)
-    end_r, end_c = crop + out_h * factor, crop + out_w * factor
-    region = frame[crop:end_r, crop:end_c]
-    missing = (end_r - crop - region.shape[0], end_c - crop - region.shape[1])
-    if any(missing):
-        region = np.pad(region, ((0, missing[0]), (0, missing[1])), constant_values=fill)
-    return region.reshape(out_h, factor, out_w, factor).transpose(0, 2, 1, 3).reshape(out_h, out_w, -1)
+def smooth_and_sample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Gaussian smoothing with sigma = factor / 2 px, then the samples at pixel factor * i
+    (i = 0 .. round(n / factor) - 1 per axis): the published files' image downsampling.
+    Borders repeat the edge pixel (ITK's zero-flux Neumann condition). Float64 in and out."""
+    if factor == 1:
+        return np.asarray(image, dtype=np.float64)
+    kernel = discrete_gaussian_kernel((factor / 2.0) ** 2)
+    out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in image.shape)
+    # Separable: filtering along one axis commutes with sampling the other, so each pass
+    # only computes the rows or columns that are kept.
+    rows_kept = ndimage.correlate1d(np.asarray(image, dtype=np.float64), kernel, axis=1, mode="nearest")
+    rows_kept = rows_kept[:, : factor * out_w : factor]
+    smoothed = ndimage.correlate1d(rows_kept, kernel, axis=0, mode="nearest")
+    return smoothed[: factor * out_h : factor]
 
 
 def line_integrals(intensity: np.ndarray, i0: float) -> tuple[np.ndarray, int]:
@@ -205,6 +231,11 @@ def line_integrals(intensity: np.ndarray, i0: float) -> tuple[np.ndarray, int]:
     return math.log(i0) - np.log(intensity), clipped
 
 
+def _cropped(frame: np.ndarray, crop: int) -> np.ndarray:
+    height, width = frame.shape
+    return frame[crop:height - crop, crop:width - crop]
+
+
 def ingest_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
                      rotate: bool) -> tuple[np.ndarray, int]:
     """`preprocess_raw_frame` plus the number of clipped pixels (ingest counts them over the file)."""
@@ -212,15 +243,11 @@ def ingest_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int
     _check_frame(intensity, "raw intensity", crop, factor)
     if i0 <= 0 or not math.isfinite(i0):
         raise ValueError(f"i0 must be a positive number, got {i0}")
-    if rotate:
-        intensity = intensity[::-1, ::-1]
-    values, clipped = line_integrals(intensity, i0)
-    blocks = _blocks(values, crop, factor, np.nan)
-    if np.isnan(blocks).any():  # partial blocks at the detector edge: mean of what is there
-        frame = np.nanmean(blocks, axis=-1)
-    else:
-        frame = blocks.mean(axis=-1)
-    return frame.astype(np.float32), clipped
+    values, clipped = line_integrals(_cropped(intensity, crop), i0)
+    frame = smooth_and_sample(values, factor)
+    if rotate:  # the published files turn in the small frame, after downsampling
+        frame = frame[::-1, ::-1]
+    return np.ascontiguousarray(frame, dtype=np.float32), clipped
 
 
 def preprocess_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
@@ -237,27 +264,26 @@ def preprocess_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor:
 
 
 def downsample_labels(labels: np.ndarray, *, crop: int, factor: int, rotate: bool) -> np.ndarray:
-    """Full-resolution (H, W) labels 0..6 -> uint8 downsampled labels (block majority, ties to lower)."""
+    """Full-resolution (H, W) labels 0..6 -> uint8 downsampled labels: the label at each small
+    pixel's centre (cropped pixel factor * i), as the published files' ray cast onto the
+    downsampled detector; turned afterwards where `rotate`."""
     labels = np.asarray(labels)
     _check_frame(labels, "labels", crop, factor)
     if labels.size and (labels.min() < 0 or labels.max() > anatomy.MAX_LABEL):
         raise ValueError(f"labels must lie in 0..{anatomy.MAX_LABEL}, found {labels.min()}..{labels.max()}")
+    cropped = _cropped(labels, crop)
+    out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in cropped.shape)
+    small = cropped[: factor * out_h : factor, : factor * out_w : factor]
     if rotate:
-        labels = labels[::-1, ::-1]
-    outside = anatomy.MAX_LABEL + 1  # padding value, counted by no label
-    blocks = _blocks(labels.astype(np.uint8), crop, factor, outside)
-    counts = np.stack([np.count_nonzero(blocks == value, axis=-1) for value in range(anatomy.NUM_CLASSES)])
-    # argmax returns the first maximum: a tie goes to the lower label value.
-    return counts.argmax(axis=0).astype(np.uint8)
+        small = small[::-1, ::-1]
+    return np.ascontiguousarray(small, dtype=np.uint8)
 
 
 def preprocess_landmarks(landmarks_xy: np.ndarray, *, crop: int, factor: int, rotate: bool,
                          width: int, height: int) -> np.ndarray:
-    """(..., 2) landmarks of a stored full-res W x H frame -> downsampled frame coordinates."""
-    xy = np.asarray(landmarks_xy, dtype=np.float64)
-    if rotate:
-        xy = coords.rotate180(xy, width, height)
-    return coords.fullres_to_downsampled(xy, crop, factor)
+    """(..., 2) landmarks of a stored full-res W x H frame -> ingested frame coordinates."""
+    return coords.ingested_landmarks(landmarks_xy, crop=crop, factor=factor, turned=rotate,
+                                     fullres_size=(width, height))
 
 
 # ------------------------------------------------------------------ opening files, layout
@@ -364,12 +390,9 @@ def _check_labels(labels: np.ndarray, path: Path, name: str) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def _landmark_order(names: list[str], path: Path, where: str) -> list[int]:
-    """Positions of LANDMARK_NAMES in `names`; DataError for unknown, duplicate or missing names."""
-    unknown = sorted(set(names) - set(anatomy.LANDMARK_NAMES))
-    if unknown:
-        raise DataError(f"{path}: {where} has unknown landmark name(s) {unknown} "
-                        f"(expected the 14 landmarks {', '.join(anatomy.LANDMARK_NAMES)})")
+def _landmark_order(names: list[str], path: Path, where: str) -> tuple[list[int], list[str]]:
+    """Positions of LANDMARK_NAMES in `names`, and the names silr does not use (callers warn
+    about those); DataError for duplicate or missing names."""
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise DataError(f"{path}: {where} names landmark(s) {duplicated} more than once")
@@ -377,7 +400,13 @@ def _landmark_order(names: list[str], path: Path, where: str) -> list[int]:
     if missing:
         raise DataError(f"{path}: {where} has no landmark(s) {missing} "
                         f"(expected the 14 landmarks {', '.join(anatomy.LANDMARK_NAMES)})")
-    return [names.index(n) for n in anatomy.LANDMARK_NAMES]
+    unused = sorted(set(names) - set(anatomy.LANDMARK_NAMES))
+    return [names.index(n) for n in anatomy.LANDMARK_NAMES], unused
+
+
+def ignored_landmarks_message(path: Path, names: Iterable[str], where: str) -> str:
+    return (f"{path}: {where} also has landmark(s) {sorted(names)}, not among the 14 silr uses "
+            f"({', '.join(anatomy.LANDMARK_NAMES)}); ignored")
 
 
 def specimen_numbers(specimen_ids: Iterable[str]) -> dict[str, int]:
@@ -448,7 +477,7 @@ def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int,
 
     lands_group = _get(group, "gt-landmarks", path, h5py.Group)
     names = list(lands_group.keys())
-    order = _landmark_order(names, path, f"{name}/gt-landmarks")
+    order, unused = _landmark_order(names, path, f"{name}/gt-landmarks")
     landmarks = np.empty((anatomy.NUM_LANDMARKS, 2))
     for row, position in enumerate(order):
         value = _read(lands_group, names[position], path)
@@ -461,7 +490,8 @@ def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int,
     flag = _scalar(group, "rot-180-for-up", path)
     if flag not in (0.0, 1.0):
         raise DataError(f"{path}: {name}/rot-180-for-up must be 0 or 1, found {flag:g}")
-    return RawFrame(specimen, frame, name, intensity.astype(np.float32, copy=False), labels, landmarks, bool(flag))
+    return RawFrame(specimen, frame, name, intensity.astype(np.float32, copy=False), labels, landmarks, bool(flag),
+                    tuple(unused))
 
 
 def iter_raw_frames(f: h5py.File, path: Path, index: FullResIndex) -> Iterator[RawFrame]:
@@ -497,10 +527,10 @@ def read_fullres_frame(path: str | Path, specimen: int, frame: int) -> tuple[np.
 # ------------------------------------------------------------------ preprocessed layout
 
 def _infer_downsample(width: int, path: Path) -> int:
-    # The published files carry no attributes: 1436 cropped pixels / factor, rounded up.
+    # The published files carry no attributes: 1436 cropped pixels / factor, rounded.
     cropped = anatomy.FULLRES_SIZE_PX - 2 * PUBLISHED_CROP
     factor = max(1, round(cropped / width))
-    if output_size(anatomy.FULLRES_SIZE_PX, PUBLISHED_CROP, factor) != width:
+    if coords.downsampled_length(anatomy.FULLRES_SIZE_PX, PUBLISHED_CROP, factor) != width:
         raise DataError(f"{path}: frames {width} px wide match no downsampling of the {cropped} px cropped "
                         f"detector (e.g. 718, 359, 180, 90) and the file has no {ATTR_DOWNSAMPLE} attribute")
     return factor
@@ -516,7 +546,9 @@ def read_processed(path: str | Path) -> ProcessedData:
         names_group = _get(f, "land-names", path, h5py.Group)
         num_lands = _scalar(names_group, "num-lands", path)
         names = [_text(_read(names_group, f"land-{i:02d}", path)) for i in range(int(num_lands))]
-        order = _landmark_order(names, path, "land-names")
+        order, unused = _landmark_order(names, path, "land-names")
+        if unused:
+            warnings.warn(ignored_landmarks_message(path, unused, "land-names"), IgnoredLandmarkWarning, stacklevel=2)
 
         groups = sorted((key for key, item in f.items() if key.isdigit() and isinstance(item, h5py.Group)), key=int)
         if not groups:

@@ -26,3 +26,11 @@ class CheckpointError(SilrError):
 
 class OutputError(SilrError):
     """An output cannot be written (read-only directory, full disk, ...)."""
+
+
+class SilrWarning(UserWarning):
+    """Base class of the warnings a command prints as one `silr: warning: ...` line."""
+
+
+class IgnoredLandmarkWarning(SilrWarning):
+    """An input file names landmarks that silr does not use; they were skipped."""

@@ -1,11 +1,12 @@
 """Stage `ingest`: DeepFluoro frames into the published preprocessed layout.
 
 A full-resolution file (the real `ipcai_2020_full_res_data.h5` or the phantom of
-`silr synth`) is read one frame at a time: frames flagged `rot-180-for-up` are turned,
-the border cropped, the raw intensities log-transformed (line integral = log I0 - log I)
-and the frame downsampled (image: block mean; labels: block majority, ties to the lower
-label; landmarks: the pinned coordinate convention of silr.coords). See silr.deepfluoro
-for the exact rules.
+`silr synth`) is read one frame at a time and preprocessed as the published files were:
+the border cropped, the raw intensities log-transformed (line integral = log I0 - log I),
+the frame downsampled (image: Gaussian smoothing with sigma = factor / 2 px, then the
+sample at every factor-th pixel from the crop's corner; labels: the label at those
+pixels; landmarks: (x - crop) / factor), and only then turned where `rot-180-for-up` is
+set. See silr.deepfluoro for the exact rules and silr.coords for the mapping.
 
 A file that is already preprocessed (`ipcai_2020_ds_8x.h5`) is validated and copied
 through when its factor is the one asked for.
@@ -31,7 +32,7 @@ import numpy as np
 
 from silr import anatomy, coords, deepfluoro
 from silr.deepfluoro import FullResIndex, SpecimenFrames
-from silr.errors import ConfigError, DataError
+from silr.errors import ConfigError, DataError, IgnoredLandmarkWarning, SilrWarning
 from silr.io import atomic_path, ensure_writable
 from silr.params import DataParams
 
@@ -63,13 +64,16 @@ def check_settings(factor: int, crop: int, i0: float) -> None:
 
 
 def downsample_specimens(f: h5py.File, raw: Path, index: FullResIndex, *, crop: int, i0: float,
-                         factor: int, tally: dict[str, int]) -> Iterator[SpecimenFrames]:
+                         factor: int, tally: dict[str, int], ignored: set[str]) -> Iterator[SpecimenFrames]:
     """Yield each specimen's downsampled frames; full-res frames are read one at a time."""
     size = (index.num_rows, index.num_cols)
     if min(size) <= 2 * crop:
         raise ConfigError(f"data.crop {crop} px per border leaves nothing of the {size[0]}x{size[1]} frames of {raw}")
-    out_h = deepfluoro.output_size(index.num_rows, crop, factor)
-    out_w = deepfluoro.output_size(index.num_cols, crop, factor)
+    out_h = coords.downsampled_length(index.num_rows, crop, factor)
+    out_w = coords.downsampled_length(index.num_cols, crop, factor)
+    if min(out_h, out_w) < 1:
+        raise ConfigError(f"data.downsample {factor} leaves less than one pixel of the {size[0] - 2 * crop}x"
+                          f"{size[1] - 2 * crop} cropped frames of {raw}")
     for number, spec in index.specimens.items():
         count = len(spec.projections)
         images = np.empty((count, out_h, out_w), np.float32)
@@ -86,6 +90,9 @@ def downsample_specimens(f: h5py.File, raw: Path, index: FullResIndex, *, crop: 
                 width=index.num_cols, height=index.num_rows)
             tally["clipped"] += clipped
             tally["clipped_frames"] += bool(clipped)
+            if raw_frame.ignored_landmarks:
+                tally["ignored_frames"] += 1
+                ignored.update(raw_frame.ignored_landmarks)
         inside = coords.in_frame(landmarks, out_w, out_h)
         tally["landmarks"] += inside.size
         tally["out_of_frame"] += int((~inside).sum())
@@ -103,13 +110,15 @@ def _root_attrs(*, source: Path, data_kind: str, factor: int, spacing_mm: float,
         deepfluoro.ATTR_I0: float(i0),
         deepfluoro.ATTR_SPECIMEN_IDS: json.dumps({str(n): sid for n, sid in sorted(specimen_ids.items())}),
         deepfluoro.ATTR_LABEL_RULE: deepfluoro.LABEL_RULE,
+        deepfluoro.ATTR_IMAGE_RULE: deepfluoro.IMAGE_RULE,
         deepfluoro.ATTR_INTENSITY_FLOOR: deepfluoro.INTENSITY_FLOOR,
         deepfluoro.ATTR_INGEST_MODE: mode,
     }
 
 
 def ingest_fullres(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSummary:
-    tally = {"clipped": 0, "clipped_frames": 0, "landmarks": 0, "out_of_frame": 0}
+    tally = {"clipped": 0, "clipped_frames": 0, "landmarks": 0, "out_of_frame": 0, "ignored_frames": 0}
+    ignored: set[str] = set()
     with deepfluoro.open_hdf5(raw) as f:
         index = deepfluoro.scan_fullres(f, raw)
         if index.data_kind not in deepfluoro.DATA_KINDS:
@@ -118,14 +127,19 @@ def ingest_fullres(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
         attrs = _root_attrs(source=raw, data_kind=index.data_kind, factor=factor,
                             spacing_mm=index.pixel_spacing_mm * factor, crop=crop, i0=i0,
                             specimen_ids=index.specimen_ids, mode="downsampled")
-        specimens = downsample_specimens(f, raw, index, crop=crop, i0=i0, factor=factor, tally=tally)
+        specimens = downsample_specimens(f, raw, index, crop=crop, i0=i0, factor=factor, tally=tally,
+                                         ignored=ignored)
         with atomic_path(out) as tmp:
             counts = deepfluoro.write_processed(tmp, specimens, attrs)
+    if ignored:
+        warnings.warn(deepfluoro.ignored_landmarks_message(raw, ignored, f"gt-landmarks of {tally['ignored_frames']} "
+                                                                         f"frame(s)"),
+                      IgnoredLandmarkWarning, stacklevel=2)
     if tally["clipped"]:
         warnings.warn(f"{raw}: {tally['clipped']} raw intensities below {deepfluoro.INTENSITY_FLOOR:g} in "
                       f"{tally['clipped_frames']} frame(s) clipped to {deepfluoro.INTENSITY_FLOOR:g} "
                       f"before the log transform", deepfluoro.ClippedIntensityWarning, stacklevel=2)
-    shape = (deepfluoro.output_size(index.num_rows, crop, factor), deepfluoro.output_size(index.num_cols, crop, factor))
+    shape = (coords.downsampled_length(index.num_rows, crop, factor), coords.downsampled_length(index.num_cols, crop, factor))
     return IngestSummary(out, "downsampled", counts, shape, tally["out_of_frame"], tally["landmarks"],
                          tally["clipped"])
 
@@ -176,10 +190,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", deepfluoro.ClippedIntensityWarning)
+        warnings.simplefilter("always", SilrWarning)
         summary = run(args.raw, args.out, factor=args.downsample, crop=args.crop, i0=args.i0)
     for warning in caught:
-        if issubclass(warning.category, deepfluoro.ClippedIntensityWarning):
+        if issubclass(warning.category, SilrWarning):
             print(f"silr: warning: {warning.message}", file=sys.stderr)
         else:  # not ours: show it as Python would have
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)

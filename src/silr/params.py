@@ -25,9 +25,14 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 
 @dataclass(frozen=True)
 class SynthParams:
-    specimens: int = 6
-    frames: int = 12
+    # Frames of each specimen, one entry per specimen: the real set's 111/104/24/48/55/24
+    # (anatomy.DEEPFLUORO_FRAMES) scaled by 1/5 for the CPU budget.
+    frames: tuple[int, ...] = (22, 21, 5, 10, 11, 5)
     seed: int = 0
+
+    @property
+    def specimens(self) -> int:
+        return len(self.frames)
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,14 @@ def _as_float(key: str, value: Any, minimum: float | None = None, maximum: float
     return value
 
 
+def _as_counts(key: str, value: Any) -> tuple[int, ...]:
+    """A list of frame counts (>= 1), one per specimen, at least two specimens."""
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise _fail(key, "a list of frame counts, one per specimen, at least two (e.g. [22, 21, 5, 10, 11, 5])",
+                    value)
+    return tuple(_as_int(f"{key}[{i}]", count, 1) for i, count in enumerate(value))
+
+
 def _as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(key, "true or false", value)
@@ -221,8 +234,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     s = _section(raw, "synth", SynthParams)
     d0 = SynthParams()
     synth = SynthParams(
-        specimens=_as_int("synth.specimens", s.get("specimens", d0.specimens), 2),
-        frames=_as_int("synth.frames", s.get("frames", d0.frames), 1),
+        frames=_as_counts("synth.frames", s.get("frames", d0.frames)),
         seed=_as_int("synth.seed", s.get("seed", d0.seed), 0),
     )
 

@@ -384,11 +384,9 @@ def frame_to_input(xy_frame: np.ndarray, prepared: PreparedFrame, frame_size: in
     frame = prepared.input
     if not frame.raw:
         return xy
-    xy = coords.downsampled_to_fullres(xy, preprocessing.crop, preprocessing.downsample)
-    if frame.rotate:
-        height, width = frame.pixels.shape
-        xy = coords.rotate180(xy, width, height)
-    return xy
+    height, width = frame.pixels.shape
+    return coords.ingested_to_fullres(xy, crop=preprocessing.crop, factor=preprocessing.downsample,
+                                      turned=frame.rotate, fullres_size=(width, height))
 
 
 def treatment(frame: InputFrame, preprocessing: Preprocessing) -> str:

@@ -5,13 +5,16 @@ hemipelvis (iliac wing, acetabulum, obturator foramen), femora with their heads 
 acetabula, lumbar vertebrae and the upper sacrum, built from ellipsoids, with size and
 shape varying between specimens, and the 14 landmarks at the points their names mean.
 Every frame is a cone-beam projection with the real C-arm geometry (1536 x 1536 pixels
-of 0.194 mm, 1020 mm source to detector) from a pose around AP; raw detector counts
-follow Beer-Lambert through soft tissue and bone, with quantum noise (bone is dark).
-Labels come from ray casting: a pixel gets the bone with the longest path along its ray.
-About 30% of the frames are stored upside down with `rot-180-for-up` = 1, as on the real
-C-arm. The source is posterior (under the table), so an upright frame shows the
-patient's left on the image's left (a pinhole camera cannot mirror). The output is deterministic for a seed; specimen k and its frames do not depend
-on how many other specimens or frames are generated.
+of 0.194 mm, 1020 mm source to detector) from a pose drawn over the real set's range
+(src/silr/phantom/projector.py: obliques up to 40 degrees, the C-arm centred anywhere from
+one hip to the other, magnification 1.13 to 1.65); raw detector counts follow
+Beer-Lambert through soft tissue and bone, with quantum noise (bone is dark). Labels come
+from ray casting: a pixel gets the bone with the longest path along its ray. About 30% of
+the frames are stored upside down with `rot-180-for-up` = 1, as on the real C-arm. The
+source is anterior, so an upright frame shows the patient's left on the image's right,
+as the real frames do. Specimens have different frame counts (`synth.frames`, one entry
+per specimen). The output is deterministic for a seed; specimen k and its frames do not
+depend on how many other specimens or frames are generated.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -28,6 +32,7 @@ import numpy as np
 from silr import anatomy, coords
 from silr.errors import ConfigError
 from silr.io import atomic_path, ensure_writable
+from silr.params import DEFAULT_PARAMS_FILE, SynthParams, load_params
 from silr.phantom.projector import AIR_INTENSITY, MIN_BONE_PATH_MM, Detector, Pose, Projection, render, sample_pose
 from silr.phantom.specimen import Specimen, make_specimen
 from silr.phantom.volume import voxelize
@@ -47,6 +52,16 @@ def specimen_ids(count: int) -> list[str]:
     if not 1 <= count <= 9999:
         raise ConfigError(f"synth.specimens must be between 1 and 9999, got {count}")
     return [anatomy.SPECIMEN_IDS[n] if n in anatomy.SPECIMEN_IDS else f"99-{n:04d}" for n in range(1, count + 1)]
+
+
+def check_frames(frames: Sequence[int]) -> tuple[int, ...]:
+    """Frames per specimen as a tuple; ConfigError naming synth.specimens / synth.frames."""
+    frames = tuple(frames)
+    specimen_ids(len(frames))  # the specimen count's own check
+    bad = [count for count in frames if isinstance(count, bool) or not isinstance(count, int) or count < 1]
+    if bad:
+        raise ConfigError(f"synth.frames must be >= 1 for every specimen, got {bad[0]!r}")
+    return frames
 
 
 def specimen_rng(seed: int, number: int, frame: int | None = None) -> np.random.Generator:
@@ -136,27 +151,28 @@ def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -
     return PreviewPanel(title, np.ascontiguousarray(image), np.ascontiguousarray(labels), xy)
 
 
-def write_phantom(path: Path, specimens: int, frames: int, seed: int, detector: Detector = Detector(),
+def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detector = Detector(),
                   preview_panels: int = PREVIEW_PANELS) -> SynthSummary:
-    """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp name)."""
-    if frames < 1:
-        raise ConfigError(f"synth.frames must be >= 1, got {frames}")
+    """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp name);
+    specimen k gets frames[k - 1] frames."""
+    frames = check_frames(frames)
+    specimens = len(frames)
     ids = specimen_ids(specimens)
-    summary = SynthSummary(specimens, frames)
+    summary = SynthSummary(specimens, sum(frames))
     per_specimen_panels = -(-preview_panels // specimens) if preview_panels else 0
     size = detector.size_px
     with h5py.File(path, "w") as f:
         f.attrs.update({"silr-data-kind": DATA_KIND, "silr-generator": "silr synth",
                         "silr-generator-version": GENERATOR_VERSION, "silr-seed": seed,
-                        "silr-specimens": specimens, "silr-frames-per-specimen": frames,
+                        "silr-specimens": specimens, "silr-frames-per-specimen": np.asarray(frames, np.int64),
                         "silr-label-rule": LABEL_RULE, "silr-air-intensity": AIR_INTENSITY})
         _write_proj_params(f.create_group("proj-params"), detector)
-        for number, specimen_id in enumerate(ids, start=1):
+        for number, (specimen_id, count) in enumerate(zip(ids, frames), start=1):
             specimen = make_specimen(specimen_rng(seed, number))
             group = f.create_group(specimen_id)
             _write_specimen_volume(group, specimen)
             projections = group.create_group("projections")
-            for frame in range(frames):
+            for frame in range(count):
                 rng = specimen_rng(seed, number, frame)
                 pose = sample_pose(rng)
                 projection = render(specimen, pose, rng, detector)
@@ -216,30 +232,57 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     plt.close(fig)
 
 
-def run(out: Path, specimens: int, frames: int, seed: int, preview: Path | None = None) -> SynthSummary:
+def run(out: Path, frames: Sequence[int], seed: int, preview: Path | None = None) -> SynthSummary:
     """The stage: generate the phantom file atomically, then the preview picture."""
+    frames = check_frames(frames)  # before any output is touched
     ensure_writable(out, *([preview] if preview is not None else []))  # both outputs or none
     with atomic_path(out) as tmp:
-        summary = write_phantom(tmp, specimens, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
+        summary = write_phantom(tmp, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
     if preview is not None:
         write_preview(preview, summary.panels)
     return summary
 
 
+def _frame_counts(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame count or a comma-separated list of them, "
+                                         f"got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output HDF5 file (full-resolution layout)")
-    parser.add_argument("--specimens", type=int, default=6, help="number of specimens (default 6)")
-    parser.add_argument("--frames", type=int, default=12, help="frames per specimen (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--params", type=Path, default=Path(DEFAULT_PARAMS_FILE),
+                        help="params file whose `synth` section is used (default %(default)s)")
+    parser.add_argument("--frames", type=_frame_counts, default=None,
+                        help="override synth.frames: frames per specimen as a list (22,21,5), or one count "
+                             "for every specimen with --specimens")
+    parser.add_argument("--specimens", type=int, default=None,
+                        help="number of specimens, each with the one count given by --frames")
+    parser.add_argument("--seed", type=int, default=None, help="override synth.seed")
     parser.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of frames")
+
+
+def frames_from_arguments(params: SynthParams, frames: list[int] | None, specimens: int | None) -> tuple[int, ...]:
+    """synth.frames, or the command line's --frames / --specimens in its place."""
+    if specimens is not None:
+        if frames is not None and len(frames) != 1:
+            raise ConfigError(f"--specimens {specimens} takes one count in --frames, got {len(frames)}")
+        specimen_ids(specimens)
+        return tuple((frames or [max(params.frames)]) * specimens)
+    return tuple(frames) if frames is not None else params.frames
 
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    summary = run(args.out, args.specimens, args.frames, args.seed, args.preview)
+    params = load_params(args.params).synth
+    frames = frames_from_arguments(params, args.frames, args.specimens)
+    seed = params.seed if args.seed is None else args.seed
+    summary = run(args.out, frames, seed, args.preview)
     size_mb = os.path.getsize(args.out) / 1e6
-    print(f"silr synth: wrote {args.out} ({summary.specimens} specimens x {summary.frames} frames, "
-          f"{size_mb:.0f} MB, {summary.turned_frames} frames stored turned, "
-          f"{summary.landmarks_out_of_frame}/{summary.landmarks_total} landmarks out of frame) "
+    print(f"silr synth: wrote {args.out} ({summary.specimens} specimens, {summary.frames} frames "
+          f"({', '.join(map(str, frames))}), {size_mb:.0f} MB, {summary.turned_frames} frames stored turned, "
+          f"{summary.landmarks_out_of_frame}/{summary.landmarks_total} landmarks off the detector) "
           f"in {time.perf_counter() - start:.0f} s")
     return 0

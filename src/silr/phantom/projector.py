@@ -31,9 +31,19 @@ COLLIMATOR_ATTENUATION = 2.5
 MIN_BONE_PATH_MM = 0.2
 MAX_INTENSITY = 65487.0
 
-# View around AP: the source is posterior (under the table), rows run towards the feet.
-_AP_CAMERA_AXES = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T
+# The AP view: the source anterior (above the table), the detector posterior, columns
+# running towards the patient's left and rows towards the feet. An upright frame then
+# shows the patient's left on the image's right, as the real DeepFluoro frames do.
+_AP_CAMERA_AXES = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]).T
 
+# Pose ranges (see `sample_pose`). The real frames were taken for 2D/3D registration, from
+# views far from a fixed AP pose, centred on either hip or the whole pelvis.
+OBLIQUE_DEG = 40.0              # LAO/RAO about the body axis, uniform in +-
+TILT_SD_DEG, TILT_MAX_DEG = 10.0, 25.0   # cranio-caudal
+ROLL_SD_DEG = 5.0               # in-plane turn of the detector
+ISOCENTRE_X_MM = 60.0           # uniform in +-: the centre anywhere between the hips (heads at ~+-80 mm)
+ISOCENTRE_Z_MM = (-30.0, 60.0)  # uniform: from the femoral heads' level to the lower iliac wings
+SOURCE_TO_ISOCENTRE_MM = (700.0, 900.0)   # magnification 1020 / distance at the isocentre: 1.13 .. 1.46
 
 @dataclass(frozen=True)
 class Detector:
@@ -64,15 +74,17 @@ class Pose:
 
 
 def sample_pose(rng: np.random.Generator, turned_probability: float = 0.3) -> Pose:
-    """A C-arm pose around AP: oblique and cranio-caudal tilts, roll, table shifts, femur motion."""
-    oblique = np.radians(np.clip(rng.normal(0.0, 12.0), -30, 30))       # LAO/RAO, about the body axis
-    tilt = np.radians(np.clip(rng.normal(0.0, 8.0), -20, 20))           # cranial/caudal
+    """A C-arm pose: strong obliques, cranio-caudal tilt, roll, the isocentre anywhere from one
+    hip to the other, varied magnification, femur motion."""
+    oblique = np.radians(rng.uniform(-OBLIQUE_DEG, OBLIQUE_DEG))
+    tilt = np.radians(np.clip(rng.normal(0.0, TILT_SD_DEG), -TILT_MAX_DEG, TILT_MAX_DEG))
     rot180 = bool(rng.random() < turned_probability)
-    roll = np.radians(rng.normal(0.0, 4.0)) + (np.pi if rot180 else 0.0)
+    roll = np.radians(rng.normal(0.0, ROLL_SD_DEG)) + (np.pi if rot180 else 0.0)
     rotation = (rotation_about((0, 0, 1), oblique) @ rotation_about((1, 0, 0), tilt)
                 @ _AP_CAMERA_AXES @ rotation_about((0, 0, 1), roll))
-    isocentre = np.array([0.0, 10.0, 15.0]) + rng.normal(0.0, 1.0, 3) * np.array([18.0, 8.0, 18.0])
-    source_to_isocentre = rng.uniform(740.0, 820.0)
+    isocentre = np.array([rng.uniform(-ISOCENTRE_X_MM, ISOCENTRE_X_MM), 10.0 + rng.normal(0.0, 8.0),
+                          rng.uniform(*ISOCENTRE_Z_MM)])
+    source_to_isocentre = rng.uniform(*SOURCE_TO_ISOCENTRE_MM)
     cam_to_vol = np.eye(4)
     cam_to_vol[:3, :3] = rotation
     cam_to_vol[:3, 3] = isocentre - source_to_isocentre * rotation[:, 2]
