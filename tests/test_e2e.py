@@ -67,7 +67,7 @@ def fresh_copy(destination: Path) -> Path:
 
 def tiny_params(path: Path, losses: list[str], folds: list[int]) -> None:
     params = yaml.safe_load(path.read_text())
-    params["synth"].update({"specimens": 3, "frames": 2})
+    params["synth"].update({"frames": [2, 2, 2]})
     params["model"].update({"backbone": "hrnet_w18_small", "decoder_channels": [8, 8]})
     params["train"].update({"epochs": 1, "val_every": 1, "batch_size": 4, "device": "cpu"})
     params["study"].update({"losses": losses, "folds": folds})

@@ -203,14 +203,17 @@ def test_smaller_npy_frame_is_upsampled_and_stack_frames_are_chosen(fake_models,
 # ------------------------------------------------------------------ raw frames, HDF5
 
 def raw_frame_with_dot(block_col: int, block_row: int, *, rotate: bool) -> tuple[np.ndarray, tuple[float, float]]:
-    """A 1536x1536 detector frame (bone dark) with one dark 8x8 block that ingestion turns into
-    frame pixel (block_col, block_row); returns it and the block centre in raw pixels."""
+    """A 1536x1536 detector frame (bone dark) with one dark 9x9 square that ingestion turns into
+    frame pixel (block_col, block_row); returns it and the square's centre in raw pixels.
+
+    The published construction: small pixel i sits on full-resolution pixel 50 + 8 i, and a
+    stored-upside-down frame is turned in the small frame, so upright pixel (c, r) is stored
+    small pixel (179 - c, 179 - r)."""
     raw = np.full((1536, 1536), 60000.0, dtype=np.float32)
-    col0, row0 = 50 + 8 * block_col, 50 + 8 * block_row  # in the upright frame
-    if rotate:  # the file stores the frame upside down; ingestion turns it upright
-        col0, row0 = 1535 - (col0 + 7), 1535 - (row0 + 7)
-    raw[row0:row0 + 8, col0:col0 + 8] = 500.0
-    return raw, (col0 + 3.5, row0 + 3.5)
+    col, row = (179 - block_col, 179 - block_row) if rotate else (block_col, block_row)
+    centre_col, centre_row = 50 + 8 * col, 50 + 8 * row
+    raw[centre_row - 4:centre_row + 5, centre_col - 4:centre_col + 5] = 500.0
+    return raw, (float(centre_col), float(centre_row))
 
 
 def test_raw_npy_goes_through_ingestion_and_maps_to_detector_pixels(fake_models, tmp_path):
