@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from silr import checkpoint
-from silr.anatomy import LANDMARK_NAMES, NETWORK_INPUT_PX
+from silr.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
 from silr.model import build_model
 from silr.params import params_from_dict
 
-PARAMS = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True}})
+PARAMS = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"}})
 
 
 def tiny_card(**changes):
@@ -51,7 +51,8 @@ def test_round_trip_restores_weights_card_and_codec(tmp_path, tiny_model):
     assert card["format"] == checkpoint.CHECKPOINT_FORMAT
     codec = checkpoint.codec_from_card(card)
     assert isinstance(codec, HeatmapCodec)
-    assert (codec.size, codec.sigma, codec.refine) == ((NETWORK_INPUT_PX, NETWORK_INPUT_PX), 3.0, True)
+    assert (codec.size, codec.sigma, codec.refine) == ((NETWORK_INPUT_PX, NETWORK_INPUT_PX), 3.0, "parabola")
+    assert (codec.stride, codec.kind, codec.frame) == (1, "logit", (FRAME_SIZE_PX, FRAME_SIZE_PX))
 
 
 def test_equal_checkpoints_are_equal_bytes(tmp_path, tiny_model):
@@ -67,14 +68,14 @@ def test_equal_checkpoints_are_equal_bytes(tmp_path, tiny_model):
 
 def test_params_hash_follows_only_the_run_sections():
     base = checkpoint.params_hash_of(PARAMS, "proposed")
-    other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+    other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                    "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
                                               "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
     assert checkpoint.params_hash_of(other_loss, "proposed") == base  # another loss's weights
-    other_eval = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+    other_eval = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                    "evaluate": {"success_mm": [1.0]}})
     assert checkpoint.params_hash_of(other_eval, "proposed") == base
-    other_lr = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": True},
+    other_lr = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                  "train": {"lr": 0.5}})
     assert checkpoint.params_hash_of(other_lr, "proposed") != base
 

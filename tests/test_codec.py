@@ -67,7 +67,7 @@ def test_decode_argmax_score_and_presence_threshold():
     assert HeatmapCodec(size=(6, 7), presence_threshold=0.3).decode(logits).present.tolist() == [[True, True, False]]
 
 
-@pytest.mark.parametrize("refine", [False, True])
+@pytest.mark.parametrize("refine", ["none", "parabola"])
 def test_round_trip_recovers_in_frame_landmarks(refine):
     generator = torch.Generator().manual_seed(3)
     codec = HeatmapCodec(size=(48, 64), sigma=2.5, refine=refine)
@@ -84,13 +84,13 @@ def test_round_trip_recovers_in_frame_landmarks(refine):
     # (10.5, 20.5) is 0.71 px from every pixel centre, so the bound is per coordinate).
     axis_error = (decoded.xy - xy).abs()[present]
     assert axis_error.max().item() <= 0.5 + 1e-4
-    if refine:
+    if refine == "parabola":
         # Log of a Gaussian is a parabola: the refined fit is exact up to float32.
         assert (decoded.xy - xy).norm(dim=-1)[present].max().item() < 0.02
 
 
 def test_refinement_leaves_border_peaks_unshifted():
-    codec = HeatmapCodec(size=(10, 10), refine=True)
+    codec = HeatmapCodec(size=(10, 10), refine="parabola")
     targets = codec.encode(torch.tensor([[[0.0, 9.0]]]), torch.tensor([[True]]))
     assert codec.decode(_logits_of(targets.peak)).xy[0, 0].tolist() == [0.0, 9.0]
 
@@ -98,14 +98,75 @@ def test_refinement_leaves_border_peaks_unshifted():
 def test_decode_accepts_bfloat16_logits():
     logits = torch.full((1, 1, 8, 8), -4.0, dtype=torch.bfloat16)
     logits[0, 0, 5, 6] = 4.0
-    decoded = HeatmapCodec(size=(8, 8), refine=True).decode(logits)
+    decoded = HeatmapCodec(size=(8, 8), refine="parabola").decode(logits)
     assert decoded.xy.dtype == torch.float32
     assert decoded.xy[0, 0].tolist() == [6.0, 5.0]
 
 
 def test_from_params_and_config():
-    codec = HeatmapCodec.from_params(HeatmapParams(sigma=3.0, presence_threshold=0.4, refine=True), size=(32, 16))
-    assert codec.config() == {"size": [32, 16], "sigma": 3.0, "presence_threshold": 0.4, "refine": True}
+    codec = HeatmapCodec.from_params(HeatmapParams(sigma=3.0, presence_threshold=0.4, refine="centroid"),
+                                     size=(32, 16), stride=2, frame=(30, 12), kind="logit")
+    assert codec.config() == {"size": [32, 16], "sigma": 3.0, "presence_threshold": 0.4, "refine": "centroid",
+                              "stride": 2, "frame": [30, 12], "kind": "logit"}
+    assert codec.heatmap_size == (16, 8) and codec.frame_origin == (2, 1)
+    # Cards written before the refinement modes hold a bool.
+    assert HeatmapCodec(refine=True).refine == "parabola" and HeatmapCodec(refine=False).refine == "none"
+
+
+# ------------------------------------------------------------------ the frame, strides, kinds
+
+def test_a_maximum_in_the_padding_decodes_inside_the_frame():
+    # 192 x 192 input, 180 x 180 frame at offset 6: the global maximum sits in the padding
+    # ring (row 2, column 190); the best pixel inside the frame is (100, 50).
+    codec = HeatmapCodec(size=(192, 192), frame=(180, 180))
+    logits = torch.full((1, 2, 192, 192), -8.0)
+    logits[0, 0, 2, 190] = 9.0
+    logits[0, 0, 50, 100] = 1.0
+    logits[0, 1, 191, 0] = 9.0      # nothing but the padding peak: the frame's best is its flat value
+    decoded = codec.decode(logits)
+    assert decoded.xy[0, 0].tolist() == [100.0, 50.0]
+    assert decoded.score[0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+    low, high = 6.0, 6.0 + 179.0
+    assert ((decoded.xy >= low) & (decoded.xy <= high)).all()
+    assert codec.to_frame(decoded.xy)[0, 0].tolist() == [94.0, 44.0]
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_centroid_refinement_recovers_subpixel_positions_at_every_stride(stride):
+    generator = torch.Generator().manual_seed(7)
+    codec = HeatmapCodec(size=(192, 192), frame=(180, 180), sigma=2.5, stride=stride, refine="centroid")
+    # Input pixels at least 3 sigma inside the frame (input 6..185), so the window is whole.
+    xy = torch.rand(3, 14, 2, generator=generator) * 150 + 21
+    present = torch.ones(3, 14, dtype=torch.bool)
+    targets = codec.encode(xy, present)
+    assert targets.peak.shape == (3, 14, 192 // stride, 192 // stride)
+    maps = {"logit": torch.log(targets.normalized.clamp_min(1e-30)) + 3.0,   # KL-trained: log-probabilities
+            "value": targets.peak,                                           # MSE-trained: the Gaussian
+            "shape": 5.0 * targets.peak - 2.0}                               # NCC-trained: any affine copy
+    for kind, heatmaps in maps.items():
+        kind_codec = HeatmapCodec(size=(192, 192), frame=(180, 180), stride=stride, refine="centroid", kind=kind)
+        error = (kind_codec.decode(heatmaps).xy - xy).norm(dim=-1)
+        assert error.max().item() < 0.05, (kind, error.max().item())
+    # Without refinement a stride-4 map can only name its pixel centres: errors up to ~2.8 px.
+    plain = HeatmapCodec(size=(192, 192), frame=(180, 180), stride=stride).decode(targets.peak)
+    assert (plain.xy - xy).abs().max().item() <= stride / 2 + 1e-4
+
+
+def test_stride_maps_input_and_heatmap_pixels_by_area():
+    codec = HeatmapCodec(size=(16, 16), stride=4)
+    # Heatmap pixel 0 covers input pixels 0..3: its centre is at input 1.5.
+    assert codec.from_heatmap(torch.tensor([0.0, 3.0])).tolist() == [1.5, 13.5]
+    assert codec.to_heatmap(torch.tensor([1.5, 13.5])).tolist() == [0.0, 3.0]
+
+
+def test_value_maps_use_the_raw_maximum_and_shape_maps_have_no_presence():
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[0, 0, 3, 3] = 0.7
+    logits[0, 1, 5, 5] = 0.3
+    value = HeatmapCodec(size=(8, 8), kind="value").decode(logits)
+    assert value.present.tolist() == [[True, False]] and value.score[0, 0].item() == pytest.approx(0.7)
+    shape = HeatmapCodec(size=(8, 8), kind="shape").decode(logits - 5.0)
+    assert shape.present.tolist() == [[True, True]]
 
 
 @pytest.mark.parametrize("kwargs, key", [
@@ -113,6 +174,9 @@ def test_from_params_and_config():
     ({"sigma": float("nan")}, "heatmap.sigma"),
     ({"presence_threshold": 1.0}, "heatmap.presence_threshold"),
     ({"size": (192,)}, "heatmap size"),
+    ({"refine": "dark"}, "heatmap.refine"),
+    ({"stride": 3}, "heatmap stride"),
+    ({"kind": "probability"}, "heatmap kind"),
 ])
 def test_bad_parameters_are_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -125,5 +189,5 @@ def test_bad_shapes_say_what_was_expected():
         codec.encode(torch.zeros(2, 14), torch.ones(2, 14, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"present must have shape \(2, 14\)"):
         codec.encode(torch.zeros(2, 14, 2), torch.ones(2, 13, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"\(B, L, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, L, 8, 8\)"):
         codec.decode(torch.zeros(14, 8, 8))

@@ -48,7 +48,7 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
     label_map[:, 60:] = LEFT_HEMIPELVIS
     model = PeakModel(peaks, logits, label_map)
     images = np.random.default_rng(0).uniform(0, 1, (3, 180, 180)).astype(np.float32)
-    predicted = evaluate.predict_frames(model, HeatmapCodec(), images, batch_size=2)
+    predicted = evaluate.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
 
     assert predicted.xy.shape == (3, NUM_LANDMARKS, 2)
     np.testing.assert_array_equal(predicted.xy[2], peaks - PAD)  # frame = input - pad offset

@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from silr import anatomy
 from silr.codec import DecodedLandmarks, HeatmapCodec
 from silr.errors import ConfigError
-from silr.losses import (LOSS_TERMS, build_loss, dice_ce_loss, discrete_visibility, kl_loss, mse_loss, ncc_loss,
-                         soft_visibility, visibility_loss)
+from silr.anatomy import LANDMARK_BONE_INDEX
+from silr.losses import (LOSS_TERMS, build_loss, dice_ce_loss, discrete_visibility, heatmap_kind, kl_loss, mse_loss,
+                         ncc_loss, soft_visibility, visibility_loss)
 from silr.types import Batch, ModelOutput
 
 L = anatomy.NUM_LANDMARKS
@@ -72,13 +74,63 @@ def test_kl_with_no_landmark_in_frame_is_zero_with_a_gradient():
 
 # ------------------------------------------------------------------ mse, ncc
 
-def test_mse_known_value():
-    # sigmoid = 0.8 everywhere; one map all-zero target (0.64 per pixel), one with a single
-    # pixel of 1 (15 * 0.64 + 0.04) / 16 = 0.6025; mean over both maps = 0.62125.
-    logits = torch.full((1, 2, 4, 4), math.log(0.8 / 0.2))
+def test_mse_is_on_the_raw_heatmap():
+    # H = 0.8 everywhere (no sigmoid); one map all-zero target (0.64 per pixel), one with a
+    # single pixel of 1: (15 * 0.64 + 0.04) / 16 = 0.6025; mean over both maps = 0.62125.
+    heatmaps = torch.full((1, 2, 4, 4), 0.8)
     target = torch.zeros(1, 2, 4, 4)
     target[0, 1, 2, 2] = 1.0
-    assert mse_loss(logits, target).item() == pytest.approx((0.64 + 0.6025) / 2, rel=1e-5)
+    assert mse_loss(heatmaps, target).item() == pytest.approx((0.64 + 0.6025) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["landmark", "batchmean", "mean"])
+def test_kl_reductions_match_torch_kl_div(reduction):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, 5, generator=generator)
+    targets = HeatmapCodec(size=(6, 5), sigma=1.5).encode(torch.rand(3, 4, 2, generator=generator) * 4,
+                                                          torch.tensor([[True, True, False, True]] * 3))
+    log_q = torch.log_softmax(logits.flatten(2), dim=-1)
+    target = targets.normalized.flatten(2)
+    if reduction == "landmark":   # sum over pixels, mean over the 9 in-frame landmarks
+        expected = F.kl_div(log_q, target, reduction="sum") / 9
+    else:                         # absent maps are zero targets, so they add nothing to either
+        expected = F.kl_div(log_q, target, reduction=reduction)
+    value = kl_loss(logits, targets.normalized, targets.present, reduction)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    # The scale the reduction implies: `mean` is h * w * L * B / in-frame smaller than `landmark`.
+    if reduction == "mean":
+        landmark = kl_loss(logits, targets.normalized, targets.present, "landmark")
+        assert (landmark / value).item() == pytest.approx(6 * 5 * 4 * 3 / 9, rel=1e-5)
+
+
+def test_loss_kinds_decide_decoding_and_cannot_be_mixed():
+    assert heatmap_kind({"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0}) == "logit"
+    assert heatmap_kind({"dice_ce": 1.0, "mse": 1.0}) == "value"
+    assert heatmap_kind({"ncc": 1.0}) == "shape" and heatmap_kind({"dice_ce": 1.0}) == "logit"
+    with pytest.raises(ConfigError, match=r"losses\.mix: mixes mse .* \(kl\)"):
+        heatmap_kind({"kl": 1.0, "mse": 1.0}, "losses.mix")
+
+
+def test_soft_visibility_term_is_soft_whatever_the_mode():
+    output, batch = _batch_and_output(size=16)
+    codec = HeatmapCodec(size=(16, 16))
+    total, _ = build_loss({"visibility_soft": 1.0}, codec=codec, visibility_mode="hard")(output, batch)
+    total.backward()
+    assert output.heatmaps.grad.abs().sum().item() > 0
+
+
+def test_soft_visibility_on_coarser_heatmaps_pools_the_segmentation():
+    # 2 x 2 heatmap over a 4 x 4 segmentation: each heatmap pixel sees its 2 x 2 block's mean bone probability.
+    heatmaps = torch.full((1, 14, 2, 2), -30.0)
+    heatmaps[0, :, 0, 0] = 30.0
+    segmentation = torch.full((1, 7, 4, 4), -30.0)
+    segmentation[0, 0] = 30.0
+    segmentation[0, :, 0, 0] = -30.0          # one pixel of the top-left block is shared by the four
+    for bone in set(LANDMARK_BONE_INDEX):     # landmark bones (probability 1/4 each) ...
+        segmentation[0, bone, 0, 0] = 30.0
+    v_hat = soft_visibility(heatmaps, segmentation)
+    # ... so the block's mean probability of any landmark's bone is 1/16.
+    torch.testing.assert_close(v_hat, torch.full((1, 14), 0.5 + 0.5 / 16), atol=1e-4, rtol=0)
 
 
 def test_ncc_identical_negated_and_affine_maps():
@@ -237,7 +289,7 @@ def test_a_user_defined_mix_is_the_weighted_sum_of_its_terms():
 
 @pytest.mark.parametrize("weights, message", [
     ({"dice_ce": 1.0, "kll": 0.1},
-     "losses.kl_only: unknown term 'kll' (known: dice_ce, kl, mse, ncc, visibility)"),
+     "losses.kl_only: unknown term 'kll' (known: dice_ce, kl, mse, ncc, visibility, visibility_soft)"),
     ({"kl": -0.1}, "losses.kl_only.kl: weight must be a finite number >= 0, got -0.1"),
     ({"kl": "0.1"}, "losses.kl_only.kl: weight must be a finite number >= 0, got '0.1'"),
     ({"kl": True}, "losses.kl_only.kl: weight must be a finite number >= 0, got True"),

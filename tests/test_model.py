@@ -54,10 +54,20 @@ def test_unknown_backbone_lists_the_known_ones():
         build_model("resnet50", [32, 16])
 
 
-@pytest.mark.parametrize("channels", [[32], [32, 16, 8], [32, 0], "ab"])
-def test_decoder_channels_must_be_two_positive_integers(channels):
-    with pytest.raises(ConfigError, match=r"model\.decoder_channels must be 2 integers >= 1"):
+@pytest.mark.parametrize("channels", [[32, 16, 8], [32, 0], "ab"])
+def test_decoder_channels_must_be_at_most_two_positive_integers(channels):
+    with pytest.raises(ConfigError, match=r"model\.decoder_channels must be at most 2 integers >= 1"):
         build_model("hrnet_w18_small", channels)
+
+
+@pytest.mark.parametrize("channels, stride", [([], 4), ([8], 2), ([8, 4], 1)])
+def test_fewer_decoder_steps_give_coarser_heatmaps_and_full_size_segmentation(channels, stride):
+    model = build_model("hrnet_w18_small", channels).eval()
+    assert model.heatmap_stride == stride
+    with torch.no_grad():
+        output = model(torch.zeros(2, 1, 64, 96))
+    assert output.heatmaps.shape == (2, 14, 64 // stride, 96 // stride)
+    assert output.segmentation.shape == (2, 7, 64, 96)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 190, 192), (1, 3, 64, 64), (1, 64, 64)])

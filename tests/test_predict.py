@@ -310,12 +310,13 @@ def test_ensemble_averages_probabilities_exactly(fake_models, tmp_path):
     seg = (torch.softmax(first.seg.double(), 1) + torch.softmax(second.seg.double(), 1)) / 2
     offset = pad_offset()
     for i, row in enumerate(record["landmarks"]):
-        channel = heat[0, i]
+        # Decoding only considers the frame, not the padding around it.
+        channel = heat[0, i, offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
         flat = int(channel.argmax())
-        row_px, col_px = divmod(flat, NETWORK_INPUT_PX)
+        row_px, col_px = divmod(flat, FRAME_SIZE_PX)
         # The codec decodes in float32: the score is the mean probability to float32 precision.
         assert row["score"] == pytest.approx(float(channel.max()), rel=1e-6)
-        assert (row["frame_x"], row["frame_y"]) == (col_px - offset, row_px - offset)
+        assert (row["frame_x"], row["frame_y"]) == (col_px, row_px)
         assert row["present"] is (float(channel.max()) >= 0.5)
     expected_labels = seg[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
     assert (np.asarray(Image.open(out / "frame_seg.png")) == expected_labels.numpy()).all()
@@ -334,7 +335,7 @@ def test_mismatched_models_cannot_be_ensembled(fake_models, tmp_path, capsys):
 
 
 def test_model_that_does_not_fit_its_card_fails_before_any_input(fake_models, tmp_path, capsys):
-    small = fake_models("small.pt", FixedModel(0), card(input_size=160))
+    small = fake_models("small.pt", FixedModel(0), card(input_size=224))
     np.save(tmp_path / "frame.npy", np.ones((8, 8)))
     assert run_predict("--model", small, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     assert "small.pt: model outputs heatmaps (1, 14, 192, 192)" in capsys.readouterr().err
@@ -420,10 +421,11 @@ def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_pat
     heat = torch.sigmoid(output.heatmaps[0].double())
     offset = pad_offset()
     for i, row in enumerate(landmarks_json(out, "noise")["landmarks"]):
-        row_px, col_px = divmod(int(heat[i].argmax()), NETWORK_INPUT_PX)
-        assert (row["frame_x"], row["frame_y"]) == (col_px - offset, row_px - offset)
+        in_frame = heat[i, offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
+        row_px, col_px = divmod(int(in_frame.argmax()), FRAME_SIZE_PX)
+        assert (row["frame_x"], row["frame_y"]) == (col_px, row_px)
         assert (row["x"], row["y"]) == (row["frame_x"], row["frame_y"])  # same size: no resampling
-        assert row["score"] == pytest.approx(float(heat[i].max()), rel=1e-6)
+        assert row["score"] == pytest.approx(float(in_frame.max()), rel=1e-6)
     labels = output.segmentation[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
     assert (np.asarray(Image.open(out / "noise_seg.png")) == labels.numpy()).all()
 

@@ -12,6 +12,8 @@ import pytest
 from silr import deepfluoro, evaluate, report
 from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
 from silr.errors import DataError
+from silr.folds import folds_to_json, make_folds
+from silr.io import write_json
 from silr.params import params_from_dict
 
 SPECIMENS = (1, 2, 3)
@@ -85,8 +87,11 @@ def reported(tmp_path_factory):
     write_dvclive(root / "dvclive")
     params = params_from_dict({"study": {"losses": list(LOSSES), "folds": list(SPECIMENS)},
                                "train": {"epochs": 3}, "model": {"backbone": "tiny"}})
+    folds = make_folds({s: FRAMES for s in SPECIMENS}, val_fraction=0.0, seed=0)
+    write_json(root / "folds.json", folds_to_json(folds, data=str(data_path), val_fraction=0.0, seed=0,
+                                                  frames_per_specimen={s: FRAMES for s in SPECIMENS}))
     summary = report.run(params, metrics_dir=root / "metrics", plots_dir=root / "plots", data_path=data_path,
-                         live_dir=root / "dvclive")
+                         live_dir=root / "dvclive", folds_path=root / "folds.json")
     return root, params, data_path, summary
 
 
@@ -115,7 +120,24 @@ def test_table2_has_the_known_errors(reported):
     assert proposed["pooled"]["presence"] == {"true_positive": 81, "false_positive": 3,
                                               "false_negative": 0, "true_negative": 0}
     assert proposed["pooled"]["visibility_accuracy"] == pytest.approx(81 / 84, abs=1e-6)
-    assert summary["means"] == {"proposed": 5.0, "mse": 2.0}
+    assert summary["means"] == {"proposed": 5.0, "mse": 2.0, "baseline_frame_centre": pytest.approx(
+        summary["baselines"]["frame_centre"]["mean_px"]), "baseline_mean_shape": 0.0}
+
+
+def test_baselines_are_scored_like_a_loss(reported):
+    _, _, _, summary = reported
+    # Every frame has the same landmarks (ASIS-r of frame 1 out of frame): the mean shape over
+    # the training frames is the truth itself, so it is exactly right.
+    mean_shape = summary["baselines"]["mean_shape"]
+    assert mean_shape["per_specimen_px"] == {"1": 0.0, "2": 0.0, "3": 0.0} and mean_shape["mean_px"] == 0.0
+    # Frame centre (89.5, 89.5) against landmarks at (20 + 10 i, 90): 13 landmarks twice, ASIS-r once.
+    distances = np.hypot(20 + 10 * np.arange(NUM_LANDMARKS) - 89.5, 0.5)
+    counted = np.concatenate([distances, distances[:-1]])
+    centre = summary["baselines"]["frame_centre"]
+    assert centre["per_specimen_px"]["2"] == pytest.approx(counted.mean(), abs=1e-6)
+    assert centre["std_px"] == 0.0 and set(centre) >= {"per_specimen_mm", "mean_mm", "pooled"}
+    # Neither loss beats a perfect guess, and the report says so.
+    assert summary["not_beating_mean_shape"] == ["proposed", "mse"]
 
 
 def test_table2_is_recomputable_from_the_csvs_with_pandas(reported):
@@ -157,19 +179,23 @@ def test_table2_markdown_has_the_papers_layout(reported):
     root, _, _, _ = reported
     text = (root / "metrics" / "table2.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("|")]
-    assert lines[0] == "| Test specimen | Proposed (ours) | MSE (ours) | Proposed (paper) | MSE (paper) |"
+    assert lines[0] == ("| Test specimen | Proposed (ours) | MSE (ours) | Frame centre (baseline) | "
+                        "Mean shape (baseline) | Proposed (paper) | MSE (paper) |")
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["6", "5", "4", "3", "2", "1", "Mean ± Std"]
-    assert lines[2] == "| 6 | – | – | 18.28 | 32.26 |"  # fold 6 not evaluated here
-    assert lines[7] == "| 1 | 5.00 | 1.00 | 6.76 | 17.22 |"
-    assert lines[8] == "| Mean ± Std | 5.00 ± 0.00 | 2.00 ± 0.82 | 10.25 ± 5.79 | 26.30 ± 6.04 |"
+    assert lines[2] == "| 6 | – | – | – | – | 18.28 | 32.26 |"  # fold 6 not evaluated here
+    assert lines[7].startswith("| 1 | 5.00 | 1.00 | ") and lines[7].endswith(" | 0.00 | 6.76 | 17.22 |")
+    assert lines[8].startswith("| Mean ± Std | 5.00 ± 0.00 | 2.00 ± 0.82 | ")
     assert "the synthetic phantom (test phantom), 3 specimens, 6 frames" in text
+    assert "**Not better than the mean-shape baseline (0.00 px): Proposed, MSE.**" in text
 
 
 def test_per_specimen_csv_and_plots(reported):
     root, _, _, _ = reported
     per_specimen = pd.read_csv(root / "metrics" / "per_specimen.csv")
     assert list(per_specimen.columns) == ["loss", "specimen", "specimen_loss", "mean_px", "mean_mm"]
-    assert per_specimen["specimen_loss"].iloc[0] == "specimen 1 / MSE"
+    assert per_specimen[per_specimen["specimen"] == 1]["specimen_loss"].tolist() == [
+        "specimen 1 / Frame centre (baseline)", "specimen 1 / Mean shape (baseline)", "specimen 1 / MSE",
+        "specimen 1 / Proposed"]
     assert per_specimen.set_index(["loss", "specimen"]).loc[("mse", 3), "mean_px"] == 3.0
     for name in report.PLOT_NAMES:
         png = (root / "plots" / name).read_bytes()
@@ -183,7 +209,7 @@ def test_outputs_are_byte_stable(reported, tmp_path):
                                                                        "curves/train_loss.csv")}
     assert json.loads(before["summary.json"])["means"]["mse"] == 2.0
     report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
-               live_dir=root / "dvclive")
+               live_dir=root / "dvclive", folds_path=root / "folds.json")
     for name, content in before.items():
         assert (root / "metrics" / name).read_bytes() == content, name
     assert (root / "plots" / "figure1.png").read_bytes() == (tmp_path / "plots" / "figure1.png").read_bytes()
@@ -194,4 +220,5 @@ def test_missing_evaluation_names_the_stage(reported, tmp_path):
     metrics_dir = tmp_path / "metrics"
     (metrics_dir / "predictions" / "proposed").mkdir(parents=True)
     with pytest.raises(DataError, match=r"run `dvc repro evaluate@proposed-1` first"):
-        report.run(params, metrics_dir=metrics_dir, plots_dir=tmp_path / "plots", data_path=data_path)
+        report.run(params, metrics_dir=metrics_dir, plots_dir=tmp_path / "plots", data_path=data_path,
+                   folds_path=root / "folds.json")

@@ -79,10 +79,12 @@ def build_card(
             "intensity": INTENSITY_SCALING,
             "padding": PADDING,
         },
-        "heatmap": to_dict(params.heatmap),
+        "heatmap": {key: value for key, value in codec_for_run(params, loss_name).config().items()
+                    if key not in ("size", "frame")},
         "loss": {"name": loss_name, "weights": params.loss_weights(loss_name),
                  "visibility_mode": params.losses.visibility_mode,
-                 "detach_segmentation": params.losses.detach_segmentation},
+                 "detach_segmentation": params.losses.detach_segmentation,
+                 "kl_reduction": params.losses.kl_reduction},
         "fold": fold,
         "data_source": data_source,
         "params": run_params(params, loss_name),
@@ -104,6 +106,7 @@ def run_params(params: Params, loss_name: str) -> dict[str, Any]:
             loss_name: params.loss_weights(loss_name),
             "visibility_mode": params.losses.visibility_mode,
             "detach_segmentation": params.losses.detach_segmentation,
+            "kl_reduction": params.losses.kl_reduction,
         },
         # The ingestion values are part of what the model expects as input.
         "data": {"crop": params.data.crop, "i0": params.data.i0, "downsample": params.data.downsample},
@@ -205,16 +208,34 @@ def model_from_card(card: Mapping[str, Any], path: str | Path = "<card>") -> tor
         raise CheckpointError(f"{path}: cannot build the network its card describes: {exc}") from None
 
 
+def codec_for_run(params: Params, loss_name: str):
+    """The HeatmapCodec a training run of `loss_name` uses: the heatmap params, the model's
+    heatmap stride, the frame inside the padded input, and what the loss makes the maps mean."""
+    from silr.codec import HeatmapCodec
+    from silr.losses import heatmap_kind
+    from silr.model import heatmap_stride
+
+    return HeatmapCodec.from_params(params.heatmap, (NETWORK_INPUT_PX, NETWORK_INPUT_PX),
+                                    stride=heatmap_stride(params.model.decoder_channels),
+                                    frame=(FRAME_SIZE_PX, FRAME_SIZE_PX),
+                                    kind=heatmap_kind(params.loss_weights(loss_name), f"losses.{loss_name}"))
+
+
 def codec_from_card(card: Mapping[str, Any]):
-    """The HeatmapCodec the model was trained with (size, sigma, presence threshold, refinement)."""
+    """The HeatmapCodec the model was trained with (sizes, sigma, presence rule, refinement, stride).
+
+    Cards written before heatmap strides and kinds existed decode at stride 1 as logits."""
     from silr.codec import HeatmapCodec
 
     heatmap = card["heatmap"]
-    size = int(card["input_size"])
+    size, frame = int(card["input_size"]), int(card["frame_size"])
     try:
         return HeatmapCodec(size=(size, size), sigma=float(heatmap["sigma"]),
                             presence_threshold=float(heatmap["presence_threshold"]),
-                            refine=bool(heatmap.get("refine", False)))
+                            refine=heatmap.get("refine", "none"), stride=int(heatmap.get("stride", 1)),
+                            frame=(frame, frame), kind=str(heatmap.get("kind", "logit")))
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"model card 'heatmap' must hold sigma and presence_threshold, "
                               f"got {heatmap!r}") from None
+    except SilrError as exc:
+        raise CheckpointError(f"model card describes a heatmap codec that cannot exist: {exc}") from None

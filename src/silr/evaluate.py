@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from silr import coords, frames, metrics
+from silr import coords, metrics
+from silr.inference import FramePredictions, predict_frames
 from silr.anatomy import LANDMARK_NAMES
 from silr.device import select_device
 from silr.errors import CheckpointError, ConfigError, DataError
@@ -41,21 +41,6 @@ DEFAULT_MODELS = "models"
 DEFAULT_OUT = "metrics"
 # Fixed zip member time: the label-map archive is byte-identical for identical predictions.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-@dataclass(frozen=True)
-class FramePredictions:
-    """Network predictions for N frames, in 180x180 frame coordinates.
-
-    xy (N, L, 2) heatmap argmax; present (N, L) bool; score (N, L) max sigmoid;
-    visibility_hat (N, L) discrete v_hat in {0, 0.5, 1}; labels uint8 (N, H, W).
-    """
-
-    xy: np.ndarray
-    present: np.ndarray
-    score: np.ndarray
-    visibility_hat: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -79,35 +64,6 @@ def checkpoint_path(models_dir: str | Path, loss: str, fold: int) -> Path:
 
 
 # ------------------------------------------------------------------ prediction
-
-@torch.no_grad()
-def predict_frames(model: torch.nn.Module, codec: Any, images: np.ndarray, *,
-                   device: torch.device | str = "cpu", batch_size: int = 16) -> FramePredictions:
-    """Run the network on (N, H, W) line-integral frames and decode landmarks and labels."""
-    from silr.losses import discrete_visibility
-
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty (N, H, W) stack, got shape {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = images.shape[1:]
-    top, _, left, _ = frames.pad_amounts(height, width)
-    offset = np.array([left, top], dtype=np.float64)  # frame = network input - pad offset
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xy", "present", "score", "visibility_hat", "labels")}
-    for start in range(0, len(images), batch_size):
-        inputs = frames.to_network_input(images[start:start + batch_size]).to(device)
-        output = model(inputs)
-        decoded = codec.decode(output.heatmaps.float())
-        seg_labels = output.segmentation.argmax(dim=1)
-        v_hat = discrete_visibility(decoded, seg_labels)
-        parts["xy"].append(decoded.xy.detach().cpu().double().numpy() - offset)
-        parts["present"].append(decoded.present.detach().cpu().numpy().astype(bool))
-        parts["score"].append(decoded.score.detach().cpu().double().numpy())
-        parts["visibility_hat"].append(v_hat.detach().cpu().double().numpy())
-        parts["labels"].append(seg_labels[:, top:top + height, left:left + width].cpu().numpy().astype(np.uint8))
-    return FramePredictions(**{k: np.concatenate(v) for k, v in parts.items()})
-
 
 def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_indices: Sequence[int],
                       gt_xy: np.ndarray, predicted: FramePredictions,
@@ -256,7 +212,13 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
                               gt_xy=gt_xy, predicted=predicted, frame_size=(images.shape[2], images.shape[1]))
     result = metrics.fold_metrics(table, mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm,
                                   dice_per_frame=metrics.dice_per_bone(predicted.labels, true_labels))
+    if codec.kind == "shape":
+        # NCC trains only the heatmaps' shape (blind to their offset and scale): a score
+        # threshold means nothing for it, so presence and visibility are not reported.
+        result["presence"] = None
+        result["visibility_accuracy"] = None
     result.update({
+        "heatmap_kind": codec.kind,
         "loss": loss,
         "fold": fold,
         "test_specimens": sorted(set(specimens)),

@@ -4,14 +4,27 @@ Terms (registry `LOSS_TERMS`, the names used in `params.yaml` `losses.NAME: {ter
 
 - `dice_ce`: MONAI DiceCELoss over the 7 classes (softmax, one-hot labels).
 - `kl`: KL(target || q) with the target the sum-1 Gaussian and q the softmax of the heatmap
-  logits over all pixels (via log-softmax); in-frame landmarks only, mean over them.
+  logits over all pixels (via log-softmax); in-frame landmarks only. How the per-pixel
+  terms are reduced is `losses.kl_reduction` (KL_REDUCTIONS): `landmark` (the default:
+  summed over pixels, averaged over in-frame landmarks, i.e. the mean KL per landmark),
+  `batchmean` (summed over every pixel and landmark, divided by the batch size, as
+  `torch.nn.functional.kl_div(reduction="batchmean")`) or `mean` (averaged over every
+  element, `kl_div(reduction="mean")`, about h * w * L times smaller than `landmark`).
 - `visibility`: the paper's weighted MAE between predicted and true visibility (weight 2
-  where the landmark is out of frame, 1 where it is in frame). The predicted visibility is
-  either `soft` (differentiable, method-decisions.md) or `hard` (the paper's literal
-  {0, 0.5, 1}; piecewise constant, so it gives no gradient at all).
-- `mse`: MSE between sigmoid(H) and the peak-1 Gaussian (zero maps out of frame), mean over all.
+  where the landmark is out of frame, 1 where it is in frame), with v_hat computed as
+  `losses.visibility_mode` says: `hard` (the default, the paper's literal {0, 0.5, 1};
+  piecewise constant, so it is reported but gives no gradient at all) or `soft`.
+- `visibility_soft`: the same MAE on a differentiable v_hat = sigmoid(max H) *
+  (0.5 + 0.5 p_inside), an extension of ours (the paper's discussion asks for a
+  continuous visibility), whatever `losses.visibility_mode` says.
+- `mse`: MSE between the raw heatmap H and the peak-1 Gaussian (zero maps out of frame),
+  mean over every pixel, as HRNet-style heatmap regression trains it.
 - `ncc`: 1 - normalised cross-correlation between H and the peak-1 Gaussian, per in-frame
   landmark, mean over them.
+
+Each term also says what it makes the heatmap mean (`heatmap_kind`, see silr.codec):
+logits of a probability (`kl`, the visibility terms), the Gaussian's values (`mse`) or
+only its shape (`ncc`); decoding follows the loss's kind (`heatmap_kind`).
 
 Terms that average over in-frame landmarks return 0 (still attached to the graph) when a
 batch has none. Every term computes in float32, whatever the autocast dtype of the logits.
@@ -77,21 +90,31 @@ def _dice_ce_module() -> nn.Module:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
-def kl_loss(logits: Tensor, target_normalized: Tensor, present: Tensor) -> Tensor:
-    """Mean over in-frame landmarks of KL(target || softmax over all pixels of the logits)."""
+KL_REDUCTIONS = ("landmark", "batchmean", "mean")
+
+
+def kl_loss(logits: Tensor, target_normalized: Tensor, present: Tensor, reduction: str = "landmark") -> Tensor:
+    """KL(target || softmax over all pixels of the logits), in-frame landmarks only, reduced
+    as `reduction` says (KL_REDUCTIONS; `landmark`: mean over in-frame landmarks of the sum over pixels)."""
     _check_maps("kl", logits, target_normalized)
     _check_present("kl", logits, present)
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl: reduction must be one of {', '.join(KL_REDUCTIONS)}, got {reduction!r}")
     log_q = torch.log_softmax(logits.float().flatten(2), dim=-1)
     target = target_normalized.float().flatten(2)
     # xlogy gives 0 * log 0 = 0 where the target vanishes.
-    per_landmark = (torch.xlogy(target, target) - target * log_q).sum(-1)
-    return _masked_mean(per_landmark, present)
+    per_pixel = (torch.xlogy(target, target) - target * log_q) * present.float()[..., None]
+    if reduction == "landmark":
+        return _masked_mean(per_pixel.sum(-1), present)
+    if reduction == "batchmean":
+        return per_pixel.sum() / logits.shape[0]
+    return per_pixel.mean()
 
 
 def mse_loss(logits: Tensor, target_peak: Tensor) -> Tensor:
-    """Mean over every pixel of every map of (sigmoid(H) - peak-1 Gaussian)^2 (zero maps out of frame)."""
+    """Mean over every pixel of every map of (H - peak-1 Gaussian)^2 (zero maps out of frame)."""
     _check_maps("mse", logits, target_peak)
-    return F.mse_loss(torch.sigmoid(logits.float()), target_peak.float())
+    return F.mse_loss(logits.float(), target_peak.float())
 
 
 def ncc_loss(logits: Tensor, target_peak: Tensor, present: Tensor) -> Tensor:
@@ -164,15 +187,21 @@ def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmen
     It tends to the discrete v_hat as the heatmap softmax and sigmoid sharpen.
     """
     if heatmap_logits.ndim != 4 or seg_logits.ndim != 4 or heatmap_logits.shape[0] != seg_logits.shape[0] \
-            or heatmap_logits.shape[2:] != seg_logits.shape[2:]:
-        raise ValueError(f"soft_visibility: expected heatmaps (B, L, H, W) and segmentation (B, C, H, W) "
-                         f"of the same B, H, W, got {tuple(heatmap_logits.shape)} and {tuple(seg_logits.shape)}")
+            or seg_logits.shape[2] % heatmap_logits.shape[2] or seg_logits.shape[3] % heatmap_logits.shape[3] \
+            or seg_logits.shape[2] // heatmap_logits.shape[2] != seg_logits.shape[3] // heatmap_logits.shape[3]:
+        raise ValueError(f"soft_visibility: expected heatmaps (B, L, h, w) and segmentation (B, C, H, W) of the "
+                         f"same B, with H, W the same multiple of h, w, got {tuple(heatmap_logits.shape)} and "
+                         f"{tuple(seg_logits.shape)}")
     heatmaps = heatmap_logits.float().flatten(2)  # (B, L, HW)
     bones = _bone_index(heatmaps.shape[1], landmark_bones, heatmaps.device)
     if max(landmark_bones) >= seg_logits.shape[1]:
         raise ValueError(f"soft_visibility: bone label {max(landmark_bones)} needs at least "
                          f"{max(landmark_bones) + 1} segmentation classes, got {seg_logits.shape[1]}")
-    seg_prob = torch.softmax(seg_logits.float(), dim=1).flatten(2)  # (B, C, HW)
+    seg_prob = torch.softmax(seg_logits.float(), dim=1)
+    stride = seg_logits.shape[2] // heatmap_logits.shape[2]
+    if stride > 1:  # heatmaps at a coarser stride: the bone probability of each heatmap pixel's area
+        seg_prob = F.avg_pool2d(seg_prob, stride)
+    seg_prob = seg_prob.flatten(2)  # (B, C, hw)
     if detach_segmentation:
         seg_prob = seg_prob.detach()
     bone_prob = seg_prob.index_select(1, bones)  # (B, L, HW)
@@ -188,8 +217,9 @@ class LossOptions:
     """What a term may need besides the network output and the batch."""
 
     codec: HeatmapCodec
-    visibility_mode: str = "soft"
+    visibility_mode: str = "hard"
     detach_segmentation: bool = True
+    kl_reduction: str = "landmark"
 
 
 class LossTerm(nn.Module):
@@ -197,6 +227,8 @@ class LossTerm(nn.Module):
 
     # Whether the term reads the codec's rendered targets (rendering is skipped otherwise).
     needs_targets = True
+    # What the term makes the heatmap values mean (silr.codec.HEATMAP_KINDS); None: it does not train them.
+    heatmap_kind: str | None = "logit"
 
     def __init__(self, options: LossOptions) -> None:
         super().__init__()
@@ -208,6 +240,7 @@ class LossTerm(nn.Module):
 
 class DiceCE(LossTerm):
     needs_targets = False
+    heatmap_kind = None
 
     def __init__(self, options: LossOptions) -> None:
         super().__init__(options)
@@ -219,15 +252,19 @@ class DiceCE(LossTerm):
 
 class HeatmapKL(LossTerm):
     def forward(self, output, batch, targets):
-        return kl_loss(output.heatmaps, targets.normalized, targets.present)
+        return kl_loss(output.heatmaps, targets.normalized, targets.present, self.options.kl_reduction)
 
 
 class HeatmapMSE(LossTerm):
+    heatmap_kind = "value"
+
     def forward(self, output, batch, targets):
         return mse_loss(output.heatmaps, targets.peak)
 
 
 class HeatmapNCC(LossTerm):
+    heatmap_kind = "shape"
+
     def forward(self, output, batch, targets):
         return ncc_loss(output.heatmaps, targets.peak, targets.present)
 
@@ -250,15 +287,20 @@ VISIBILITY_MODES: dict[str, Callable[[ModelOutput, LossOptions], Tensor]] = {
 
 class Visibility(LossTerm):
     needs_targets = False
+    mode: str | None = None  # None: losses.visibility_mode
 
     def forward(self, output, batch, targets):
-        v_hat = VISIBILITY_MODES[self.options.visibility_mode](output, self.options)
+        v_hat = VISIBILITY_MODES[self.mode or self.options.visibility_mode](output, self.options)
         loss = visibility_loss(v_hat, batch.present.to(v_hat.device).float())
         if not loss.requires_grad and output.heatmaps.requires_grad:
             # Hard mode is piecewise constant: it contributes its value but no gradient. The
             # zero-valued link keeps `total.backward()` valid when it is the only term.
             loss = loss + 0.0 * output.heatmaps.float().sum()
         return loss
+
+
+class SoftVisibility(Visibility):
+    mode = "soft"
 
 
 # Term name (params.yaml `losses.NAME: {term: weight}`) -> term class.
@@ -268,7 +310,25 @@ LOSS_TERMS: dict[str, type[LossTerm]] = {
     "mse": HeatmapMSE,
     "ncc": HeatmapNCC,
     "visibility": Visibility,
+    "visibility_soft": SoftVisibility,
 }
+
+
+def heatmap_kind(weights: Mapping[str, float], key: str = "losses.NAME") -> str:
+    """What a named loss makes the heatmaps mean (silr.codec.HEATMAP_KINDS), from its terms.
+
+    `value` (MSE) and `logit` terms cannot be mixed: decoding could serve only one of them.
+    A loss with no heatmap term (Dice-CE alone) decodes its untrained maps as logits.
+    """
+    kinds = {LOSS_TERMS[n].heatmap_kind for n, w in weights.items() if n in LOSS_TERMS and w > 0} - {None}
+    if {"value", "logit"} <= kinds:
+        logit_terms = [n for n in weights if n in LOSS_TERMS and LOSS_TERMS[n].heatmap_kind == "logit"]
+        raise ConfigError(f"{key}: mixes mse (the heatmap regresses the Gaussian's values) with terms that "
+                          f"treat it as logits ({', '.join(logit_terms)}); decoding can serve only one")
+    for kind in ("value", "logit", "shape"):
+        if kind in kinds:
+            return kind
+    return "logit"
 
 
 class WeightedLoss(nn.Module):
@@ -306,7 +366,7 @@ class WeightedLoss(nn.Module):
 
     def _check(self, output: ModelOutput, batch: Batch) -> None:
         heatmaps = output.heatmaps
-        expected = tuple(self.options.codec.size)
+        expected = tuple(self.options.codec.heatmap_size)
         if heatmaps.ndim != 4 or tuple(heatmaps.shape[-2:]) != expected:
             raise ValueError(f"loss: expected heatmaps (B, L, {expected[0]}, {expected[1]}) matching the codec, "
                              f"got {tuple(heatmaps.shape)}")
@@ -316,8 +376,9 @@ class WeightedLoss(nn.Module):
                              f"{tuple(batch.landmarks_xy.shape)} and {tuple(batch.present.shape)}")
 
 
-def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_mode: str = "soft",
-               detach_segmentation: bool = True, key: str = "losses.NAME") -> WeightedLoss:
+def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_mode: str = "hard",
+               detach_segmentation: bool = True, kl_reduction: str = "landmark",
+               key: str = "losses.NAME") -> WeightedLoss:
     """A WeightedLoss from {term: weight}; ConfigError naming `key` for anything invalid."""
     known = ", ".join(sorted(LOSS_TERMS))
     if not isinstance(weights, Mapping):
@@ -335,8 +396,11 @@ def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_
     if visibility_mode not in VISIBILITY_MODES:
         raise ConfigError(f"losses.visibility_mode: unknown mode {visibility_mode!r} "
                           f"(known: {', '.join(VISIBILITY_MODES)})")
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ConfigError(f"losses.kl_reduction: unknown reduction {kl_reduction!r} (known: {', '.join(KL_REDUCTIONS)})")
     if not isinstance(codec, HeatmapCodec):
         raise TypeError(f"build_loss: codec must be a HeatmapCodec, got {type(codec).__name__}")
+    heatmap_kind(weights, key)
     options = LossOptions(codec=codec, visibility_mode=visibility_mode,
-                          detach_segmentation=bool(detach_segmentation))
+                          detach_segmentation=bool(detach_segmentation), kl_reduction=kl_reduction)
     return WeightedLoss({n: float(w) for n, w in weights.items()}, options)

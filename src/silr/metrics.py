@@ -52,7 +52,8 @@ PAPER_TABLE2: dict[str, dict[str, Any]] = {
 }
 # The paper's row order (test specimen 6 first) and column titles.
 PAPER_SPECIMEN_ORDER: tuple[int, ...] = (6, 5, 4, 3, 2, 1)
-LOSS_TITLES: dict[str, str] = {"proposed": "Proposed", "mse": "MSE", "ncc": "NCC"}
+LOSS_TITLES: dict[str, str] = {"proposed": "Proposed", "mse": "MSE", "ncc": "NCC",
+                               "frame_centre": "Frame centre (baseline)", "mean_shape": "Mean shape (baseline)"}
 
 
 def loss_title(name: str) -> str:

@@ -6,9 +6,12 @@ branches (strides 4, 8, 16, 32) are fused HRNetV2-style (every branch upsampled 
 
 Decoders (one for the landmark heatmaps, one for the segmentation; same design): repeated
 [2x bilinear upsampling, 3x3 conv, BN, ReLU, residual block (3x3 conv, BN, ReLU, 3x3 conv,
-BN, identity skip, ReLU)] from stride 4 back to the input resolution, then a 1x1 conv to
+BN, identity skip, ReLU)] from stride 4 towards the input resolution, then a 1x1 conv to
 the logits. `decoder_channels` gives the width after each upsampling step, so its length
-is the number of 2x steps from stride 4 to 1, i.e. 2.
+is the number of 2x steps: 2 (the paper's design) ends at the input resolution; 1 or 0
+(an empty list: a 1x1 conv on the fused map) end at stride 2 or 4, several times cheaper
+on a CPU. The heatmaps stay at that stride (`heatmap_stride`; the codec decodes them with
+sub-pixel refinement); the segmentation logits are upsampled bilinearly to the input.
 
 Backbones are named in `BACKBONES` (a registry of builders). Weights are never downloaded;
 `init_checkpoint` may name a local state dict for the encoder or the whole network.
@@ -90,7 +93,7 @@ class UpBlock(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """Stride-4 features -> full-resolution logits of `out_channels` maps."""
+    """Stride-4 features -> logits of `out_channels` maps at stride 4 / 2^len(channels)."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], out_channels: int) -> None:
         super().__init__()
@@ -132,6 +135,7 @@ class SILRNet(nn.Module):
         fused_channels = sum(self.encoder.feature_info.channels())
         self.heatmap_decoder = Decoder(fused_channels, decoder_channels, num_landmarks)
         self.segmentation_decoder = Decoder(fused_channels, decoder_channels, num_classes)
+        self.heatmap_stride = heatmap_stride(decoder_channels)
         # What init_checkpoint loaded, if anything (the CLI reports it; nothing here prints).
         self.init_report: dict[str, Any] | None = None
 
@@ -153,21 +157,29 @@ class SILRNet(nn.Module):
     def forward(self, images: Tensor) -> ModelOutput:
         self.check_input(images)
         features = self.encode(images)
-        return ModelOutput(heatmaps=self.heatmap_decoder(features),
-                           segmentation=self.segmentation_decoder(features))
+        segmentation = self.segmentation_decoder(features)
+        if self.heatmap_stride > 1:
+            segmentation = F.interpolate(segmentation, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return ModelOutput(heatmaps=self.heatmap_decoder(features), segmentation=segmentation)
 
 
 def _check_decoder_channels(decoder_channels: Sequence[int]) -> tuple[int, ...]:
     try:
         channels = tuple(decoder_channels)
     except TypeError:
-        raise ConfigError(f"model.decoder_channels must be a list of {DECODER_STEPS} integers, "
+        raise ConfigError(f"model.decoder_channels must be a list of at most {DECODER_STEPS} integers, "
                           f"got {decoder_channels!r}") from None
-    if len(channels) != DECODER_STEPS or not all(
+    if len(channels) > DECODER_STEPS or not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-        raise ConfigError(f"model.decoder_channels must be {DECODER_STEPS} integers >= 1 (one per 2x "
-                          f"upsampling step from stride {ENCODER_STRIDE} to 1), got {list(channels)!r}")
+        raise ConfigError(f"model.decoder_channels must be at most {DECODER_STEPS} integers >= 1 (one per 2x "
+                          f"upsampling step from stride {ENCODER_STRIDE}; [] = heads on the stride-"
+                          f"{ENCODER_STRIDE} map), got {list(channels)!r}")
     return channels
+
+
+def heatmap_stride(decoder_channels: Sequence[int]) -> int:
+    """Input pixels per heatmap pixel of a decoder with these upsampling steps (4, 2 or 1)."""
+    return ENCODER_STRIDE >> len(tuple(decoder_channels))
 
 
 def model_config(model: SILRNet) -> dict[str, Any]:

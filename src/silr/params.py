@@ -82,7 +82,7 @@ class AugmentParams:
 class HeatmapParams:
     sigma: float = 2.5
     presence_threshold: float = 0.5
-    refine: bool = False
+    refine: str = "none"       # none | parabola | centroid (silr.codec)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ class LossesParams:
         "mse": {"mse": 1.0},
         "ncc": {"ncc": 1.0},
     })
-    visibility_mode: str = "soft"
+    visibility_mode: str = "hard"
+    kl_reduction: str = "landmark"
     detach_segmentation: bool = True
 
 
@@ -209,6 +210,8 @@ def _parse_losses(section: dict[str, Any]) -> LossesParams:
                    ("soft", "hard"))
     detach = _as_bool("losses.detach_segmentation",
                       section.pop("detach_segmentation", defaults.detach_segmentation))
+    kl_reduction = _as_str("losses.kl_reduction", section.pop("kl_reduction", defaults.kl_reduction),
+                           ("landmark", "batchmean", "mean"))
     named: dict[str, dict[str, float]] = {}
     source = section if section else {k: dict(v) for k, v in defaults.named.items()}
     for loss_name, terms in source.items():
@@ -223,7 +226,7 @@ def _parse_losses(section: dict[str, Any]) -> LossesParams:
         if all(w == 0 for w in weights.values()):
             raise ConfigError(f"{key}: every term weight is 0; a loss needs a positive weight")
         named[str(loss_name)] = weights
-    return LossesParams(named=named, visibility_mode=mode, detach_segmentation=detach)
+    return LossesParams(named=named, visibility_mode=mode, detach_segmentation=detach, kl_reduction=kl_reduction)
 
 
 def params_from_dict(raw: Mapping[str, Any]) -> Params:
@@ -295,7 +298,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         sigma=_as_float("heatmap.sigma", s.get("sigma", d6.sigma), 0.0, strict_min=True),
         presence_threshold=_as_float("heatmap.presence_threshold",
                                      s.get("presence_threshold", d6.presence_threshold), 0.0, 1.0),
-        refine=_as_bool("heatmap.refine", s.get("refine", d6.refine)),
+        refine=_as_str("heatmap.refine", s.get("refine", d6.refine), ("none", "parabola", "centroid")),
     )
 
     losses = _parse_losses(_section(raw, "losses", LossesParams))

@@ -53,7 +53,7 @@ from silr.io import atomic_path, write_json, write_text
 # of them means the models do not predict the same thing on the same input.
 ENSEMBLE_KEYS = ("landmark_names", "label_names", "input_size", "frame_size", "pad_offset", "preprocessing")
 # Decoding parameters of the heatmap section (sigma only shapes training targets).
-DECODE_KEYS = ("presence_threshold", "refine")
+DECODE_KEYS = ("presence_threshold", "refine", "stride", "kind")
 
 LINE_INTEGRAL = "line-integral image"
 RAW_FRAME = "raw detector frame"
@@ -156,8 +156,10 @@ class Ensemble:
 
         One model: its own heatmap logits. Several: the mean of the sigmoid probabilities,
         given back as logits (float64, so that the decoder's sigmoid returns the mean
-        itself and its argmax and presence threshold act on the averaged probability).
+        itself and its argmax and presence threshold act on the averaged probability);
+        for maps that regress the Gaussian's values (MSE), the mean of the values.
         """
+        average_values = self.codec.kind == "value"
         images = images.to(self.device)
         heat_sum, seg_sum = None, None
         for model in self.models:
@@ -166,11 +168,12 @@ class Ensemble:
             seg = torch.softmax(output.segmentation.double(), dim=1)
             if len(self.models) == 1:
                 return heat.cpu(), seg.cpu()
-            heat = torch.sigmoid(heat)
+            heat = heat if average_values else torch.sigmoid(heat)
             heat_sum = heat if heat_sum is None else heat_sum + heat
             seg_sum = seg if seg_sum is None else seg_sum + seg
         count = len(self.models)
-        return torch.logit(heat_sum / count).cpu(), (seg_sum / count).cpu()
+        heat_mean = heat_sum / count
+        return (heat_mean if average_values else torch.logit(heat_mean)).cpu(), (seg_sum / count).cpu()
 
 
 def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
@@ -218,8 +221,11 @@ def _check_compatible(first_path: Path, first: dict, path: Path, card: dict) -> 
 def _check_output_shapes(path: Path, model: torch.nn.Module, card: dict, device: torch.device) -> None:
     # One blank input through the model: a model that does not fit its card fails here,
     # before any input is read, with the shapes in the message.
+    from silr import checkpoint
+
     size = int(card["input_size"])
-    expected_heat = (1, len(card["landmark_names"]), size, size)
+    heat_size = checkpoint.codec_from_card(card).heatmap_size
+    expected_heat = (1, len(card["landmark_names"]), *heat_size)
     expected_seg = (1, len(card["label_names"]), size, size)
     try:
         output = model(torch.zeros(1, 1, size, size, device=device))
@@ -403,27 +409,20 @@ def treatment(frame: InputFrame, preprocessing: Preprocessing) -> str:
 def predict_frames(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> list[FramePrediction]:
     """Run the ensemble on prepared frames (one batch) and decode every landmark."""
     from silr import frames as network_frames
-    from silr.losses import discrete_visibility
+    from silr import inference
 
     images = network_frames.to_network_input(np.stack([p.frame for p in prepared]), int(ensemble.card["input_size"]))
     heat_logits, seg_prob = ensemble.combined(images)
-    decoded = ensemble.codec.decode(heat_logits)
-    seg_labels = seg_prob.argmax(dim=1)
-    visibility = discrete_visibility(decoded, seg_labels)
-
-    offset, size = ensemble.pad_offset, ensemble.frame_size
+    decoded = inference.FramePredictions.of(inference.decode(heat_logits, seg_prob, ensemble.codec))
+    size = ensemble.frame_size
     preprocessing = preprocessing_of(ensemble.card)
-    xy_frame = decoded.xy.detach().cpu().double().numpy() - offset
-    labels = seg_labels[:, offset:offset + size, offset:offset + size].numpy().astype(np.uint8)
     results = []
     for i, item in enumerate(prepared):
         results.append(FramePrediction(
-            prepared=item, xy_frame=xy_frame[i],
-            xy_input=frame_to_input(xy_frame[i], item, size, preprocessing),
-            present=decoded.present[i].cpu().numpy().astype(bool),
-            score=decoded.score[i].detach().cpu().double().numpy(),
-            visibility=visibility[i].detach().cpu().double().numpy(),
-            labels=labels[i]))
+            prepared=item, xy_frame=decoded.xy[i],
+            xy_input=frame_to_input(decoded.xy[i], item, size, preprocessing),
+            present=decoded.present[i], score=decoded.score[i],
+            visibility=decoded.visibility_hat[i], labels=decoded.labels[i]))
     return results
 
 

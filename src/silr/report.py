@@ -7,10 +7,15 @@ for every (loss, fold) of `study:` in params.yaml, and the processed data (frame
 labels, pixel spacing, what data it is). Writes
 - `metrics/summary.json`: `table2` (per loss: per-specimen mean error, mean and std over
   specimens (ddof = 0), the same in mm, pooled statistics, presence counts and visibility
-  accuracy: all recomputable from the predictions CSVs), `means` (a flat loss -> mean px
-  block for `dvc exp show`), `segmentation_dice` (per loss and bone, from the label maps),
-  `dataset` (data kind, source, counts, settings) and `paper_table2` (the paper's numbers);
-- `metrics/table2.md`: the paper's table layout, our numbers beside the paper's;
+  accuracy: all recomputable from the predictions CSVs), `baselines` (the trivial
+  predictors of silr.baselines, frame centre and mean shape, scored per held-out
+  specimen exactly as a loss, each entry in the form of a `table2` entry), `means` (a flat
+  loss -> mean px block for `dvc exp show`, baselines included), `not_beating_mean_shape`
+  (the losses whose mean is not below the mean-shape baseline's), `segmentation_dice` (per
+  loss and bone, from the label maps), `dataset` (data kind, source, counts, settings)
+  and `paper_table2` (the paper's numbers);
+- `metrics/table2.md`: the paper's table layout, our numbers and the baselines beside the
+  paper's, and the losses that do not beat the mean shape;
 - `metrics/per_specimen.csv`: loss, specimen, specimen_loss, mean_px, mean_mm (for `dvc plots`);
 - `metrics/curves/<metric>.csv` for the training loss and the validation error: step, then
   one column per loss (mean over folds) from the dvclive logs, for `dvc plots` (whose
@@ -28,14 +33,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from silr import metrics
+from silr import baselines, metrics
 from silr.errors import DataError
-from silr.evaluate import output_paths, read_label_maps, read_predictions_csv
+from silr.evaluate import output_paths, predictions_table, read_label_maps, read_predictions_csv
+from silr.inference import FramePredictions
 from silr.io import ensure_writable, write_json, write_text, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 DEFAULT_METRICS = "metrics"
 DEFAULT_PLOTS = "plots"
+DEFAULT_FOLDS = "data/folds.json"
 # How the data kinds of the processed file's attributes read in a sentence.
 DATA_KIND_TEXT = {"synthetic": "the synthetic phantom", "deepfluoro": "the DeepFluoro data set"}
 DEFAULT_LIVE = "dvclive"
@@ -64,15 +71,49 @@ def load_predictions(metrics_dir: str | Path, losses: Sequence[str], folds: Sequ
 
 
 def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px: float,
-                       success_mm: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """`metrics.table2` plus, per loss, presence counts and discrete-visibility accuracy (pooled)."""
+                       success_mm: Sequence[float], no_presence: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """`metrics.table2` plus, per loss, presence counts and discrete-visibility accuracy (pooled);
+    None for the losses in `no_presence` (those whose heatmaps have no presence, e.g. NCC)."""
     result = metrics.table2(table, losses=losses, mm_per_px=mm_per_px, success_mm=success_mm)
     for loss in losses:
         rows = table[table["loss"] == loss]
-        result[loss]["pooled"]["presence"] = metrics.presence_counts(rows["gt_in_frame"], rows["pred_present"])
-        result[loss]["pooled"]["visibility_accuracy"] = metrics.visibility_accuracy(rows["gt_in_frame"],
-                                                                                     rows["visibility_hat"])
+        applicable = loss not in no_presence
+        result[loss]["pooled"]["presence"] = (metrics.presence_counts(rows["gt_in_frame"], rows["pred_present"])
+                                              if applicable else None)
+        result[loss]["pooled"]["visibility_accuracy"] = (
+            metrics.visibility_accuracy(rows["gt_in_frame"], rows["visibility_hat"]) if applicable else None)
     return result
+
+
+def baseline_predictions(data: Any, folds: Mapping[int, Any], fold_numbers: Sequence[int]) -> pd.DataFrame:
+    """Predictions tables of the trivial baselines (silr.baselines) for every fold: the same
+    columns as a loss's, so that Table 2 and the plots score them with the same code."""
+    height, width = data.frame_shape
+    tables = []
+    for name in baselines.BASELINES:
+        for number in fold_numbers:
+            fold = folds[number]
+            test = sorted(fold.test)
+            gt_xy = np.stack([data.specimens[s].landmarks_xy[i] for s, i in test])
+            train_xy = np.stack([data.specimens[s].landmarks_xy[i] for s, i in fold.train])
+            guess = baselines.guess(name, train_xy, width, height)
+            count, num_landmarks = gt_xy.shape[:2]
+            predicted = FramePredictions(xy=np.broadcast_to(guess, gt_xy.shape).copy(),
+                                         present=np.ones((count, num_landmarks), bool),
+                                         score=np.full((count, num_landmarks), np.nan),
+                                         visibility_hat=np.full((count, num_landmarks), np.nan),
+                                         labels=np.zeros((count, 0, 0), np.uint8))
+            tables.append(predictions_table(loss=name, fold=number, specimens=[s for s, _ in test],
+                                            frame_indices=[i for _, i in test], gt_xy=gt_xy, predicted=predicted,
+                                            frame_size=(width, height)))
+    return pd.concat(tables, ignore_index=True)
+
+
+def not_beating(summary_table2: Mapping[str, Mapping[str, Any]], reference: Mapping[str, Any]) -> list[str]:
+    """The losses whose Table-2 mean is not below the reference (the mean-shape baseline's)."""
+    bar = reference["mean_px"]
+    return [loss for loss, entry in summary_table2.items()
+            if entry["mean_px"] is None or bar is None or not entry["mean_px"] < bar]
 
 
 def dataset_description(data: Any, table: pd.DataFrame, params: Params) -> dict[str, Any]:
@@ -110,14 +151,18 @@ def _cell(value: float | None) -> str:
 
 
 def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Sequence[str],
-                    dataset: Mapping[str, Any]) -> str:
-    """The paper's Table 2 layout (rows: test specimen 6..1, then Mean ± Std) with ours and the paper's."""
+                    dataset: Mapping[str, Any], baseline_table2: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The paper's Table 2 layout (rows: test specimen 6..1, then Mean ± Std) with ours, the
+    trivial baselines and the paper's."""
+    baseline_table2 = dict(baseline_table2 or {})
+    summary_table2 = {**summary_table2, **baseline_table2}
     paper_losses = [loss for loss in losses if loss in metrics.PAPER_TABLE2]
+    losses = [*losses, *baseline_table2]
     ours_specimens = {int(s) for loss in losses for s in summary_table2[loss]["per_specimen_px"]}
     order = [s for s in metrics.PAPER_SPECIMEN_ORDER] + sorted(ours_specimens - set(metrics.PAPER_SPECIMEN_ORDER),
                                                               reverse=True)
-    header = ["Test specimen"] + [f"{metrics.loss_title(l)} (ours)" for l in losses] + \
-             [f"{metrics.loss_title(l)} (paper)" for l in paper_losses]
+    header = ["Test specimen"] + [metrics.loss_title(l) if l in baseline_table2 else f"{metrics.loss_title(l)} (ours)"
+                                  for l in losses] + [f"{metrics.loss_title(l)} (paper)" for l in paper_losses]
     lines = [
         "# Table 2: Euclidean distance error (pixels) per held-out test specimen",
         "",
@@ -140,13 +185,21 @@ def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Seq
     lines.append("| Mean ± Std | " + " | ".join(mean_std) + " |")
     mm = ", ".join(f"{metrics.loss_title(l)} {_cell(summary_table2[l]['mean_mm'])} ± "
                    f"{_cell(summary_table2[l]['std_mm'])} mm" for l in losses)
+    lines += ["", f"Ours in mm: {mm}."]
+    if "mean_shape" in baseline_table2:
+        trained = [l for l in losses if l not in baseline_table2]
+        weak = not_beating({l: summary_table2[l] for l in trained}, baseline_table2["mean_shape"])
+        bar = _cell(baseline_table2["mean_shape"]["mean_px"])
+        lines += ["", (f"**Not better than the mean-shape baseline ({bar} px): "
+                       f"{', '.join(metrics.loss_title(l) for l in weak)}.**" if weak else
+                       f"Every loss beats the mean-shape baseline ({bar} px).")]
     lines += [
-        "",
-        f"Ours in mm: {mm}.",
         "",
         "Mean ± Std are over the per-specimen means (population std, ddof = 0); – marks a specimen "
         "whose fold was not evaluated. Errors are measured in the 180x180 (8x) frame over "
-        "ground-truth landmarks inside the frame. Paper: its Table 2, as published.",
+        "ground-truth landmarks inside the frame. Baselines: every landmark at the frame centre; "
+        "every landmark at its mean in-frame position over the fold's training frames (mean shape). "
+        "Paper: its Table 2, as published.",
         "",
     ]
     return "\n".join(lines)
@@ -216,7 +269,7 @@ def curves_wide(curves: pd.DataFrame, metric: str, losses: Sequence[str]) -> pd.
 # ------------------------------------------------------------------ the stage
 
 def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
-                curves: pd.DataFrame) -> None:
+                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None) -> None:
     """Every PNG of the report (plots.py draws, this function picks the frames)."""
     from silr import plots
 
@@ -225,7 +278,9 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
     images = {s: data.specimens[s].images[f] for s, f in showcase.items()}
     shown_rows = table[[showcase.get(int(s)) == int(f) for s, f in zip(table["specimen"], table["frame"])]]
     plots.save_png(plots.figure1(images, shown_rows, losses), plots_dir / "figure1.png")
-    plots.save_png(plots.per_specimen_errors(table, losses), plots_dir / "per_specimen_errors.png")
+    with_baselines = table if baseline_table is None else pd.concat([table, baseline_table], ignore_index=True)
+    plots.save_png(plots.per_specimen_errors(with_baselines, [*losses, *baselines.BASELINES]),
+                   plots_dir / "per_specimen_errors.png")
     plots.save_png(plots.cumulative_errors(table, losses, data.pixel_spacing_mm, params.evaluate.success_mm),
                    plots_dir / "cumulative_errors.png")
     plots.save_png(plots.per_landmark_errors(table, losses), plots_dir / "per_landmark_errors.png")
@@ -248,31 +303,44 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
 
 
 def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path,
-        live_dir: str | Path = DEFAULT_LIVE) -> dict[str, Any]:
+        live_dir: str | Path = DEFAULT_LIVE, folds_path: str | Path = DEFAULT_FOLDS) -> dict[str, Any]:
     """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
     from silr import deepfluoro
+    from silr.folds import load_folds
+    from silr.losses import heatmap_kind
 
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
     losses, folds = list(params.study.losses), list(params.study.folds)
     table = load_predictions(metrics_dir, losses, folds)
     data = deepfluoro.read_processed(data_path)
+    fold_splits = load_folds(folds_path, data)
+    missing = [k for k in folds if k not in fold_splits]
+    if missing:
+        raise DataError(f"{folds_path}: no fold(s) {missing} (study.folds asks for them)")
     # Every output or none: a blocked location fails before the first one is written.
     ensure_writable(*(metrics_dir / name for name in ("summary.json", "table2.md", "per_specimen.csv")),
                     *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
                     *(plots_dir / name for name in PLOT_NAMES))
+    no_presence = [loss for loss in losses if heatmap_kind(params.loss_weights(loss), f"losses.{loss}") == "shape"]
     result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
-                                success_mm=params.evaluate.success_mm)
+                                success_mm=params.evaluate.success_mm, no_presence=no_presence)
+    baseline_table = baseline_predictions(data, fold_splits, folds)
+    baseline_result = metrics.table2(baseline_table, losses=list(baselines.BASELINES),
+                                     mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm)
     dataset = dataset_description(data, table, params)
     summary = metrics.rounded({
         "table2": result,
-        "means": {loss: result[loss]["mean_px"] for loss in losses},
+        "baselines": baseline_result,
+        "means": {**{loss: result[loss]["mean_px"] for loss in losses},
+                  **{f"baseline_{name}": baseline_result[name]["mean_px"] for name in baselines.BASELINES}},
+        "not_beating_mean_shape": not_beating(result, baseline_result["mean_shape"]),
         "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
         "dataset": dataset,
         "paper_table2": metrics.PAPER_TABLE2,
     })
     write_json(metrics_dir / "summary.json", summary)
-    write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset))
-    per_specimen = metrics.per_specimen_rows(summary["table2"])
+    write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"]))
+    per_specimen = metrics.per_specimen_rows({**summary["table2"], **summary["baselines"]})
     write_with(metrics_dir / "per_specimen.csv",
                lambda tmp: per_specimen.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                lineterminator="\n"))
@@ -282,7 +350,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         write_with(metrics_dir / "curves" / name,
                    lambda tmp, wide=wide: wide.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                      lineterminator="\n"))
-    write_plots(plots_dir, table, data, metrics_dir, params, curves)
+    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table)
     return summary
 
 
@@ -293,10 +361,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--data", default=None, help="processed HDF5 file (default: data.processed in params)")
     parser.add_argument("--live", default=DEFAULT_LIVE, help="dvclive root of the training runs (default: %(default)s)")
+    parser.add_argument("--folds", default=DEFAULT_FOLDS,
+                        help="folds file, for the baselines' training frames (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    run(params, metrics_dir=args.metrics, plots_dir=args.out_plots, data_path=args.data or params.data.processed,
-        live_dir=args.live)
+    summary = run(params, metrics_dir=args.metrics, plots_dir=args.out_plots,
+                  data_path=args.data or params.data.processed, live_dir=args.live, folds_path=args.folds)
+    print(table2_markdown(summary["table2"], list(params.study.losses), summary["dataset"], summary["baselines"]))
     return 0

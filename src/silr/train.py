@@ -51,7 +51,8 @@ from silr.types import Batch, ModelOutput
 
 # Modules whose code decides what a run computes (dvc.yaml lists the same files as deps);
 # their source is part of the resume hash, so a code fix never resumes a stale run.
-CODE_MODULES = ("silr.train", "silr.dataset", "silr.model", "silr.losses", "silr.codec")
+CODE_MODULES = ("silr.train", "silr.dataset", "silr.model", "silr.losses", "silr.codec", "silr.inference",
+                "silr.checkpoint")
 RESUME_FORMAT_VERSION = 1
 
 
@@ -216,7 +217,10 @@ def loss_of(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Batch,
 @torch.no_grad()
 def validation_error(model: torch.nn.Module, frames: FrameSet, codec, batch_size: int,
                      setup: DeviceSetup) -> dict[str, float]:
-    """Mean Euclidean error (px) over in-frame landmarks of `frames`, and presence accuracy."""
+    """Mean Euclidean error (px) over in-frame landmarks of `frames`, and presence accuracy,
+    decoded by the one inference path (silr.inference) as evaluation and predict decode."""
+    from silr import inference
+
     was_training = model.training
     model.eval()
     error_sum = torch.zeros((), device=frames.device)
@@ -226,9 +230,8 @@ def validation_error(model: torch.nn.Module, frames: FrameSet, codec, batch_size
         batch = frames.batch(index)
         with setup.autocast():
             output = model(batch.images.contiguous(memory_format=setup.memory_format))
-        decoded = codec.decode(output.heatmaps.float())
-        # Input and frame coordinates differ by the same pad offset: distances agree.
-        distance = torch.linalg.vector_norm(decoded.xy - batch.landmarks_xy, dim=-1)
+        decoded = inference.decode(output.heatmaps.float(), output.segmentation.float(), codec)
+        distance = torch.linalg.vector_norm(decoded.xy_frame - codec.to_frame(batch.landmarks_xy), dim=-1)
         error_sum += (distance * batch.present).sum()
         counted += batch.present.sum()
         presence_right += (decoded.present == batch.present).sum()
@@ -296,16 +299,16 @@ class Setup:
 def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
             out_dir: str | Path, live_dir: str | Path) -> Setup:
     """Check every argument and build the run; raises SilrError before anything is written."""
-    from silr.codec import HeatmapCodec
     from silr.deepfluoro import read_processed
     from silr.folds import load_folds
     from silr.losses import build_loss
     from silr.model import BACKBONES, build_model
 
     weights = params.loss_weights(loss_name)
-    codec = HeatmapCodec.from_params(params.heatmap)
+    codec = checkpoint.codec_for_run(params, loss_name)
     loss_fn = build_loss(weights, codec=codec, visibility_mode=params.losses.visibility_mode,
-                         detach_segmentation=params.losses.detach_segmentation, key=f"losses.{loss_name}")
+                         detach_segmentation=params.losses.detach_segmentation,
+                         kl_reduction=params.losses.kl_reduction, key=f"losses.{loss_name}")
     if params.model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: unknown backbone {params.model.backbone!r} "
                           f"(known: {', '.join(BACKBONES)})")
