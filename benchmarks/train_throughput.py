@@ -31,6 +31,10 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 from silr.anatomy import NETWORK_INPUT_PX, NUM_CLASSES, NUM_LANDMARKS  # noqa: E402
+import dataclasses  # noqa: E402
+import contextlib  # noqa: E402
+
+from silr.checkpoint import codec_for_run  # noqa: E402
 from silr.codec import HeatmapCodec  # noqa: E402
 from silr.dataset import FrameSet, augment, draw_augmentation  # noqa: E402
 from silr.device import DeviceSetup, select_device  # noqa: E402
@@ -54,6 +58,16 @@ def random_frames(count: int, device: torch.device, generator: torch.Generator) 
         present=torch.ones(count, NUM_LANDMARKS, dtype=torch.bool).to(device),
         keys=[(1, i) for i in range(count)],
     )
+
+
+class CpuBf16Setup(DeviceSetup):
+    """The CPU with bfloat16 autocast (for measuring whether it pays)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def describe(self) -> str:
+        return f"cpu ({torch.get_num_threads()} threads, bf16 autocast)"
 
 
 def synchronize(device: torch.device) -> None:
@@ -131,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--backbone", default=None, help="default: model.backbone")
-    parser.add_argument("--decoder-channels", type=int, nargs="+", default=None, help="default: model.decoder_channels")
+    parser.add_argument("--decoder-channels", type=int, nargs="*", default=None,
+                        help="default: model.decoder_channels (none given: heads on the stride-4 map)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU too")
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     parser.add_argument("--loss", default="proposed", help="named loss whose terms are computed")
@@ -141,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     backbone = args.backbone or params.model.backbone
-    channels = tuple(args.decoder_channels or params.model.decoder_channels)
+    channels = tuple(params.model.decoder_channels if args.decoder_channels is None else args.decoder_channels)
+    params = dataclasses.replace(params, model=dataclasses.replace(params.model, decoder_channels=channels))
     batch_size = args.batch_size or params.train.batch_size
     setup = DeviceSetup(select_device(args.device or params.train.device, key="--device"))
     setup.configure()
     torch.manual_seed(0)
     model = build_model(backbone, channels).to(setup.device, memory_format=setup.memory_format)
     startup = time.perf_counter() - START  # imports + model build: paid once per `silr train`
-    codec = HeatmapCodec.from_params(params.heatmap)
+    if args.bf16 and setup.device.type == "cpu":
+        setup = CpuBf16Setup(setup.device)
+    codec = codec_for_run(params, args.loss)
     loss_fn = build_loss(params.loss_weights(args.loss), codec=codec, visibility_mode=params.losses.visibility_mode,
                          detach_segmentation=params.losses.detach_segmentation).to(setup.device)
     frames = random_frames(max(2 * batch_size, 16), setup.device, torch.Generator().manual_seed(0))
@@ -165,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"start-up (imports + model build): {startup:.1f} s per run")
 
     runs = len(params.study.losses) * len(params.study.folds)
-    pool = params.synth.frames * (params.synth.specimens - 1)
+    # A fold's pool: the frames of the five other specimens, on average over the folds.
+    pool = round(sum(params.synth.frames) * (params.synth.specimens - 1) / params.synth.specimens)
     val_frames = max(1, round(pool * params.folds.val_fraction))
     fold_frames = pool - val_frames
     validations = sum(1 for e in range(1, params.train.epochs + 1)

@@ -84,7 +84,8 @@ def build_card(
         "loss": {"name": loss_name, "weights": params.loss_weights(loss_name),
                  "visibility_mode": params.losses.visibility_mode,
                  "detach_segmentation": params.losses.detach_segmentation,
-                 "kl_reduction": params.losses.kl_reduction},
+                 "kl_reduction": params.losses.kl_reduction,
+                 "mse_foreground_weight": params.losses.mse_foreground_weight},
         "fold": fold,
         "data_source": data_source,
         "params": run_params(params, loss_name),
@@ -107,6 +108,7 @@ def run_params(params: Params, loss_name: str) -> dict[str, Any]:
             "visibility_mode": params.losses.visibility_mode,
             "detach_segmentation": params.losses.detach_segmentation,
             "kl_reduction": params.losses.kl_reduction,
+            "mse_foreground_weight": params.losses.mse_foreground_weight,
         },
         # The ingestion values are part of what the model expects as input.
         "data": {"crop": params.data.crop, "i0": params.data.i0, "downsample": params.data.downsample},

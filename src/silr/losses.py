@@ -111,10 +111,16 @@ def kl_loss(logits: Tensor, target_normalized: Tensor, present: Tensor, reductio
     return per_pixel.mean()
 
 
-def mse_loss(logits: Tensor, target_peak: Tensor) -> Tensor:
-    """Mean over every pixel of every map of (H - peak-1 Gaussian)^2 (zero maps out of frame)."""
+def mse_loss(logits: Tensor, target_peak: Tensor, foreground_weight: float = 0.0) -> Tensor:
+    """Mean over every pixel of every map of w (H - g)^2, g the peak-1 Gaussian (zero maps out of
+    frame) and w = 1 + foreground_weight * g: the pixels under the Gaussian weigh more, so that
+    the few of them are not drowned by the background (0: plain MSE)."""
     _check_maps("mse", logits, target_peak)
-    return F.mse_loss(logits.float(), target_peak.float())
+    target = target_peak.float()
+    squared = (logits.float() - target) ** 2
+    if foreground_weight:
+        squared = squared * (1.0 + foreground_weight * target)
+    return squared.mean()
 
 
 def ncc_loss(logits: Tensor, target_peak: Tensor, present: Tensor) -> Tensor:
@@ -220,6 +226,7 @@ class LossOptions:
     visibility_mode: str = "hard"
     detach_segmentation: bool = True
     kl_reduction: str = "landmark"
+    mse_foreground_weight: float = 0.0
 
 
 class LossTerm(nn.Module):
@@ -259,7 +266,7 @@ class HeatmapMSE(LossTerm):
     heatmap_kind = "value"
 
     def forward(self, output, batch, targets):
-        return mse_loss(output.heatmaps, targets.peak)
+        return mse_loss(output.heatmaps, targets.peak, self.options.mse_foreground_weight)
 
 
 class HeatmapNCC(LossTerm):
@@ -378,7 +385,7 @@ class WeightedLoss(nn.Module):
 
 def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_mode: str = "hard",
                detach_segmentation: bool = True, kl_reduction: str = "landmark",
-               key: str = "losses.NAME") -> WeightedLoss:
+               mse_foreground_weight: float = 0.0, key: str = "losses.NAME") -> WeightedLoss:
     """A WeightedLoss from {term: weight}; ConfigError naming `key` for anything invalid."""
     known = ", ".join(sorted(LOSS_TERMS))
     if not isinstance(weights, Mapping):
@@ -402,5 +409,6 @@ def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_
         raise TypeError(f"build_loss: codec must be a HeatmapCodec, got {type(codec).__name__}")
     heatmap_kind(weights, key)
     options = LossOptions(codec=codec, visibility_mode=visibility_mode,
-                          detach_segmentation=bool(detach_segmentation), kl_reduction=kl_reduction)
+                          detach_segmentation=bool(detach_segmentation), kl_reduction=kl_reduction,
+                          mse_foreground_weight=float(mse_foreground_weight))
     return WeightedLoss({n: float(w) for n, w in weights.items()}, options)

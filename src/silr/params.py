@@ -95,6 +95,7 @@ class LossesParams:
     })
     visibility_mode: str = "hard"
     kl_reduction: str = "landmark"
+    mse_foreground_weight: float = 0.0
     detach_segmentation: bool = True
 
 
@@ -212,6 +213,8 @@ def _parse_losses(section: dict[str, Any]) -> LossesParams:
                       section.pop("detach_segmentation", defaults.detach_segmentation))
     kl_reduction = _as_str("losses.kl_reduction", section.pop("kl_reduction", defaults.kl_reduction),
                            ("landmark", "batchmean", "mean"))
+    foreground = _as_float("losses.mse_foreground_weight",
+                           section.pop("mse_foreground_weight", defaults.mse_foreground_weight), 0.0)
     named: dict[str, dict[str, float]] = {}
     source = section if section else {k: dict(v) for k, v in defaults.named.items()}
     for loss_name, terms in source.items():
@@ -226,7 +229,8 @@ def _parse_losses(section: dict[str, Any]) -> LossesParams:
         if all(w == 0 for w in weights.values()):
             raise ConfigError(f"{key}: every term weight is 0; a loss needs a positive weight")
         named[str(loss_name)] = weights
-    return LossesParams(named=named, visibility_mode=mode, detach_segmentation=detach, kl_reduction=kl_reduction)
+    return LossesParams(named=named, visibility_mode=mode, detach_segmentation=detach, kl_reduction=kl_reduction,
+                        mse_foreground_weight=foreground)
 
 
 def params_from_dict(raw: Mapping[str, Any]) -> Params:
@@ -261,8 +265,9 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     s = _section(raw, "model", ModelParams)
     d3 = ModelParams()
     channels = s.get("decoder_channels", list(d3.decoder_channels))
-    if not isinstance(channels, (list, tuple)) or not channels:
-        raise _fail("model.decoder_channels", "a non-empty list of channel counts", channels)
+    if not isinstance(channels, (list, tuple)) or len(channels) > 2:
+        raise _fail("model.decoder_channels", "a list of at most 2 channel counts ([] = heads at stride 4)",
+                    channels)
     init = s.get("init_checkpoint", d3.init_checkpoint)
     model = ModelParams(
         backbone=_as_str("model.backbone", s.get("backbone", d3.backbone)),

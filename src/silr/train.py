@@ -308,7 +308,8 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     codec = checkpoint.codec_for_run(params, loss_name)
     loss_fn = build_loss(weights, codec=codec, visibility_mode=params.losses.visibility_mode,
                          detach_segmentation=params.losses.detach_segmentation,
-                         kl_reduction=params.losses.kl_reduction, key=f"losses.{loss_name}")
+                         kl_reduction=params.losses.kl_reduction,
+                         mse_foreground_weight=params.losses.mse_foreground_weight, key=f"losses.{loss_name}")
     if params.model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: unknown backbone {params.model.backbone!r} "
                           f"(known: {', '.join(BACKBONES)})")

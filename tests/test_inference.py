@@ -1,0 +1,44 @@
+"""The one inference path: validation, evaluation and predict decode the same way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from silr import checkpoint, cli, evaluate, train
+from silr.dataset import frame_set
+from silr.deepfluoro import read_processed
+from silr.device import DeviceSetup
+from silr.folds import load_folds
+
+
+def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_run, tmp_path, one_thread):
+    run = trained_tiny_run
+    best = run["models"] / "proposed" / "fold1" / "best.pt"
+    model, card = checkpoint.load_model(best)
+    codec = checkpoint.codec_from_card(card)
+    data = read_processed(run["processed"])
+    key = sorted(load_folds(run["folds"], data)[1].test)[0]
+    image = data.specimens[key[0]].images[key[1]]
+    truth = data.specimens[key[0]].landmarks_xy[key[1]]
+
+    evaluated = evaluate.predict_frames(model, codec, image[None]).xy[0]
+
+    np.save(tmp_path / "frame.npy", image)
+    assert cli.main(["predict", "--model", str(best), "--out", str(tmp_path / "out"), "--device", "cpu",
+                     str(tmp_path / "frame.npy")]) == 0
+    record = json.loads((tmp_path / "out" / "frame_landmarks.json").read_text())
+    predicted = np.array([[row["frame_x"], row["frame_y"]] for row in record["landmarks"]])
+    np.testing.assert_allclose(predicted, evaluated, atol=1e-4)
+
+    # Validation reports the mean error only: it must be the mean error of these positions.
+    frames = frame_set(data, [key], "cpu")
+    scores = train.validation_error(model, frames, codec, 1, DeviceSetup(torch.device("cpu")))
+    inside = frames.present[0].numpy()
+    expected = np.linalg.norm(evaluated - truth, axis=-1)[inside].mean()
+    assert scores["error_px"] == pytest.approx(expected, abs=1e-4)
+    # And every position lies in the 180 x 180 frame, whatever the padding held.
+    assert (evaluated >= 0).all() and (evaluated <= 179).all()
