@@ -37,7 +37,7 @@ from tiny_project import TinyProject, make_project  # noqa: E402
 
 from silr import checkpoint, cli, evaluate  # noqa: E402
 from silr.anatomy import LANDMARK_NAMES  # noqa: E402
-from silr.io import TMP_PREFIX  # noqa: E402
+from silr.io import TMP_PREFIX, write_json  # noqa: E402
 from silr.params import load_params  # noqa: E402
 
 SILR = Path(sys.executable).parent / "silr"
@@ -184,6 +184,7 @@ def write_evaluation(p: TinyProject, fold: int = 1) -> None:
     evaluate.write_predictions_csv(paths.predictions, table)
     evaluate.write_label_maps(paths.segmentation, specimens=[fold] * count, frame_indices=list(range(count)),
                               labels=predicted.labels)
+    write_json(paths.fold_metrics, {"heatmap_kind": "logit"})
 
 
 # ------------------------------------------------------------------ the catalogue
@@ -331,7 +332,7 @@ def folds_non_numeric_val_fraction(w: World) -> Case:
 
 
 def train_unknown_loss(w: World) -> Case:
-    return train_case(w, "losses.focal: no such loss in params.yaml", "defined: mse, ncc, proposed", loss="focal")
+    return train_case(w, "losses.focal: no such loss in params.yaml", "defined: dice_ce_kl, dice_ce_mse, dice_ce_ncc, mse, ncc, proposed", loss="focal")
 
 
 def train_unknown_term(w: World) -> Case:

@@ -61,6 +61,8 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
             evaluate.write_predictions_csv(paths.predictions, table)
             evaluate.write_label_maps(paths.segmentation, specimens=[fold] * FRAMES,
                                       frame_indices=list(range(FRAMES)), labels=predicted_labels)
+            # What evaluate records of the heatmaps' meaning: here mse stands in for a shape-only (NCC) loss.
+            write_json(paths.fold_metrics, {"heatmap_kind": "shape" if loss == "mse" else "logit"})
 
 
 def write_dvclive(live_dir: Path) -> None:
@@ -120,6 +122,8 @@ def test_table2_has_the_known_errors(reported):
     assert proposed["pooled"]["presence"] == {"true_positive": 81, "false_positive": 3,
                                               "false_negative": 0, "true_negative": 0}
     assert proposed["pooled"]["visibility_accuracy"] == pytest.approx(81 / 84, abs=1e-6)
+    # A loss whose heatmaps have no presence (NCC's kind) reports none.
+    assert mse["pooled"]["presence"] is None and mse["pooled"]["visibility_accuracy"] is None
     assert summary["means"] == {"proposed": 5.0, "mse": 2.0, "baseline_frame_centre": pytest.approx(
         summary["baselines"]["frame_centre"]["mean_px"]), "baseline_mean_shape": 0.0}
 

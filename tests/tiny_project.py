@@ -88,7 +88,7 @@ class TinyProject:
                     "--device", "cpu"]
         if stage == "report":
             return ["report", "--metrics", str(self.metrics), "--out-plots", str(self.plots), *common,
-                    "--data", str(self.processed), "--live", str(self.live)]
+                    "--data", str(self.processed), "--live", str(self.live), "--folds", str(self.folds)]
         raise ValueError(stage)
 
 

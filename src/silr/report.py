@@ -85,6 +85,22 @@ def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px:
     return result
 
 
+def heatmap_kinds(metrics_dir: str | Path, loss: str, folds: Sequence[int]) -> set[str]:
+    """What the loss's heatmaps meant (silr.codec.HEATMAP_KINDS), as `silr evaluate` recorded
+    it in each fold's JSON (`logit` for files written before it did)."""
+    import json
+
+    kinds = set()
+    for fold in folds:
+        path = output_paths(metrics_dir, loss, fold).fold_metrics
+        try:
+            kinds.add(json.loads(path.read_text()).get("heatmap_kind", "logit"))
+        except (OSError, ValueError, AttributeError):
+            raise DataError(f"{path}: missing or not a fold metrics JSON; run `dvc repro evaluate@{loss}-{fold}`") \
+                from None
+    return kinds
+
+
 def baseline_predictions(data: Any, folds: Mapping[int, Any], fold_numbers: Sequence[int]) -> pd.DataFrame:
     """Predictions tables of the trivial baselines (silr.baselines) for every fold: the same
     columns as a loss's, so that Table 2 and the plots score them with the same code."""
@@ -307,7 +323,6 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
     from silr import deepfluoro
     from silr.folds import load_folds
-    from silr.losses import heatmap_kind
 
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
     losses, folds = list(params.study.losses), list(params.study.folds)
@@ -321,7 +336,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     ensure_writable(*(metrics_dir / name for name in ("summary.json", "table2.md", "per_specimen.csv")),
                     *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
                     *(plots_dir / name for name in PLOT_NAMES))
-    no_presence = [loss for loss in losses if heatmap_kind(params.loss_weights(loss), f"losses.{loss}") == "shape"]
+    no_presence = [loss for loss in losses if heatmap_kinds(metrics_dir, loss, folds) == {"shape"}]
     result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
                                 success_mm=params.evaluate.success_mm, no_presence=no_presence)
     baseline_table = baseline_predictions(data, fold_splits, folds)
