@@ -87,7 +87,7 @@ def test_shared_training_params_stale_every_train_stage(locked_project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     expected = {f"train@{loss}-{k}" for loss in params["study"]["losses"] for k in params["study"]["folds"]}
     assert _stale_after(locked_project, lambda p: p["train"].update(lr=0.5)) == expected
-    assert _stale_after(locked_project, lambda p: p["losses"].update(visibility_mode="hard")) == expected
+    assert _stale_after(locked_project, lambda p: p["losses"].update(visibility_mode="soft")) == expected
 
 
 def test_evaluate_and_report_follow_their_train_stage(locked_project):
