@@ -31,7 +31,8 @@ STAGES = [
      "--out-dir", "models", "--live-dir", "dvclive", "--no-progress"],
     ["evaluate", "--loss", "proposed", "--fold", "1", "--data", "ds_8x.h5", "--folds", "folds.json",
      "--models", "models", "--out", "metrics"],
-    ["report", "--metrics", "metrics", "--out-plots", "plots", "--data", "ds_8x.h5", "--live", "dvclive"],
+    ["report", "--metrics", "metrics", "--out-plots", "plots", "--data", "ds_8x.h5", "--live", "dvclive",
+     "--folds", "folds.json"],
 ]
 RUNNER = """
 import json, sys
