@@ -266,7 +266,7 @@ def test_ray_lengths_are_exact():
 
 @pytest.mark.slow
 def test_default_phantom_size_and_landmarks(tmp_path):
-    from silr import ingest
+    from silr import ingest, metrics, report
     from silr.deepfluoro import read_processed
 
     path = tmp_path / "phantom_full_res.h5"
@@ -279,5 +279,6 @@ def test_default_phantom_size_and_landmarks(tmp_path):
     ingest.run(path, tmp_path / "ds.h5", factor=8, crop=50, i0=65487.0)
     data = read_processed(tmp_path / "ds.h5")
     folds = make_folds(data.frames_per_specimen, 0.1, 0)
-    means = baselines.per_specimen_means(data, folds)["mean_shape"]
+    table = report.baseline_predictions(data, folds, list(folds))
+    means = metrics.table2(table, losses=["mean_shape"], mm_per_px=1.0, success_mm=())["mean_shape"]["per_specimen_px"]
     assert np.mean(list(means.values())) >= 30.0

@@ -4,18 +4,15 @@
 - mean shape: each landmark at its mean in-frame position over a fold's training frames
   (a landmark never in frame there falls back to the frame centre).
 
-Both are scored like a model: Euclidean error in pixels over the held-out specimen's
-in-frame ground-truth landmarks (`silr.metrics.landmark_errors`).
+`silr report` scores them like a model (the same predictions table and Table-2 code);
+`test_errors_px` gives the same errors from landmarks alone, without a processed file.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
-
 import numpy as np
 
 from silr import coords
-from silr.deepfluoro import ProcessedData
 
 BASELINES = ("frame_centre", "mean_shape")
 
@@ -50,24 +47,3 @@ def test_errors_px(guess_xy: np.ndarray, test_landmarks_xy: np.ndarray, width: i
     inside = coords.in_frame(test_landmarks_xy, width, height)
     distances = np.linalg.norm(test_landmarks_xy - guess_xy[None], axis=-1)
     return distances[inside]
-
-
-def fold_errors(data: ProcessedData, train: Iterable[tuple[int, int]], test: Iterable[tuple[int, int]],
-                names: Iterable[str] = BASELINES) -> dict[str, np.ndarray]:
-    """Baseline name -> errors (px) over the test frames' in-frame landmarks."""
-    height, width = data.frame_shape
-
-    def stack(frames):
-        return np.stack([data.specimens[s].landmarks_xy[i] for s, i in frames])
-
-    train_xy, test_xy = stack(train), stack(test)
-    return {name: test_errors_px(guess(name, train_xy, width, height), test_xy, width, height) for name in names}
-
-
-def per_specimen_means(data: ProcessedData, folds: Mapping[int, object]) -> dict[str, dict[int, float]]:
-    """Baseline -> {test specimen: mean error px} over every fold (objects with .train/.test/.test_specimen)."""
-    result: dict[str, dict[int, float]] = {name: {} for name in BASELINES}
-    for fold in folds.values():
-        for name, errors in fold_errors(data, fold.train, fold.test).items():
-            result[name][fold.test_specimen] = float(errors.mean()) if errors.size else float("nan")
-    return result

@@ -186,7 +186,7 @@ def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
         _check_card(path, card)
         if cards:
             _check_compatible(paths[0], cards[0], path, card)
-        _check_output_shapes(path, model, card, device)
+        _check_output_shapes(path, model, card, device, checkpoint.codec_from_card(card).heatmap_size)
         models.append(model)
         cards.append(card)
     return Ensemble(paths=[Path(p) for p in paths], models=models, cards=cards,
@@ -218,13 +218,11 @@ def _check_compatible(first_path: Path, first: dict, path: Path, card: dict) -> 
 
 
 @torch.no_grad()
-def _check_output_shapes(path: Path, model: torch.nn.Module, card: dict, device: torch.device) -> None:
+def _check_output_shapes(path: Path, model: torch.nn.Module, card: dict, device: torch.device,
+                         heat_size: tuple[int, int]) -> None:
     # One blank input through the model: a model that does not fit its card fails here,
     # before any input is read, with the shapes in the message.
-    from silr import checkpoint
-
     size = int(card["input_size"])
-    heat_size = checkpoint.codec_from_card(card).heatmap_size
     expected_heat = (1, len(card["landmark_names"]), *heat_size)
     expected_seg = (1, len(card["label_names"]), size, size)
     try:

@@ -27,6 +27,7 @@ labels, pixel spacing, what data it is). Writes
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -88,8 +89,6 @@ def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px:
 def heatmap_kinds(metrics_dir: str | Path, loss: str, folds: Sequence[int]) -> set[str]:
     """What the loss's heatmaps meant (silr.codec.HEATMAP_KINDS), as `silr evaluate` recorded
     it in each fold's JSON (`logit` for files written before it did)."""
-    import json
-
     kinds = set()
     for fold in folds:
         path = output_paths(metrics_dir, loss, fold).fold_metrics

@@ -7,7 +7,7 @@ shape varying between specimens, and the 14 landmarks at the points their names 
 Every frame is a cone-beam projection with the real C-arm geometry (1536 x 1536 pixels
 of 0.194 mm, 1020 mm source to detector) from a pose drawn over the real set's range
 (src/silr/phantom/projector.py: obliques up to 40 degrees, the C-arm centred anywhere from
-one hip to the other, magnification 1.13 to 1.65); raw detector counts follow
+one hip to the other, magnification 1.13 to 1.46); raw detector counts follow
 Beer-Lambert through soft tissue and bone, with quantum noise (bone is dark). Labels come
 from ray casting: a pixel gets the bone with the longest path along its ray. About 30% of
 the frames are stored upside down with `rot-180-for-up` = 1, as on the real C-arm. The
