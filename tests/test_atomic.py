@@ -134,8 +134,11 @@ def test_checkpoint_write_failing_half_way_keeps_the_previous_checkpoint(tmp_pat
     import torch
 
     from silr import checkpoint
+    from silr.card import ModelCard
+    from silr.params import Params
 
-    card = {key: 0 for key in checkpoint.REQUIRED_CARD_KEYS}
+    card = ModelCard.for_run(Params(), loss_name="proposed", fold=1, data_hash="d", params_hash="p",
+                             val_score_px=None, epoch=0)
     path = tmp_path / "last.pt"
     checkpoint.save_checkpoint(path, {"w": torch.ones(2)}, card)
     before = path.read_bytes()
@@ -393,7 +396,7 @@ def test_every_stage_writes_through_silr_io():
     assert unsafe == [], f"files written directly at their final path (use silr.io): {unsafe}"
     # The scan sees the real writers (else it would pass by seeing nothing).
     modules = {where.split(":")[0] for where in safe}
-    assert {"checkpoint.py", "synth.py", "deepfluoro.py", "plots.py", "evaluate.py", "report.py",
+    assert {"checkpoint.py", "synth.py", "deepfluoro.py", "plots.py", "results.py", "report.py",
             "predict.py"} <= modules, safe
 
 

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
 from tiny_project import TinyProject, make_project  # noqa: E402
 
-from silr import checkpoint, cli, evaluate  # noqa: E402
+from silr import checkpoint, cli, evaluate, inference, results  # noqa: E402
+from silr.card import ModelCard, params_hash_of  # noqa: E402
 from silr.anatomy import LANDMARK_NAMES  # noqa: E402
 from silr.io import TMP_PREFIX, write_json  # noqa: E402
 from silr.params import load_params  # noqa: E402
@@ -140,7 +141,7 @@ def params_case(w: World, changes: dict, *expected: str) -> Case:
 
 
 def evaluate_outputs(p: TinyProject, loss: str = "proposed", fold: int = 1) -> list[Path]:
-    paths = evaluate.output_paths(p.metrics, loss, fold)
+    paths = results.output_paths(p.metrics, loss, fold)
     return [paths.predictions, paths.fold_metrics, paths.segmentation]
 
 
@@ -156,12 +157,11 @@ def save_tiny_checkpoint(p: TinyProject, *, fold: int = 1, trained_fold: int | N
     from silr.model import build_model
 
     params = load_params(p.params)
-    card = checkpoint.build_card(params, loss_name="proposed", fold=trained_fold or fold, data_hash="d" * 16,
-                                 params_hash=checkpoint.params_hash_of(params, "proposed"), val_score_px=None,
-                                 epoch=1)
+    card = ModelCard.for_run(params, loss_name="proposed", fold=trained_fold or fold, data_hash="d" * 16,
+                             params_hash=params_hash_of(params, "proposed"), val_score_px=None, epoch=1)
     torch.manual_seed(0)
     model = build_model(params.model.backbone, params.model.decoder_channels)
-    path = evaluate.checkpoint_path(p.models, "proposed", fold)
+    path = results.checkpoint_path(p.models, "proposed", fold)
     checkpoint.save_checkpoint(path, model, card)
     return path
 
@@ -173,16 +173,16 @@ def write_evaluation(p: TinyProject, fold: int = 1) -> None:
     data = read_processed(p.processed)
     spec = data.specimens[fold]
     count = spec.images.shape[0]
-    predicted = evaluate.FramePredictions(
+    predicted = inference.FramePredictions(
         xy=spec.landmarks_xy + 1.0, present=np.ones((count, len(LANDMARK_NAMES)), bool),
         score=np.full((count, len(LANDMARK_NAMES)), 0.9), visibility_hat=np.ones((count, len(LANDMARK_NAMES))),
         labels=spec.labels.copy())
-    table = evaluate.predictions_table(loss="proposed", fold=fold, specimens=[fold] * count,
+    table = results.predictions_table(loss="proposed", fold=fold, specimens=[fold] * count,
                                        frame_indices=list(range(count)), gt_xy=spec.landmarks_xy,
                                        predicted=predicted, frame_size=(180, 180))
-    paths = evaluate.output_paths(p.metrics, "proposed", fold)
-    evaluate.write_predictions_csv(paths.predictions, table)
-    evaluate.write_label_maps(paths.segmentation, specimens=[fold] * count, frame_indices=list(range(count)),
+    paths = results.output_paths(p.metrics, "proposed", fold)
+    results.write_predictions_csv(paths.predictions, table)
+    results.write_label_maps(paths.segmentation, specimens=[fold] * count, frame_indices=list(range(count)),
                               labels=predicted.labels)
     write_json(paths.fold_metrics, {"heatmap_kind": "logit"})
 
@@ -420,14 +420,14 @@ def train_live_dir_under_a_file(w: World) -> Case:
 
 def evaluate_before_train(w: World) -> Case:
     p = w.project
-    ckpt = evaluate.checkpoint_path(p.models, "proposed", 1)
+    ckpt = results.checkpoint_path(p.models, "proposed", 1)
     return Case(p.argv("evaluate"), evaluate_outputs(p), [str(ckpt), "no trained model", "train it first"],
                 scan=[p.root])
 
 
 def evaluate_corrupt_checkpoint(w: World) -> Case:
     p = w.project
-    ckpt = evaluate.checkpoint_path(p.models, "proposed", 1)
+    ckpt = results.checkpoint_path(p.models, "proposed", 1)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(np.random.default_rng(0).bytes(4096))
     return Case(p.argv("evaluate"), evaluate_outputs(p), [str(ckpt), "not a readable silr checkpoint"],
@@ -445,7 +445,7 @@ def evaluate_truncated_checkpoint(w: World) -> Case:
 
 def evaluate_foreign_checkpoint(w: World) -> Case:
     p = w.project
-    ckpt = evaluate.checkpoint_path(p.models, "proposed", 1)
+    ckpt = results.checkpoint_path(p.models, "proposed", 1)
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": {"conv.weight": torch.zeros(2, 2)}, "epoch": 3}, ckpt)  # someone else's format
     return Case(p.argv("evaluate"), evaluate_outputs(p),
@@ -470,7 +470,7 @@ def evaluate_output_blocked(w: World) -> Case:
 
 def report_before_evaluate(w: World) -> Case:
     p = w.project
-    missing = evaluate.output_paths(p.metrics, "proposed", 1).predictions
+    missing = results.output_paths(p.metrics, "proposed", 1).predictions
     return Case(p.argv("report"), report_outputs(p), [str(missing), "missing", "dvc repro evaluate@proposed-1"],
                 scan=[p.root])
 
@@ -478,7 +478,7 @@ def report_before_evaluate(w: World) -> Case:
 def report_garbage_predictions(w: World) -> Case:
     p = w.project
     write_evaluation(p)
-    csv = evaluate.output_paths(p.metrics, "proposed", 1).predictions
+    csv = results.output_paths(p.metrics, "proposed", 1).predictions
     csv.write_text("loss,fold\nproposed,one\n")
     return Case(p.argv("report"), report_outputs(p), [str(csv)], scan=[p.root])
 
@@ -486,7 +486,7 @@ def report_garbage_predictions(w: World) -> Case:
 def report_truncated_label_maps(w: World) -> Case:
     p = w.project
     write_evaluation(p)
-    npz = evaluate.output_paths(p.metrics, "proposed", 1).segmentation
+    npz = results.output_paths(p.metrics, "proposed", 1).segmentation
     npz.write_bytes(npz.read_bytes()[:40])
     return Case(p.argv("report"), report_outputs(p), [str(npz), "not a label-map archive"], scan=[p.root])
 

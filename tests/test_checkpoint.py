@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
 import torch
 
 from silr import checkpoint
+from silr.card import ModelCard, NetworkSpec, params_hash_of
 from silr.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
@@ -18,11 +20,9 @@ PARAMS = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"s
 
 
 def tiny_card(**changes):
-    card = checkpoint.build_card(PARAMS, loss_name="proposed", fold=2, data_hash="d" * 16,
-                                 params_hash=checkpoint.params_hash_of(PARAMS, "proposed"),
-                                 val_score_px=4.25, epoch=7)
-    card.update(changes)
-    return card
+    card = ModelCard.for_run(PARAMS, loss_name="proposed", fold=2, data_hash="d" * 16,
+                             params_hash=params_hash_of(PARAMS, "proposed"), val_score_px=4.25, epoch=7)
+    return dataclasses.replace(card, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,15 @@ def test_round_trip_restores_weights_card_and_codec(tmp_path, tiny_model):
     path = tmp_path / "models" / "best.pt"
     checkpoint.save_checkpoint(path, tiny_model, tiny_card())
     assert not list(path.parent.glob(".silr-tmp-*"))  # written atomically, nothing left over
-    model, card = checkpoint.load_model(path)
+    model, typed = checkpoint.load_model(path)
     assert not model.training
     for (name, mine), theirs in zip(tiny_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(mine, theirs), name
+    assert typed == tiny_card()  # the one reader gives back the card that was written
+    card = typed.to_dict()
+    assert list(card) == ["format", "format_version", "silr_version", "landmark_names", "label_names", "model",
+                          "input_size", "frame_size", "pad_offset", "preprocessing", "heatmap", "loss", "fold",
+                          "data_source", "params", "params_hash", "data_hash", "val_score_px", "epoch"]
     assert card["landmark_names"] == list(LANDMARK_NAMES)
     assert card["label_names"][0] == "background" and len(card["label_names"]) == 7
     assert card["model"] == {"backbone": "hrnet_w18_small", "decoder_channels": [4, 4],
@@ -49,7 +54,7 @@ def test_round_trip_restores_weights_card_and_codec(tmp_path, tiny_model):
     assert (card["fold"], card["val_score_px"], card["epoch"]) == (2, 4.25, 7)
     assert card["params"]["train"]["epochs"] == PARAMS.train.epochs
     assert card["format"] == checkpoint.CHECKPOINT_FORMAT
-    codec = checkpoint.codec_from_card(card)
+    codec = typed.codec()
     assert isinstance(codec, HeatmapCodec)
     assert (codec.size, codec.sigma, codec.refine) == ((NETWORK_INPUT_PX, NETWORK_INPUT_PX), 3.0, "parabola")
     assert (codec.stride, codec.kind, codec.frame) == (1, "logit", (FRAME_SIZE_PX, FRAME_SIZE_PX))
@@ -67,17 +72,17 @@ def test_equal_checkpoints_are_equal_bytes(tmp_path, tiny_model):
 
 
 def test_params_hash_follows_only_the_run_sections():
-    base = checkpoint.params_hash_of(PARAMS, "proposed")
+    base = params_hash_of(PARAMS, "proposed")
     other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                    "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
                                               "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
-    assert checkpoint.params_hash_of(other_loss, "proposed") == base  # another loss's weights
+    assert params_hash_of(other_loss, "proposed") == base  # another loss's weights
     other_eval = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                    "evaluate": {"success_mm": [1.0]}})
-    assert checkpoint.params_hash_of(other_eval, "proposed") == base
+    assert params_hash_of(other_eval, "proposed") == base
     other_lr = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                  "train": {"lr": 0.5}})
-    assert checkpoint.params_hash_of(other_lr, "proposed") != base
+    assert params_hash_of(other_lr, "proposed") != base
 
 
 def test_missing_file(tmp_path):
@@ -129,16 +134,14 @@ def test_newer_format_version(tmp_path, tiny_model):
 
 def test_weights_that_do_not_fit_the_card(tmp_path, tiny_model):
     path = tmp_path / "mismatch.pt"
-    checkpoint.save_checkpoint(path, tiny_model, tiny_card(model={"backbone": "hrnet_w18_small",
-                                                                  "decoder_channels": [8, 4]}))
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card(network=NetworkSpec("hrnet_w18_small", (8, 4), 14, 7)))
     with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit the network its card describes"):
         checkpoint.load_model(path)
 
 
 def test_card_with_unknown_backbone_or_missing_keys(tmp_path, tiny_model):
     path = tmp_path / "odd.pt"
-    checkpoint.save_checkpoint(path, tiny_model, tiny_card(model={"backbone": "resnet_nope",
-                                                                  "decoder_channels": [4, 4]}))
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card(network=NetworkSpec("resnet_nope", (4, 4), 14, 7)))
     with pytest.raises(CheckpointError, match="odd.pt: cannot build the network its card describes.*resnet_nope"):
         checkpoint.load_model(path)
     payload = torch.load(path, weights_only=True)
@@ -156,3 +159,31 @@ def test_extra_entries_and_state_dicts(tmp_path, tiny_model):
     assert payload["resume"] == {"epoch": 3, "history": [{"a": 1.0}]}
     with pytest.raises(ValueError, match="may not be named"):
         checkpoint.save_checkpoint(path, state, tiny_card(), model_state={})
+
+
+def test_one_reader_names_the_file_and_the_unusable_field(tmp_path, tiny_model):
+    path = tmp_path / "odd.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card())
+    for field, value, message in (
+            ("landmark_names", ["FH-l", "nose"], r"odd.pt: model card names unknown landmarks \['nose'\]"),
+            ("label_names", ["background"], "odd.pt: model card has 1 labels, expected 7"),
+            ("preprocessing", {"crop": 50}, "odd.pt: model card field 'preprocessing' is unusable"),
+            ("heatmap", {"sigma": 2.0, "presence_threshold": 0.5, "stride": 3},
+             "odd.pt: model card describes a heatmap codec that cannot exist"),
+            ("frame_size", "wide", "odd.pt: model card field 'frame_size' is unusable")):
+        payload = torch.load(path, weights_only=True)
+        payload["card"][field] = value
+        torch.save(payload, tmp_path / "changed.pt")
+        with pytest.raises(CheckpointError, match=message.replace("odd.pt", "changed.pt")):
+            checkpoint.load_model(tmp_path / "changed.pt")
+
+
+def test_cards_before_strides_and_kinds_decode_at_stride_1_as_logits(tmp_path, tiny_model):
+    path = tmp_path / "old.pt"
+    checkpoint.save_checkpoint(path, tiny_model, tiny_card())
+    payload = torch.load(path, weights_only=True)
+    for key in ("stride", "kind", "refine"):
+        del payload["card"]["heatmap"][key]
+    torch.save(payload, path)
+    card = checkpoint.read_checkpoint(path)["card"]
+    assert (card.heatmap.stride, card.heatmap.kind, card.heatmap.refine) == (1, "logit", "none")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from silr import checkpoint, evaluate, metrics
+from silr import checkpoint, evaluate, inference, metrics, results
+from silr.card import ModelCard
 from silr.anatomy import LANDMARK_BONE_INDEX, LANDMARK_NAMES, LEFT_FEMUR, LEFT_HEMIPELVIS, NUM_CLASSES, NUM_LANDMARKS
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
@@ -48,7 +49,7 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
     label_map[:, 60:] = LEFT_HEMIPELVIS
     model = PeakModel(peaks, logits, label_map)
     images = np.random.default_rng(0).uniform(0, 1, (3, 180, 180)).astype(np.float32)
-    predicted = evaluate.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
+    predicted = inference.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
 
     assert predicted.xy.shape == (3, NUM_LANDMARKS, 2)
     np.testing.assert_array_equal(predicted.xy[2], peaks - PAD)  # frame = input - pad offset
@@ -72,11 +73,11 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
 def test_predictions_table_layout_and_errors():
     gt = np.zeros((2, NUM_LANDMARKS, 2)) + 50.0
     gt[1, 0] = (-3.0, 50.0)  # FH-l of frame 7 outside the frame
-    predicted = evaluate.FramePredictions(
+    predicted = inference.FramePredictions(
         xy=gt + np.array([3.0, 4.0]), present=np.ones((2, NUM_LANDMARKS), bool),
         score=np.full((2, NUM_LANDMARKS), 1 / 3), visibility_hat=np.ones((2, NUM_LANDMARKS)),
         labels=np.zeros((2, 180, 180), np.uint8))
-    table = evaluate.predictions_table(loss="mse", fold=4, specimens=[4, 4], frame_indices=[2, 7], gt_xy=gt,
+    table = results.predictions_table(loss="mse", fold=4, specimens=[4, 4], frame_indices=[2, 7], gt_xy=gt,
                                        predicted=predicted, frame_size=(180, 180))
     assert tuple(table.columns) == metrics.PREDICTION_COLUMNS
     assert len(table) == 2 * NUM_LANDMARKS
@@ -93,30 +94,28 @@ def test_csv_and_label_maps_round_trip(tmp_path):
                            "gt_y": 2.0, "gt_in_frame": 0, "pred_x": 3.0, "pred_y": 4.0, "pred_present": 1,
                            "score": 0.5, "visibility_hat": 0.5, "error_px": np.nan}])
     path = tmp_path / "p.csv"
-    evaluate.write_predictions_csv(path, table)
+    results.write_predictions_csv(path, table)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(metrics.PREDICTION_COLUMNS)
     assert lines[1].endswith(",0.500000,")  # error_px empty for out-of-frame ground truth
-    assert evaluate.read_predictions_csv(path).iloc[0]["landmark"] == "FH-l"
+    assert results.read_predictions_csv(path).iloc[0]["landmark"] == "FH-l"
 
     labels = np.arange(2 * 180 * 180).reshape(2, 180, 180).astype(np.uint8) % 7
     npz = tmp_path / "seg.npz"
-    evaluate.write_label_maps(npz, specimens=[2, 2], frame_indices=[0, 5], labels=labels)
+    results.write_label_maps(npz, specimens=[2, 2], frame_indices=[0, 5], labels=labels)
     first = npz.read_bytes()
-    evaluate.write_label_maps(npz, specimens=[2, 2], frame_indices=[0, 5], labels=labels)
+    results.write_label_maps(npz, specimens=[2, 2], frame_indices=[0, 5], labels=labels)
     assert npz.read_bytes() == first  # byte-stable
-    maps = evaluate.read_label_maps(npz)
+    maps = results.read_label_maps(npz)
     assert maps["frame"].tolist() == [0, 5]
     np.testing.assert_array_equal(maps["labels"], labels)
 
 
 def _save_tiny_model(path, params, loss: str, fold: int) -> None:
     torch.manual_seed(0)
-    model = checkpoint.model_from_card({"model": {"backbone": params.model.backbone,
-                                                  "decoder_channels": list(params.model.decoder_channels)},
-                                        "landmark_names": list(LANDMARK_NAMES), "label_names": ["x"] * 7})
-    card = checkpoint.build_card(params, loss_name=loss, fold=fold, data_hash="test", params_hash="test",
-                                 val_score_px=12.5, epoch=3)
+    card = ModelCard.for_run(params, loss_name=loss, fold=fold, data_hash="test", params_hash="test",
+                             val_score_px=12.5, epoch=3)
+    model = card.build_network()
     checkpoint.save_checkpoint(path, model, card)
 
 
@@ -132,7 +131,7 @@ def test_run_writes_predictions_metrics_and_label_maps(tmp_path, tiny_data, tiny
     paths = evaluate.run(tiny_params, loss="proposed", fold=2, data_path=tiny_data["processed"],
                          folds_path=tiny_data["folds"], models_dir=models, out_dir=tmp_path / "metrics",
                          device="cpu", batch_size=3)
-    table = evaluate.read_predictions_csv(paths.predictions)
+    table = results.read_predictions_csv(paths.predictions)
     assert len(table) == 4 * NUM_LANDMARKS  # the 4 frames of specimen 2
     assert set(table["specimen"]) == {2} and set(table["loss"]) == {"proposed"} and set(table["fold"]) == {2}
     in_frame = table["gt_in_frame"] == 1
@@ -148,7 +147,7 @@ def test_run_writes_predictions_metrics_and_label_maps(tmp_path, tiny_data, tiny
     assert set(result["dice"]) == {"left hemipelvis", "right hemipelvis", "vertebrae", "upper sacrum",
                                    "left femur", "right femur"}
     assert result["model"] == {"epoch": 3, "val_score_px": 12.5}
-    maps = evaluate.read_label_maps(paths.segmentation)
+    maps = results.read_label_maps(paths.segmentation)
     assert maps["labels"].shape == (4, 180, 180) and maps["frame"].tolist() == [0, 1, 2, 3]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from silr import checkpoint, cli, evaluate, train
+from silr import checkpoint, cli, inference, train
 from silr.dataset import frame_set
 from silr.deepfluoro import read_processed
 from silr.device import DeviceSetup
@@ -19,13 +19,13 @@ def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     model, card = checkpoint.load_model(best)
-    codec = checkpoint.codec_from_card(card)
+    codec = card.codec()
     data = read_processed(run["processed"])
     key = sorted(load_folds(run["folds"], data)[1].test)[0]
     image = data.specimens[key[0]].images[key[1]]
     truth = data.specimens[key[0]].landmarks_xy[key[1]]
 
-    evaluated = evaluate.predict_frames(model, codec, image[None]).xy[0]
+    evaluated = inference.predict_frames(model, codec, image[None]).xy[0]
 
     np.save(tmp_path / "frame.npy", image)
     assert cli.main(["predict", "--model", str(best), "--out", str(tmp_path / "out"), "--device", "cpu",

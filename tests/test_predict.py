@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from silr import checkpoint, cli, predict
+from silr import checkpoint, cli, inputs, predict
+from silr.card import ModelCard, params_hash_of
 from silr.anatomy import (FRAME_SIZE_PX, LABEL_NAMES, LANDMARK_BONE, LANDMARK_NAMES, LEFT_HEMIPELVIS,
                           NETWORK_INPUT_PX, SPECIMEN_IDS)
 from silr.coords import pad_offset
@@ -68,17 +69,18 @@ class FixedModel(torch.nn.Module):
         return ModelOutput(self.heat.expand(batch, -1, -1, -1), self.seg.expand(batch, -1, -1, -1))
 
 
-def card(**changes) -> dict:
+def card(**changes) -> ModelCard:
     base = {
+        "format": "silr-checkpoint", "format_version": 1,
         "landmark_names": list(LANDMARK_NAMES),
         "label_names": [LABEL_NAMES[k] for k in sorted(LABEL_NAMES)],
         "model": {"backbone": "marker", "decoder_channels": [4]},
         "input_size": NETWORK_INPUT_PX, "frame_size": FRAME_SIZE_PX, "pad_offset": pad_offset(),
         "preprocessing": {"crop": 50, "i0": 65487.0, "downsample": 8, "intensity": "min-max per frame"},
-        "heatmap": {"sigma": 2.5, "presence_threshold": 0.5, "refine": False},
+        "heatmap": {"sigma": 2.5, "presence_threshold": 0.5, "refine": "none"},
     }
     base.update(changes)
-    return base
+    return ModelCard.from_dict(base)
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def fake_models(monkeypatch, tmp_path):
             return model.eval(), model_card
         return real_load(path, device)
 
-    def add(name: str, model: torch.nn.Module, model_card: dict | None = None) -> Path:
+    def add(name: str, model: torch.nn.Module, model_card: ModelCard | None = None) -> Path:
         path = tmp_path / "models" / name
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"stand-in")
@@ -138,7 +140,7 @@ def test_png8_frame_of_another_size_maps_back_to_input_pixels(fake_models, tmp_p
 
     record = landmarks_json(out, "c_arm")
     assert_all_at(record, 100.5, 200.5)
-    assert record["treated_as"] == predict.LINE_INTEGRAL
+    assert record["treated_as"] == inputs.LINE_INTEGRAL
     assert record["input_size"] == [360, 360] and record["scale"] == [0.5, 0.5]
     assert record["resampling"] == "area" and record["ensemble"] is None
     by_name = {row["name"]: row for row in record["landmarks"]}
@@ -223,7 +225,7 @@ def test_raw_npy_goes_through_ingestion_and_maps_to_detector_pixels(fake_models,
     out = tmp_path / "out"
     assert run_predict("--model", ckpt, "--out", out, "--raw", tmp_path / "detector.npy") == 0
     record = landmarks_json(out, "detector")
-    assert record["treated_as"].startswith(predict.RAW_FRAME)
+    assert record["treated_as"].startswith(inputs.RAW_FRAME)
     assert record["input_size"] == [1536, 1536] and record["resampling"] == "none"
     assert record["landmarks"][0]["frame_x"] == 40 and record["landmarks"][0]["frame_y"] == 120
     assert_all_at(record, *centre)
@@ -385,9 +387,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     params = Params(model=ModelParams(backbone="hrnet_w18_small", decoder_channels=(4, 4)))
     torch.manual_seed(0)
     model = build_model("hrnet_w18_small", (4, 4)).eval()
-    model_card = checkpoint.build_card(params, loss_name="proposed", fold=3, data_hash="0123456789abcdef",
-                                       params_hash=checkpoint.params_hash_of(params, "proposed"),
-                                       val_score_px=4.25, epoch=7, data_source="tests")
+    model_card = ModelCard.for_run(params, loss_name="proposed", fold=3, data_hash="0123456789abcdef",
+                                   params_hash=params_hash_of(params, "proposed"),
+                                   val_score_px=4.25, epoch=7, data_source="tests")
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     checkpoint.save_checkpoint(path, model, model_card)
     return path
@@ -404,7 +406,7 @@ def test_info_prints_the_model_card(tiny_checkpoint, capsys):
                  "backbone: hrnet_w18_small", "fold: 3", "data_hash: 0123456789abcdef",
                  "val_score_px: 4.25", "epoch: 7"):
         assert line in out, line
-    assert "params_hash: " + checkpoint.read_checkpoint(tiny_checkpoint)["card"]["params_hash"] in out
+    assert "params_hash: " + checkpoint.read_checkpoint(tiny_checkpoint)["card"].params_hash in out
 
 
 def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_path):
@@ -431,7 +433,7 @@ def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_pat
 
 
 def test_weights_that_do_not_fit_the_card(tiny_checkpoint, tmp_path, capsys):
-    payload = checkpoint.read_checkpoint(tiny_checkpoint)
+    payload = torch.load(tiny_checkpoint, weights_only=True)
     payload["card"]["model"]["decoder_channels"] = [8, 4]  # the weights are of a (4, 4) decoder
     wrong = tmp_path / "wrong.pt"
     torch.save(payload, wrong)

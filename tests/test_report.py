@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silr import deepfluoro, evaluate, report
+from silr import deepfluoro, inference, report, results
 from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
 from silr.errors import DataError
 from silr.folds import folds_to_json, make_folds
@@ -48,18 +48,18 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
         for fold in SPECIMENS:  # fold k tests specimen k
             spec = specimens[fold]
             predicted_labels = spec.labels.copy() if loss == "proposed" else np.zeros_like(spec.labels)
-            predicted = evaluate.FramePredictions(
+            predicted = inference.FramePredictions(
                 xy=spec.landmarks_xy + offset_for(loss, fold),
                 present=np.ones((FRAMES, NUM_LANDMARKS), bool),
                 score=np.full((FRAMES, NUM_LANDMARKS), 0.9),
                 visibility_hat=np.ones((FRAMES, NUM_LANDMARKS)),
                 labels=predicted_labels)
-            table = evaluate.predictions_table(loss=loss, fold=fold, specimens=[fold] * FRAMES,
+            table = results.predictions_table(loss=loss, fold=fold, specimens=[fold] * FRAMES,
                                                frame_indices=list(range(FRAMES)), gt_xy=spec.landmarks_xy,
                                                predicted=predicted, frame_size=(180, 180))
-            paths = evaluate.output_paths(metrics_dir, loss, fold)
-            evaluate.write_predictions_csv(paths.predictions, table)
-            evaluate.write_label_maps(paths.segmentation, specimens=[fold] * FRAMES,
+            paths = results.output_paths(metrics_dir, loss, fold)
+            results.write_predictions_csv(paths.predictions, table)
+            results.write_label_maps(paths.segmentation, specimens=[fold] * FRAMES,
                                       frame_indices=list(range(FRAMES)), labels=predicted_labels)
             # What evaluate records of the heatmaps' meaning: here mse stands in for a shape-only (NCC) loss.
             write_json(paths.fold_metrics, {"heatmap_kind": "shape" if loss == "mse" else "logit"})

@@ -21,7 +21,7 @@ import torch
 from conftest import train_argv, write_tiny_run
 from silr import checkpoint, cli, train
 from silr.errors import CheckpointError
-from silr.train import RunIdentity, read_resume_state
+from silr.resume import RunIdentity, read_resume_state
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,7 +69,7 @@ def test_sigterm_then_rerun_matches_an_uninterrupted_run(trained_tiny_run, tmp_p
     assert states_equal(paths["last"], ref["last"])
     assert history_of(paths["last"]) == history_of(ref["last"])
     card, ref_card = (checkpoint.read_checkpoint(p)["card"] for p in (paths["best"], ref["best"]))
-    assert (card["val_score_px"], card["epoch"]) == (ref_card["val_score_px"], ref_card["epoch"])
+    assert (card.val_score_px, card.epoch) == (ref_card.val_score_px, ref_card.epoch)
     # The dvclive logs were rebuilt from the checkpoint: one row per epoch, no repeats.
     lines = (paths["live"] / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     step = lines[0].split("\t").index("step")

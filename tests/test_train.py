@@ -9,6 +9,7 @@ import torch
 
 from conftest import train_argv, write_tiny_run
 from silr import checkpoint, cli
+from silr.card import params_hash_of
 from silr.anatomy import NUM_LANDMARKS
 from silr.codec import HeatmapCodec
 from silr.dataset import FrameSet
@@ -32,15 +33,15 @@ def test_train_writes_checkpoints_card_and_logs(trained_tiny_run):
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     last = run["models"] / "proposed" / "fold1" / "last.pt"
     model, card = checkpoint.load_model(best)
-    assert card["loss"]["name"] == "proposed" and card["fold"] == 1
-    assert card["model"]["decoder_channels"] == [4, 4]
+    assert card.loss.name == "proposed" and card.fold == 1
+    assert card.network.decoder_channels == (4, 4)
     resume = checkpoint.read_checkpoint(last)["resume"]
     history = resume["history"]
     assert [entry["epoch"] for entry in history] == [1, 2, 3] and resume["finished"]
     scores = [entry["val/error_px"] for entry in history]
-    assert card["val_score_px"] == min(scores)
-    assert card["epoch"] == history[scores.index(min(scores))]["epoch"]
-    assert card["params_hash"] == checkpoint.params_hash_of(
+    assert card.val_score_px == min(scores)
+    assert card.epoch == history[scores.index(min(scores))]["epoch"]
+    assert card.params_hash == params_hash_of(
         __import__("silr.params", fromlist=["load_params"]).load_params(run["params"]), "proposed")
     with torch.no_grad():
         output = model(torch.zeros(1, 1, 192, 192))
@@ -72,7 +73,7 @@ def test_same_params_on_the_cpu_give_the_same_weights(trained_tiny_run, tmp_path
     state = checkpoint.read_checkpoint(best)["model_state"]
     state_again = checkpoint.read_checkpoint(again["models"] / "proposed" / "fold1" / "best.pt")["model_state"]
     assert all(torch.equal(state[key], state_again[key]) for key in state)
-    assert card_again["val_score_px"] == card["val_score_px"]
+    assert card_again.val_score_px == card.val_score_px
 
 
 @pytest.mark.parametrize("argv_change, params_change, message", [

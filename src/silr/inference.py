@@ -1,7 +1,7 @@
 """The one inference path: network outputs -> landmarks, presence and labels in the frame.
 
 Every caller goes through here: validation inside `silr train`, `silr evaluate`,
-`silr predict` and its ensembles. The codec (`silr.codec`) knows where the frame sits in
+`silr predict` and its ensembles (`Ensemble`: several checkpoints averaged, then decoded once). The codec (`silr.codec`) knows where the frame sits in
 the padded network input, so the argmax only considers heatmap pixels that touch the
 frame, its refinement is the one configured, and positions come back in frame pixels
 (x = column, y = row of the 180 x 180 frame), clamped into it.
@@ -10,14 +10,17 @@ frame, its refinement is the one configured, and positions come back in frame pi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from silr import frames
+from silr.card import ModelCard
 from silr.codec import HeatmapCodec
+from silr.errors import CheckpointError
 from silr.losses import discrete_visibility
 
 
@@ -97,3 +100,96 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
         parts.append(FramePredictions.of(decode(output.heatmaps.float(), output.segmentation.float(), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
+
+
+# ------------------------------------------------------------------ ensembles
+
+@dataclass
+class Ensemble:
+    """One or several models with compatible cards (silr.card.ENSEMBLE_FIELDS), and the codec
+    that decodes them."""
+
+    paths: list[Path]
+    models: list[torch.nn.Module]
+    cards: list[ModelCard]
+    codec: HeatmapCodec
+    device: torch.device
+
+    @property
+    def card(self) -> ModelCard:
+        return self.cards[0]
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return list(self.card.landmark_names)
+
+    @property
+    def frame_size(self) -> int:
+        return self.card.frame_size
+
+    @torch.no_grad()
+    def combined(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(heatmaps, segmentation probabilities) for (B,1,S,S) network inputs.
+
+        One model: its own heatmaps. Several: the mean of the sigmoid probabilities, given
+        back as logits (float64, so that the decoder's sigmoid returns the mean itself and
+        its argmax and presence threshold act on the averaged probability); for maps that
+        regress the Gaussian's values (MSE), the mean of the values.
+        """
+        average_values = self.codec.kind == "value"
+        images = images.to(self.device)
+        heat_sum, seg_sum = None, None
+        for model in self.models:
+            output = model(images)
+            heat = output.heatmaps.double()
+            seg = torch.softmax(output.segmentation.double(), dim=1)
+            if len(self.models) == 1:
+                return heat.cpu(), seg.cpu()
+            heat = heat if average_values else torch.sigmoid(heat)
+            heat_sum = heat if heat_sum is None else heat_sum + heat
+            seg_sum = seg if seg_sum is None else seg_sum + seg
+        count = len(self.models)
+        heat_mean = heat_sum / count
+        return (heat_mean if average_values else torch.logit(heat_mean)).cpu(), (seg_sum / count).cpu()
+
+    def decode(self, frames_np: np.ndarray) -> FramePredictions:
+        """Run the ensemble on (N, H, W) line-integral frames of the model's frame size and decode them."""
+        images = frames.to_network_input(np.asarray(frames_np, dtype=np.float32), self.card.input_size)
+        heatmaps, segmentation = self.combined(images)
+        return FramePredictions.of(decode(heatmaps, segmentation, self.codec))
+
+
+def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
+    """Load every checkpoint, check that they agree and that they run; CheckpointError if not."""
+    from silr import checkpoint
+
+    models, cards = [], []
+    for path in paths:
+        model, card = checkpoint.load_model(path, device)
+        if cards:
+            for field, expected, got in cards[0].ensemble_differences(card):
+                raise CheckpointError(f"{path}: cannot ensemble with {paths[0]}: {field} differs "
+                                      f"(expected {expected!r}, got {got!r})")
+        _check_output_shapes(path, model, card, device)
+        models.append(model)
+        cards.append(card)
+    return Ensemble(paths=[Path(p) for p in paths], models=models, cards=cards, codec=cards[0].codec(paths[0]),
+                    device=device)
+
+
+@torch.no_grad()
+def _check_output_shapes(path: Path, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
+    # One blank input through the model: a model that does not fit its card fails here,
+    # before any input is read, with the shapes in the message.
+    size = card.input_size
+    expected_heat = (1, len(card.landmark_names), *card.codec(path).heatmap_size)
+    expected_seg = (1, len(card.label_names), size, size)
+    try:
+        output = model(torch.zeros(1, 1, size, size, device=device))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the model does not run on a (1, 1, {size}, {size}) input: "
+                              f"{str(exc).splitlines()[0]}") from None
+    got_heat, got_seg = tuple(output.heatmaps.shape), tuple(output.segmentation.shape)
+    if got_heat != expected_heat or got_seg != expected_seg:
+        raise CheckpointError(f"{path}: model outputs heatmaps {got_heat} and segmentation {got_seg}, "
+                              f"expected {expected_heat} and {expected_seg} from its card")

@@ -206,3 +206,36 @@ def training_curves(curves: pd.DataFrame, losses: Sequence[str], metric_names: S
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=10)
     return figure
+
+
+def prediction_overlay(frame: np.ndarray, labels: np.ndarray, xy_frame: np.ndarray, present: np.ndarray,
+                       names: Sequence[str], *, title: str) -> Figure:
+    """`silr predict`'s overlay: the frame in grey, the label map as a tint of the bone palette,
+    present landmarks as rings in their bone's colour with their names."""
+    from matplotlib.colors import to_rgb
+
+    from silr.anatomy import LANDMARK_BONE
+
+    figure = Figure(figsize=(5.4, 5.8), dpi=100)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 0.93))
+    axes.imshow(frame, cmap="gray", interpolation="nearest")
+    tint = np.zeros(labels.shape + (4,), dtype=np.float32)
+    for value in LABEL_NAMES:
+        if value:
+            tint[labels == value] = (*to_rgb(LABEL_COLORS[value]), 0.35)
+    axes.imshow(tint, interpolation="nearest")
+    for i, name in enumerate(names):
+        if not present[i]:
+            continue
+        x, y = xy_frame[i]
+        axes.plot(x, y, marker="o", markersize=7, markerfacecolor="none", markeredgecolor="yellow",
+                  markeredgewidth=1.5)
+        axes.plot(x, y, marker="+", markersize=5, color=LABEL_COLORS[LANDMARK_BONE[name]])
+        axes.annotate(name, (x, y), xytext=(4, -4), textcoords="offset points", color="yellow", fontsize=7)
+    shown = [value for value in LABEL_NAMES if value and (labels == value).any()]
+    if shown:
+        handles = [Patch(color=LABEL_COLORS[v], alpha=0.6, label=LABEL_NAMES[v]) for v in shown]
+        axes.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6)
+    axes.set_axis_off()
+    figure.suptitle(f"{title}: {int(np.sum(present))}/{len(names)} landmarks present", fontsize=9, y=0.985)
+    return figure

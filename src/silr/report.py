@@ -27,7 +27,6 @@ labels, pixel spacing, what data it is). Writes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,10 +35,10 @@ import pandas as pd
 
 from silr import baselines, metrics
 from silr.errors import DataError
-from silr.evaluate import output_paths, predictions_table, read_label_maps, read_predictions_csv
 from silr.inference import FramePredictions
 from silr.io import ensure_writable, write_json, write_text, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
+from silr.results import output_paths, predictions_table, read_fold_metrics, read_label_maps, read_predictions_csv
 
 DEFAULT_METRICS = "metrics"
 DEFAULT_PLOTS = "plots"
@@ -89,15 +88,8 @@ def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px:
 def heatmap_kinds(metrics_dir: str | Path, loss: str, folds: Sequence[int]) -> set[str]:
     """What the loss's heatmaps meant (silr.codec.HEATMAP_KINDS), as `silr evaluate` recorded
     it in each fold's JSON (`logit` for files written before it did)."""
-    kinds = set()
-    for fold in folds:
-        path = output_paths(metrics_dir, loss, fold).fold_metrics
-        try:
-            kinds.add(json.loads(path.read_text()).get("heatmap_kind", "logit"))
-        except (OSError, ValueError, AttributeError):
-            raise DataError(f"{path}: missing or not a fold metrics JSON; run `dvc repro evaluate@{loss}-{fold}`") \
-                from None
-    return kinds
+    return {read_fold_metrics(output_paths(metrics_dir, loss, fold).fold_metrics, loss=loss, fold=fold)
+            .get("heatmap_kind", "logit") for fold in folds}
 
 
 def baseline_predictions(data: Any, folds: Mapping[int, Any], fold_numbers: Sequence[int]) -> pd.DataFrame:

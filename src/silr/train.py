@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import importlib
 import math
-import random
 import signal
 import sys
 import threading
@@ -38,23 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from silr import checkpoint
+from silr.card import ModelCard, codec_for_run, params_hash_of
 from silr.dataset import FrameSet, augment, batch_indices, draw_augmentation, frame_set
 from silr.device import DeviceSetup, select_device
-from silr.errors import CheckpointError, ConfigError, DataError, SilrError
+from silr.errors import ConfigError, DataError, SilrError
 from silr.io import ensure_writable
-from silr.params import DEFAULT_PARAMS_FILE, Params, load_params, stable_hash
+from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
+from silr.resume import (RunIdentity, code_hash, data_hash_of, read_resume_state, restore_rng_states,
+                         resume_payload, seed_everything)
 from silr.types import Batch, ModelOutput
-
-# Modules whose code decides what a run computes (dvc.yaml lists the same files as deps);
-# their source is part of the resume hash, so a code fix never resumes a stale run.
-CODE_MODULES = ("silr.train", "silr.dataset", "silr.model", "silr.losses", "silr.codec", "silr.inference",
-                "silr.checkpoint")
-RESUME_FORMAT_VERSION = 1
-
 
 class TrainingInterrupted(SilrError):
     """SIGINT or SIGTERM stopped the run; the exit status is 128 + the signal number."""
@@ -79,50 +71,6 @@ class RunPaths:
                         live=Path(live_dir) / run)
 
 
-@dataclass
-class RunIdentity:
-    """The hashes a resumable checkpoint must match."""
-
-    params_hash: str
-    data_hash: str
-    code_hash: str
-    device: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"params": self.params_hash, "data": self.data_hash, "code": self.code_hash, "device": self.device}
-
-    @property
-    def run_hash(self) -> str:
-        return stable_hash(self.as_dict())
-
-    def differences(self, stored: dict[str, Any]) -> list[str]:
-        return [name for name, value in self.as_dict().items() if stored.get(name) != value]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def data_hash_of(data_path: str | Path, fold) -> str:
-    """Hash of the processed file's bytes and of the fold's split (train / val / test frames)."""
-    split = {"train": [list(k) for k in fold.train], "val": [list(k) for k in fold.val],
-             "test": [list(k) for k in fold.test], "test_specimen": fold.test_specimen}
-    return stable_hash({"file": file_sha256(data_path), "split": split})
-
-
-def code_hash() -> str:
-    digest = hashlib.sha256()
-    for name in CODE_MODULES:
-        module = importlib.import_module(name)
-        digest.update(name.encode())
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------ training state
 
 @dataclass
@@ -134,44 +82,6 @@ class Progress:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per completed epoch
-
-
-def rng_states(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run touches (plain values and tensors: weights_only-loadable)."""
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": numpy_state[0], "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
-                  "cached_gaussian": float(numpy_state[4])},
-        "python": _python_state_plain(random.getstate()),
-        "augment": generator.get_state(),
-    }
-
-
-def _python_state_plain(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    numpy_state = states["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    generator.set_state(states["augment"])
-
-
-def seed_everything(seed: int, generator: torch.Generator) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    generator.manual_seed(seed)
 
 
 # ------------------------------------------------------------------ one epoch
@@ -305,7 +215,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     from silr.model import BACKBONES, build_model
 
     weights = params.loss_weights(loss_name)
-    codec = checkpoint.codec_for_run(params, loss_name)
+    codec = codec_for_run(params, loss_name)
     loss_fn = build_loss(weights, codec=codec, visibility_mode=params.losses.visibility_mode,
                          detach_segmentation=params.losses.detach_segmentation,
                          kl_reduction=params.losses.kl_reduction,
@@ -328,7 +238,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     source = str(data_path)
     train_frames = frame_set(data, split.train, device.device, source)
     val_frames = frame_set(data, split.val, device.device, source) if split.val else None
-    identity = RunIdentity(params_hash=checkpoint.params_hash_of(params, loss_name),
+    identity = RunIdentity(params_hash=params_hash_of(params, loss_name),
                            data_hash=data_hash_of(data_path, split), code_hash=code_hash(),
                            device=device.device.type)
     seed_everything(params.train.seed, torch.Generator())  # the network's initial weights
@@ -341,52 +251,21 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                  loss_fn=loss_fn.to(device.device), model=model, data_source=getattr(data, "source", source))
 
 
-def read_resume_state(path: Path, identity: RunIdentity) -> tuple[dict[str, Any] | None, str]:
-    """(the resume payload of last.pt, a message) or (None, why it is not used)."""
-    if not path.exists():
-        return None, ""
-    try:
-        payload = checkpoint.read_checkpoint(path)
-    except CheckpointError as exc:
-        return None, f"ignoring {exc}; starting from scratch"
-    resume = payload.get("resume")
-    if not isinstance(resume, dict) or resume.get("version") != RESUME_FORMAT_VERSION:
-        return None, f"ignoring {path}: it holds no resume state this silr can read; starting from scratch"
-    different = identity.differences(resume.get("identity", {}))
-    if different:
-        return None, (f"ignoring {path}: it was written for different {', '.join(different)} "
-                      f"(run hash {resume.get('run_hash')}, this run {identity.run_hash}); starting from scratch")
-    payload["resume"]["model_state"] = payload["model_state"]
-    return payload["resume"], ""
-
-
 def build_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
 
 
-def card_of(setup: Setup, score: float | None, epoch: int) -> dict[str, Any]:
-    return checkpoint.build_card(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
-                                 data_hash=setup.identity.data_hash, params_hash=setup.identity.params_hash,
-                                 val_score_px=score, epoch=epoch, data_source=setup.data_source)
+def card_of(setup: Setup, score: float | None, epoch: int) -> ModelCard:
+    return ModelCard.for_run(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
+                             data_hash=setup.identity.data_hash, params_hash=setup.identity.params_hash,
+                             val_score_px=score, epoch=epoch, data_source=setup.data_source)
 
 
 def write_last(setup: Setup, optimizer: torch.optim.Optimizer, progress: Progress,
                generator: torch.Generator, finished: bool) -> None:
-    resume = {
-        "version": RESUME_FORMAT_VERSION,
-        "identity": setup.identity.as_dict(),
-        "run_hash": setup.identity.run_hash,
-        "epoch": progress.epoch,
-        "finished": finished,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None,  # constant learning rate (the paper's AdamW at 1e-4)
-        "rng": rng_states(generator),
-        "best_score": progress.best_score,
-        "best_epoch": progress.best_epoch,
-        "best_state": progress.best_state,
-        "history": progress.history,
-        "dvclive_step": len(progress.history),
-    }
+    resume = resume_payload(setup.identity, epoch=progress.epoch, finished=finished, optimizer=optimizer,
+                            generator=generator, best_score=progress.best_score, best_epoch=progress.best_epoch,
+                            best_state=progress.best_state, history=progress.history)
     score = progress.history[-1].get("val/error_px") if progress.history else None
     checkpoint.save_checkpoint(setup.paths.last, setup.model, card_of(setup, score, progress.epoch), resume=resume)
 

@@ -1,0 +1,234 @@
+"""Inputs of `silr predict`: finding the frames in the given files, preparing each one as
+the model's line-integral frame, and mapping answers back to the input's own pixels.
+
+How each input kind is treated:
+  PNG / TIFF (8 or 16 bit)  a line-integral image (bone bright), as a DeepFluoro viewer
+                            shows it; with raw=True: a raw detector frame (bone dark).
+  NumPy .npy (H,W)/(N,H,W)  the same; a stack gives one frame per index.
+  preprocessed HDF5         (`<NN>/projs`): line-integral frames.
+  full-resolution HDF5      (`<id>/projections/<NNN>/image/pixels`): raw detector frames,
+                            with the file's rot-180-for-up honoured.
+A raw frame goes through ingestion's own crop, log and downsample with the model card's
+values (silr.card.Preprocessing). A frame whose size is not the model's frame is
+resampled to it (area mean when shrinking, bilinear otherwise; the scale is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from silr import coords, imageio
+from silr.card import Preprocessing
+from silr.errors import DataError, SilrError
+
+LINE_INTEGRAL = "line-integral image"
+RAW_FRAME = "raw detector frame"
+
+
+@dataclass(frozen=True)
+class InputFrame:
+    """One frame to predict, as read: pixels in the input image's own grid."""
+
+    stem: str
+    source: str  # the file, plus specimen / frame where the file holds several
+    pixels: np.ndarray  # float32 (H, W)
+    raw: bool  # raw detector intensity (crop, log, downsample) rather than a line integral
+    rotate: bool = False  # turn 180 degrees first (full-resolution rot-180-for-up)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A frame found in the inputs, read only when its batch comes (HDF5 files are big)."""
+
+    stem: str
+    source: str
+    raw: bool
+    read: Callable[[], tuple[np.ndarray, bool]]  # -> (pixels, turn 180 degrees first)
+
+    def load(self) -> InputFrame:
+        pixels, rotate = self.read()
+        return InputFrame(self.stem, self.source, np.asarray(pixels, dtype=np.float32), self.raw, bool(rotate))
+
+
+@dataclass(frozen=True)
+class Failure:
+    source: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """An input turned into the model's line-integral frame, and how."""
+
+    input: InputFrame
+    frame: np.ndarray  # float32 (frame, frame)
+    line_integral_size: tuple[int, int]  # (W, H) before resampling to the frame
+    resampling: str  # "none", "area" or "bilinear"
+
+
+# ------------------------------------------------------------------ inputs
+
+def parse_frames(text: str) -> tuple[int, ...]:
+    """'0,1,2' or '3-5' (inclusive) or a mix -> frame indices, for --frames."""
+    indices: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                indices.extend(range(int(low), int(high) + 1))
+            else:
+                indices.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frame indices like 0,1,2 or 3-5, got {text!r}") from None
+    if not indices or min(indices) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative frame indices, got {text!r}")
+    return tuple(indices)
+
+
+def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[int] | None,
+                     frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+    """Every frame the inputs hold (after --specimen / --frames), or why a file gives none."""
+    for path in paths:
+        try:
+            kind = imageio.input_kind(path)
+            if not path.is_file():
+                raise DataError(f"{path}: no such file")
+            if kind == "pil":
+                yield InputSpec(path.stem, str(path), raw, lambda path=path: (imageio.read_pil_image(path), False))
+            elif kind == "npy":
+                yield from _npy_specs(path, raw, frames)
+            else:
+                yield from _hdf5_specs(path, raw, specimens, frames)
+        except SilrError as exc:
+            yield Failure(str(path), str(exc))
+
+
+def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+    array = imageio.read_npy(path)
+    if array.ndim == 2:
+        yield InputSpec(path.stem, str(path), raw, lambda: (array, False))
+        return
+    for index in frames if frames is not None else range(array.shape[0]):
+        source = f"{path} [frame {index}]"
+        if index >= array.shape[0]:
+            yield Failure(source, f"{path}: stack has {array.shape[0]} frames (0..{array.shape[0] - 1}), "
+                                  f"no frame {index}")
+            continue
+        yield InputSpec(f"{path.stem}_f{index:03d}", source, raw, lambda index=index: (array[index], False))
+
+
+def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
+                frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+    from silr import deepfluoro
+
+    layout = deepfluoro.detect_layout(path)
+    if layout == deepfluoro.PROCESSED:
+        if raw:
+            raise DataError(f"{path}: --raw does not apply to a preprocessed file (its frames are line integrals)")
+        data = deepfluoro.read_processed(path)
+        available = {number: len(spec.images) for number, spec in data.specimens.items()}
+
+        def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
+            return data.specimens[number].images[index], False
+    else:
+        frame_index = deepfluoro.fullres_frame_index(path)
+        available = {number: len(items) for number, items in frame_index.items()}
+
+        def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
+            return deepfluoro.read_fullres_frame(path, number, index)
+    raw_frames = layout != deepfluoro.PROCESSED
+    for number in specimens if specimens else sorted(available):
+        if number not in available:
+            yield Failure(f"{path} [specimen {number}]",
+                          f"{path}: no specimen {number} (the file holds {sorted(available)})")
+            continue
+        count = available[number]
+        for index in frames if frames is not None else range(count):
+            source = f"{path} [specimen {number}, frame {index}]"
+            if index >= count:
+                yield Failure(source, f"{path}: specimen {number} has {count} frames (0..{count - 1}), "
+                                      f"no frame {index}")
+                continue
+            stem = f"{path.stem}_s{number:02d}_f{index:03d}"
+            yield InputSpec(stem, source, raw_frames, lambda number=number, index=index: read_frame(number, index))
+
+
+def unique_stems(specs: list[InputSpec | Failure]) -> list[InputSpec | Failure]:
+    """Give repeated stems (a.png and a.tif) a suffix _2, _3, ... in input order."""
+    seen: dict[str, int] = {}
+    result: list[InputSpec | Failure] = []
+    for spec in specs:
+        if isinstance(spec, InputSpec):
+            seen[spec.stem] = seen.get(spec.stem, 0) + 1
+            if seen[spec.stem] > 1:
+                spec = dataclasses.replace(spec, stem=f"{spec.stem}_{seen[spec.stem]}")
+        result.append(spec)
+    return result
+
+
+# ------------------------------------------------------------------ preparation
+
+def resample(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """(H, W) -> size (H', W'): area mean when shrinking both axes, bilinear otherwise.
+
+    Both keep the pixel-centre convention of `coords.rescale` (bilinear with
+    align_corners=False; the area mean of an integer block sits at the block's centre).
+    """
+    if tuple(image.shape) == tuple(size):
+        return image.astype(np.float32), "none"
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    if size[0] <= image.shape[0] and size[1] <= image.shape[1]:
+        out, mode = F.interpolate(tensor, size=size, mode="area"), "area"
+    else:
+        out, mode = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False), "bilinear"
+    return out[0, 0].numpy(), mode
+
+
+def prepare(frame: InputFrame, frame_size: int, preprocessing: Preprocessing) -> PreparedFrame:
+    """The model's line-integral frame for one input (raw ones through ingestion's transform)."""
+    line_integral = frame.pixels
+    if frame.raw:
+        from silr import deepfluoro
+
+        if (frame.pixels <= 0).all():
+            raise DataError(f"{frame.source}: a raw detector frame needs positive intensities, all are <= 0")
+        try:
+            line_integral = deepfluoro.preprocess_raw_frame(
+                frame.pixels, crop=preprocessing.crop, i0=preprocessing.i0,
+                factor=preprocessing.downsample, rotate=frame.rotate)
+        except ValueError as exc:  # e.g. a frame smaller than the crop
+            raise DataError(f"{frame.source}: cannot preprocess as a raw detector frame: {exc}") from None
+    height, width = line_integral.shape
+    resampled, mode = resample(line_integral, (frame_size, frame_size))
+    return PreparedFrame(frame, resampled, (width, height), mode)
+
+
+def frame_to_input(xy_frame: np.ndarray, prepared: PreparedFrame, frame_size: int,
+                   preprocessing: Preprocessing) -> np.ndarray:
+    """Map (L, 2) frame coordinates back to the input image's own pixel coordinates."""
+    xy = coords.rescale(xy_frame, (frame_size, frame_size), prepared.line_integral_size)
+    frame = prepared.input
+    if not frame.raw:
+        return xy
+    height, width = frame.pixels.shape
+    return coords.ingested_to_fullres(xy, crop=preprocessing.crop, factor=preprocessing.downsample,
+                                      turned=frame.rotate, fullres_size=(width, height))
+
+
+def treatment(frame: InputFrame, preprocessing: Preprocessing) -> str:
+    """How an input was read, in words, for the json and the summary."""
+    if not frame.raw:
+        return LINE_INTEGRAL
+    turned = ", turned 180 degrees (rot-180-for-up)" if frame.rotate else ""
+    return (f"{RAW_FRAME} (crop {preprocessing.crop}, log I0={preprocessing.i0:g}, "
+            f"downsample {preprocessing.downsample}{turned})")
+
+
