@@ -2,7 +2,7 @@ import pytest
 
 from silr import anatomy
 from silr.errors import ConfigError
-from silr.params import Params, load_params, params_from_dict
+from silr.params import Params, load_params, params_from_dict, to_dict
 
 
 def test_landmark_bone_map_follows_the_format_notes():
@@ -39,3 +39,8 @@ def test_bad_params_name_the_key(raw, key):
 def test_missing_loss_names_the_key():
     with pytest.raises(ConfigError, match=r"losses\.kl_only"):
         Params().loss_weights("kl_only")
+
+
+def test_dataclass_defaults_are_the_committed_params_yaml():
+    # One set of defaults: a key left out of params.yaml means the value params.yaml documents.
+    assert to_dict(load_params("params.yaml")) == to_dict(Params())

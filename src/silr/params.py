@@ -23,6 +23,9 @@ from silr.errors import ConfigError
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 
+# The defaults are the values of the committed `params.yaml` (the CPU demo; its comments and the
+# README give the paper's values): tests/test_anatomy_params.py keeps the two equal.
+
 @dataclass(frozen=True)
 class SynthParams:
     # Frames of each specimen, one entry per specimen: the real set's 111/104/24/48/55/24
@@ -53,18 +56,18 @@ class FoldsParams:
 @dataclass(frozen=True)
 class ModelParams:
     backbone: str = "hrnet_w18_small"
-    # Channels after each 2x upsampling step of a decoder (stride 4 -> 2 -> 1).
-    decoder_channels: tuple[int, ...] = (32, 16)
+    # Channels after each 2x upsampling step of a decoder (stride 4 -> 2 -> 1); () = heads at stride 4.
+    decoder_channels: tuple[int, ...] = ()
     init_checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-4
+    epochs: int = 25
+    batch_size: int = 4
+    lr: float = 0.003
     weight_decay: float = 0.01
-    val_every: int = 100
+    val_every: int = 1
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 1
@@ -82,7 +85,7 @@ class AugmentParams:
 class HeatmapParams:
     sigma: float = 2.5
     presence_threshold: float = 0.5
-    refine: str = "none"       # none | parabola | centroid (silr.codec)
+    refine: str = "centroid"   # none | parabola | centroid (silr.codec)
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,14 @@ class LossesParams:
         "proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
         "mse": {"mse": 1.0},
         "ncc": {"ncc": 1.0},
+        "dice_ce_kl": {"dice_ce": 1.0, "kl": 0.1},
+        "proposed_soft": {"dice_ce": 1.0, "kl": 0.1, "visibility_soft": 10.0},
+        "dice_ce_mse": {"dice_ce": 1.0, "mse": 1.0},
+        "dice_ce_ncc": {"dice_ce": 1.0, "ncc": 1.0},
     })
     visibility_mode: str = "hard"
     kl_reduction: str = "landmark"
-    mse_foreground_weight: float = 0.0
+    mse_foreground_weight: float = 1000.0
     detach_segmentation: bool = True
 
 
