@@ -57,3 +57,13 @@ def test_each_section_builds_from_its_own_mapping():
     with pytest.raises(ConfigError, match=r"^data: unknown key\(s\) bogus"):
         DataParams.from_dict({"bogus": 1})
 
+
+def test_ingest_flags_are_checked_by_the_data_section(tmp_path):
+    from silr import ingest
+
+    for flags, message in (({"factor": 0, "crop": 50, "i0": 1.0}, "data.downsample must be >= 1, got 0"),
+                           ({"factor": 8, "crop": -1, "i0": 1.0}, "data.crop must be >= 0, got -1"),
+                           ({"factor": 8, "crop": 50, "i0": float("nan")}, "data.i0 must be a finite number")):
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            ingest.run(tmp_path / "missing.h5", tmp_path / "out.h5", **flags)
+    assert not (tmp_path / "out.h5").exists()
