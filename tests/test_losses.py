@@ -290,13 +290,8 @@ def test_a_user_defined_mix_is_the_weighted_sum_of_its_terms():
 @pytest.mark.parametrize("weights, message", [
     ({"dice_ce": 1.0, "kll": 0.1},
      "losses.kl_only: unknown term 'kll' (known: dice_ce, kl, mse, ncc, visibility, visibility_soft)"),
-    ({"kl": -0.1}, "losses.kl_only.kl: weight must be a finite number >= 0, got -0.1"),
-    ({"kl": "0.1"}, "losses.kl_only.kl: weight must be a finite number >= 0, got '0.1'"),
-    ({"kl": True}, "losses.kl_only.kl: weight must be a finite number >= 0, got True"),
-    ({"kl": float("inf")}, "losses.kl_only.kl: weight must be a finite number >= 0, got inf"),
-    ({}, "losses.kl_only: empty loss"),
-    ({"kl": 0.0, "mse": 0}, "losses.kl_only: every term weight is zero"),
-])
+    ([("kl", 0.1)], "losses.kl_only: expected a mapping of term -> weight"),
+])  # the weights themselves are checked by silr.params (tests/test_anatomy_params.py)
 def test_build_loss_errors_name_the_key(weights, message):
     with pytest.raises(ConfigError) as caught:
         build_loss(weights, codec=HeatmapCodec(), key="losses.kl_only")

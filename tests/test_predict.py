@@ -382,9 +382,11 @@ def test_missing_model_and_non_checkpoint_file(tmp_path, capsys):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) smallest network saved as a silr checkpoint with its model card."""
     from silr.model import build_model
-    from silr.params import ModelParams, Params
+    from silr.params import HeatmapParams, ModelParams, Params
 
-    params = Params(model=ModelParams(backbone="hrnet_w18_small", decoder_channels=(4, 4)))
+    # Argmax decoding (refine none), which the prediction test below recomputes from the network.
+    params = Params(model=ModelParams(backbone="hrnet_w18_small", decoder_channels=(4, 4)),
+                    heatmap=HeatmapParams(refine="none"))
     torch.manual_seed(0)
     model = build_model("hrnet_w18_small", (4, 4)).eval()
     model_card = ModelCard.for_run(params, loss_name="proposed", fold=3, data_hash="0123456789abcdef",

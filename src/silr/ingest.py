@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -52,15 +51,6 @@ class IngestSummary:
         return (f"silr ingest: {self.mode} {len(self.frames_per_specimen)} specimens, {frames} frames of "
                 f"{self.frame_shape[0]}x{self.frame_shape[1]} into {self.out}; "
                 f"{self.landmarks_out_of_frame} of {self.landmarks_total} landmarks out of frame")
-
-
-def check_settings(factor: int, crop: int, i0: float) -> None:
-    if isinstance(factor, bool) or factor < 1:
-        raise ConfigError(f"data.downsample must be an integer >= 1, got {factor!r}")
-    if crop < 0:
-        raise ConfigError(f"data.crop must be >= 0, got {crop!r}")
-    if not (i0 > 0 and math.isfinite(i0)):
-        raise ConfigError(f"data.i0 must be a positive number, got {i0!r}")
 
 
 def downsample_specimens(f: h5py.File, raw: Path, index: FullResIndex, *, crop: int, i0: float,
@@ -165,7 +155,8 @@ def copy_processed(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
 
 def run(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSummary:
     """The stage: read `raw` (either layout), write the preprocessed file `out` atomically."""
-    check_settings(factor, crop, i0)
+    # The --downsample/--crop/--i0 flags bypass params.yaml: check them by the data section's own rules.
+    DataParams.from_dict({"downsample": factor, "crop": crop, "i0": i0}, "data")
     raw, out = Path(raw), Path(out)
     if raw.resolve() == out.resolve():
         raise ConfigError(f"{out}: the output would overwrite the input; choose another --out")

@@ -105,6 +105,12 @@ class Decoder(nn.Module):
         return self.head(self.blocks(x))
 
 
+def check_backbone(backbone: str) -> None:
+    """ConfigError unless `backbone` names a builder in BACKBONES (callers check early, before any output)."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+
+
 class SILRNet(nn.Module):
     """HRNet encoder + landmark decoder + segmentation decoder.
 
@@ -117,8 +123,7 @@ class SILRNet(nn.Module):
                  num_landmarks: int = anatomy.NUM_LANDMARKS, num_classes: int = anatomy.NUM_CLASSES,
                  in_chans: int = 1) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ConfigError(f"model.backbone: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+        check_backbone(backbone)
         decoder_channels = _check_decoder_channels(decoder_channels)
         for key, value in (("num_landmarks", num_landmarks), ("num_classes", num_classes), ("in_chans", in_chans)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

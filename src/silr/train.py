@@ -212,7 +212,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     from silr.deepfluoro import read_processed
     from silr.folds import load_folds
     from silr.losses import build_loss
-    from silr.model import BACKBONES, build_model
+    from silr.model import build_model, check_backbone
 
     weights = params.loss_weights(loss_name)
     codec = codec_for_run(params, loss_name)
@@ -220,9 +220,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                          detach_segmentation=params.losses.detach_segmentation,
                          kl_reduction=params.losses.kl_reduction,
                          mse_foreground_weight=params.losses.mse_foreground_weight, key=f"losses.{loss_name}")
-    if params.model.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {params.model.backbone!r} "
-                          f"(known: {', '.join(BACKBONES)})")
+    check_backbone(params.model.backbone)  # the model registry's check, before any output is written
     device = DeviceSetup(select_device(params.train.device))
     data_path, folds_path = Path(data_path), Path(folds_path)
     data = read_processed(data_path)
