@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from conftest import train_argv, write_tiny_run
-from silr import checkpoint, cli, train
+import silr
+from silr import checkpoint, cli, resume, train
 from silr.errors import CheckpointError
 from silr.resume import RunIdentity, read_resume_state
 
@@ -183,3 +184,58 @@ def test_sigkill_anywhere_then_rerun_gives_the_same_best_checkpoint(tmp_path):
         assert states_equal(paths["best"], ref["best"]), name
         assert history_of(paths["last"]) == history_of(ref["last"]), name
         assert _evaluate(run, tmp_path / name / "metrics") == reference_metrics, name
+
+
+# ------------------------------------------------------------------ code identity
+
+def test_code_identity_covers_every_module_the_training_stage_imports():
+    modules = resume.imported_modules()
+    # The modules the old hand-written list left out are there, found by reading the imports.
+    assert {"silr.train", "silr.coords", "silr.frames", "silr.anatomy", "silr.deepfluoro", "silr.folds",
+            "silr.card", "silr.resume", "silr.inference", "silr"} <= set(modules)
+    # Nothing that training does not run (the report, predict) is in it.
+    assert not {"silr.report", "silr.predict", "silr.plots", "silr.evaluate"} & set(modules)
+    assert resume.code_hash() == resume.code_hash(modules.items())
+
+
+@pytest.mark.parametrize("stage", ["synth", "ingest", "folds", "train", "evaluate", "report"])
+def test_dvc_yaml_lists_every_module_a_stage_imports(stage):
+    """DVC reruns a stage when a dependency changes: every silr module the stage's code imports
+    (as the resume identity finds them) must be a dependency, a file or a folder above it."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    package = Path(silr.__file__).resolve().parent
+    needed = {f"src/silr/{path.resolve().relative_to(package).as_posix()}"
+              for path in resume.imported_modules(f"silr.{stage}").values()}
+    missing = sorted(path for path in needed
+                     if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps))
+    assert not missing, f"dvc.yaml's {stage} stage does not depend on {missing}"
+
+
+def test_editing_an_imported_module_makes_the_rerun_retrain(tmp_path):
+    """A copy of the package; after a finished run, an edit to silr/coords.py (which DVC would
+    see as a changed dependency) makes the rerun start from scratch instead of handing back
+    the old best.pt."""
+    package = tmp_path / "src" / "silr"
+    shutil.copytree(Path(silr.__file__).resolve().parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    run = write_tiny_run(tmp_path / "run", params={"train": {"epochs": 1}})
+    env = dict(_env(), PYTHONPATH=str(tmp_path / "src"))
+
+    def train_once() -> str:
+        done = subprocess.run(_command(run), env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    first = train_once()
+    assert str(package) in subprocess.run([sys.executable, "-c", "import silr; print(silr.__file__)"], env=env,
+                                          capture_output=True, text=True).stdout  # the copy is what runs
+    assert "best validation error" in first
+    assert "already trained (1 epochs" in train_once()  # unchanged code: nothing to retrain
+
+    coords_py = package / "coords.py"
+    coords_py.write_text(coords_py.read_text() + "\n# an edit DVC sees as a changed dependency\n")
+    after_edit = train_once()
+    assert "it was written for different code" in after_edit and "starting from scratch" in after_edit
+    assert "best validation error" in after_edit and "already trained" not in after_edit

@@ -40,6 +40,9 @@ LABEL_NAMES: dict[int, str] = {
 }
 NUM_CLASSES = len(LABEL_NAMES)
 MAX_LABEL = max(LABEL_NAMES)
+# The one bone palette of every figure (report, phantom preview, predict overlay), indexed by
+# label value; background black.
+LABEL_COLORS: tuple[str, ...] = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
 BONE_LABELS: tuple[int, ...] = tuple(v for v in LABEL_NAMES if v != BACKGROUND)
 
 

@@ -18,15 +18,13 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from silr.anatomy import LABEL_NAMES, LANDMARK_NAMES, NUM_CLASSES
+from silr.anatomy import LABEL_COLORS, LABEL_NAMES, LANDMARK_NAMES, NUM_CLASSES
 from silr.io import atomic_path
 from silr.metrics import PAPER_TABLE2, loss_title
 
 DPI = 110
 GROUND_TRUTH_COLOR = "#1fd11f"  # the paper's green dots
 PREDICTION_COLOR = "#ff2020"  # the paper's red crosses
-# Background transparent-black, then one distinct colour per bone label.
-LABEL_COLORS = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
 LABEL_CMAP = ListedColormap(LABEL_COLORS[:NUM_CLASSES])
 LABEL_NORM = BoundaryNorm(np.arange(NUM_CLASSES + 1) - 0.5, NUM_CLASSES)
 

@@ -196,13 +196,11 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from silr.plots import LABEL_COLORS  # the one bone palette of every figure
-
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     legend_in, panel_in = 0.7, 3.3
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, panel_in * rows + legend_in), squeeze=False)
-    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(LABEL_COLORS[v], 0.2) for v in anatomy.BONE_LABELS])
+    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(anatomy.LABEL_COLORS[v], 0.2) for v in anatomy.BONE_LABELS])
     marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS, endpoint=False))
     for ax in axes.flat:
         ax.axis("off")
@@ -217,7 +215,7 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
         ax.set_title(panel.title, fontsize=7)
     handles = [Line2D([], [], marker="o", linestyle="", color=marker_colours[i], markeredgecolor="black",
                       label=name) for i, name in enumerate(anatomy.LANDMARK_NAMES)]
-    handles += [Patch(color=LABEL_COLORS[v], label=anatomy.LABEL_NAMES[v]) for v in anatomy.BONE_LABELS]
+    handles += [Patch(color=anatomy.LABEL_COLORS[v], label=anatomy.LABEL_NAMES[v]) for v in anatomy.BONE_LABELS]
     height = panel_in * rows + legend_in
     fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6.5, frameon=False)
     fig.suptitle("silr synthetic phantom: log-transformed frames turned upright (full detector, bright "
