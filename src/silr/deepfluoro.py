@@ -1,4 +1,4 @@
-"""The DeepFluoro file format: readers of both HDF5 layouts, the writer of the preprocessed one.
+"""The DeepFluoro file format: readers and writers of both HDF5 layouts.
 
 Two layouts exist (see ../shared/docs/deepfluoro-format.md):
 
@@ -8,8 +8,10 @@ Two layouts exist (see ../shared/docs/deepfluoro-format.md):
   `land-names/` plus `<NN>/projs`, `<NN>/segs`, `<NN>/lands` per specimen.
 
 This module owns the layouts: opening and recognising files, the validating readers of
-both, the writer of the preprocessed layout (`write_processed`), the root attribute names,
-landmark order and specimen numbering. What happens to a frame between the two layouts is
+both, the writer of the preprocessed layout (`write_processed`), the group writers of the
+full-resolution layout that `silr synth` builds its phantom with (`write_proj_params`,
+`write_specimen_volume`, `write_projection`), the root attribute names, landmark order and
+specimen numbering. What happens to a frame between the two layouts is
 `silr.preprocess`'s job.
 
 The layout is found by looking at the file's groups, never its name. Landmarks are
@@ -25,7 +27,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -49,12 +51,15 @@ ATTR_PIXEL_SPACING = "silr-pixel-spacing-mm"
 ATTR_CROP = "silr-crop"
 ATTR_I0 = "silr-i0"
 ATTR_SPECIMEN_IDS = "silr-specimen-ids"  # JSON {"1": "17-1882", ...}
-ATTR_LABEL_RULE = "silr-label-rule"
+ATTR_LABEL_RULE = "silr-label-rule"  # also set by `silr synth`
 ATTR_IMAGE_RULE = "silr-image-rule"
 ATTR_INTENSITY_FLOOR = "silr-intensity-floor"
 ATTR_INGEST_MODE = "silr-ingest-mode"  # "downsampled" (from full-res) or "copied" (already preprocessed)
 
 _GZIP = {"compression": "gzip", "compression_opts": 4}  # the preprocessed layout's frames
+_FULLRES_GZIP = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+_FULLRES_IMAGE_CHUNKS = (256, 256)
+FEMUR_SIDES = ("left", "right")  # gt-poses holds one pose and field-of-view flag per femur
 
 
 # ------------------------------------------------------------------ data classes
@@ -383,6 +388,65 @@ def read_fullres_frame(path: str | Path, specimen: int, frame: int) -> tuple[np.
             raise DataError(f"{path}: specimen {specimen} has {count} frames, no frame {frame}")
         raw = read_raw_frame(f, path, index, specimen, frame)
         return raw.intensity, raw.rotate
+
+
+# ------------------------------------------------------------------ full-resolution layout: writer
+
+def write_image_group(group: h5py.Group, pixels: np.ndarray, spacing: Sequence[float],
+                      origin: Sequence[float]) -> None:
+    """An image as the full-resolution layout stores every image: pixels, origin, spacing, dir-mat."""
+    chunks = _FULLRES_IMAGE_CHUNKS if pixels.ndim == 2 else True
+    group.create_dataset("pixels", data=pixels, chunks=chunks, **_FULLRES_GZIP)
+    group.create_dataset("origin", data=np.asarray(origin, dtype=np.float64))
+    group.create_dataset("spacing", data=np.asarray(spacing, dtype=np.float64))
+    group.create_dataset("dir-mat", data=np.eye(pixels.ndim))
+
+
+def write_proj_params(group: h5py.Group, *, intrinsic: np.ndarray, extrinsic: np.ndarray, num_rows: int,
+                      num_cols: int, spacing_mm: float) -> None:
+    """`proj-params`: the detector geometry shared by every frame (square pixels)."""
+    group.create_dataset("intrinsic", data=intrinsic)
+    group.create_dataset("extrinsic", data=extrinsic)
+    group.create_dataset("num-cols", data=np.int64(num_cols))
+    group.create_dataset("num-rows", data=np.int64(num_rows))
+    group.create_dataset("pixel-col-spacing", data=np.float64(spacing_mm))
+    group.create_dataset("pixel-row-spacing", data=np.float64(spacing_mm))
+
+
+def write_specimen_volume(group: h5py.Group, *, hounsfield: np.ndarray, labels: np.ndarray,
+                          spacing: Sequence[float], origin: Sequence[float],
+                          landmarks: Mapping[str, np.ndarray]) -> None:
+    """A specimen's CT volume, its bone labels and its 3D landmarks (`landmarks` by name, (3,) each)
+    into its specimen group: `vol`, `vol-seg`, `vol-landmarks`."""
+    write_image_group(group.create_group("vol"), hounsfield, spacing, origin)
+    seg = group.create_group("vol-seg")
+    write_image_group(seg.create_group("image"), labels, spacing, origin)
+    names = seg.create_group("labels-def")
+    for label in anatomy.BONE_LABELS:
+        names.create_dataset(str(label), data=anatomy.LABEL_NAMES[label])
+    lands = group.create_group("vol-landmarks")
+    for name in anatomy.LANDMARK_NAMES:
+        lands.create_dataset(name, data=np.asarray(landmarks[name]).reshape(3, 1))
+
+
+def write_projection(group: h5py.Group, *, intensity: np.ndarray, labels: np.ndarray, landmarks_xy: np.ndarray,
+                     spacing_mm: float, cam_to_pelvis_vol: np.ndarray, cam_to_femur_vol: Mapping[str, np.ndarray],
+                     femur_good_fov: Mapping[str, bool], rotate: bool) -> None:
+    """One frame into `<id>/projections/<NNN>`: raw intensities and labels as stored (not turned),
+    landmarks_xy (14, 2) (column, row) in `anatomy.LANDMARK_NAMES` order, the ground-truth poses
+    (`cam_to_femur_vol` and `femur_good_fov` keyed by FEMUR_SIDES) and `rot-180-for-up`."""
+    spacing = (spacing_mm, spacing_mm)
+    write_image_group(group.create_group("image"), intensity, spacing, (0.0, 0.0))
+    write_image_group(group.create_group("gt-seg"), labels, spacing, (0.0, 0.0))
+    lands = group.create_group("gt-landmarks")
+    for name, xy in zip(anatomy.LANDMARK_NAMES, landmarks_xy):
+        lands.create_dataset(name, data=xy.reshape(2, 1))
+    poses = group.create_group("gt-poses")
+    poses.create_dataset("cam-to-pelvis-vol", data=cam_to_pelvis_vol)
+    for side in FEMUR_SIDES:
+        poses.create_dataset(f"cam-to-{side}-femur-vol", data=cam_to_femur_vol[side])
+        poses.create_dataset(f"{side}-femur-good-fov", data=np.int64(femur_good_fov[side]))
+    group.create_dataset("rot-180-for-up", data=np.int64(rotate))
 
 
 # ------------------------------------------------------------------ preprocessed layout
