@@ -1,4 +1,4 @@
-"""Reading and writing DeepFluoro HDF5 files, and the one implementation of ingestion.
+"""The DeepFluoro file format: readers and writers of both HDF5 layouts.
 
 Two layouts exist (see ../shared/docs/deepfluoro-format.md):
 
@@ -7,26 +7,17 @@ Two layouts exist (see ../shared/docs/deepfluoro-format.md):
 - preprocessed (`ipcai_2020_ds_8x.h5` and the files `silr ingest` writes):
   `land-names/` plus `<NN>/projs`, `<NN>/segs`, `<NN>/lands` per specimen.
 
+This module owns the layouts: opening and recognising files, the validating readers of
+both, the writer of the preprocessed layout (`write_processed`), the group writers of the
+full-resolution layout that `silr synth` builds its phantom with (`write_proj_params`,
+`write_specimen_volume`, `write_projection`), the root attribute names, landmark order and
+specimen numbering. What happens to a frame between the two layouts is
+`silr.preprocess`'s job.
+
 The layout is found by looking at the file's groups, never its name. Landmarks are
 matched by name and returned in `anatomy.LANDMARK_NAMES` order; frames are taken in
 numeric projection order. Full-resolution frames are read one at a time (the real file
 is 2.5 GB).
-
-Ingestion of one full-resolution frame (`preprocess_raw_frame`, `downsample_labels`,
-`preprocess_landmarks`) rebuilds the published `ipcai_2020_ds_*.h5` files exactly as the
-data set's authors made them (their `proj_3d_labels_into_2d` with xreg's `ProjPreProc` and
-`DownsampleProjData`), in this order:
-1. crop `crop` px from every border (the collimator edge): 1536 -> 1436;
-2. log transform, line integral = log(I0) - log(I); raw intensities below
-   `INTENSITY_FLOOR` (zero or negative detector values) are clipped to it first;
-3. image: ITK's discrete Gaussian (variance (factor / 2)^2 px^2, edge pixels repeated),
-   then the sample at cropped pixel factor * i, i = 0 .. round(1436 / factor) - 1
-   (the origin is kept: at 8x the last of 180 samples is pixel 1432);
-4. labels: the full-resolution label at the same pixels (the ray cast onto the small
-   detector hits each small pixel's centre);
-5. landmarks: (x - crop) / factor (`coords.fullres_to_downsampled`);
-6. only then the 180-degree turn where `rot-180-for-up` is 1, in the small frame
-   (`coords.ingested_landmarks` holds steps 5 and 6).
 """
 
 from __future__ import annotations
@@ -36,34 +27,21 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
-from scipy import ndimage, special
 
 from silr import anatomy, coords
-from silr.errors import DataError, IgnoredLandmarkWarning, SilrWarning
+from silr.errors import DataError, IgnoredLandmarkWarning
 
 FULLRES = "fullres"
 PROCESSED = "processed"
-
-# Raw intensities below this value are clipped to it before the log transform: the
-# detector never reports zero photons for a real frame, so such pixels are defects.
-INTENSITY_FLOOR = 1.0
 
 # The preprocessing of the published files: 50 px cropped per border, 0.194 mm pixels.
 PUBLISHED_CROP = 50
 DATA_KINDS = ("deepfluoro", "synthetic")
 DEFAULT_DATA_KIND = "deepfluoro"
-
-LABEL_RULE = "the full-resolution label at each small pixel's centre (cropped pixel factor * i)"
-IMAGE_RULE = ("discrete Gaussian smoothing, variance (factor / 2)^2 px^2, then the sample at cropped pixel "
-              "factor * i; turned after downsampling")
-
-# ITK DiscreteGaussianImageFilter's defaults, which the published files' downsampling used.
-GAUSSIAN_MAX_ERROR = 0.01
-GAUSSIAN_MAX_WIDTH = 32
 
 # Root attributes of the files `silr ingest` writes (the published files have none).
 ATTR_SOURCE = "silr-source"
@@ -73,16 +51,15 @@ ATTR_PIXEL_SPACING = "silr-pixel-spacing-mm"
 ATTR_CROP = "silr-crop"
 ATTR_I0 = "silr-i0"
 ATTR_SPECIMEN_IDS = "silr-specimen-ids"  # JSON {"1": "17-1882", ...}
-ATTR_LABEL_RULE = "silr-label-rule"
+ATTR_LABEL_RULE = "silr-label-rule"  # also set by `silr synth`
 ATTR_IMAGE_RULE = "silr-image-rule"
 ATTR_INTENSITY_FLOOR = "silr-intensity-floor"
 ATTR_INGEST_MODE = "silr-ingest-mode"  # "downsampled" (from full-res) or "copied" (already preprocessed)
 
-_GZIP = {"compression": "gzip", "compression_opts": 4}
-
-
-class ClippedIntensityWarning(SilrWarning):
-    """Non-positive raw detector intensities were clipped before the log transform."""
+_GZIP = {"compression": "gzip", "compression_opts": 4}  # the preprocessed layout's frames
+_FULLRES_GZIP = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+_FULLRES_IMAGE_CHUNKS = (256, 256)
+FEMUR_SIDES = ("left", "right")  # gt-poses holds one pose and field-of-view flag per femur
 
 
 # ------------------------------------------------------------------ data classes
@@ -173,117 +150,6 @@ class RawFrame:
     landmarks_xy: np.ndarray  # float64 (14, 2) (column, row) in the stored frame
     rotate: bool           # rot-180-for-up
     ignored_landmarks: tuple[str, ...] = ()  # names in gt-landmarks that silr does not use
-
-
-# ------------------------------------------------------------------ the ingestion transforms
-
-def _check_frame(array: np.ndarray, what: str, crop: int, factor: int) -> None:
-    if array.ndim != 2:
-        raise ValueError(f"{what} must be a 2D (H, W) frame, got shape {array.shape}")
-    if factor < 1 or crop < 0:
-        raise ValueError(f"factor must be >= 1 and crop >= 0, got factor={factor}, crop={crop}")
-    if min(coords.downsampled_length(n, crop, factor) for n in array.shape) < 1:
-        raise ValueError(f"crop {crop} px per border and downsampling by {factor} leave nothing of a "
-                         f"{array.shape[0]}x{array.shape[1]} frame")
-
-
-def discrete_gaussian_kernel(variance: float) -> np.ndarray:
-    """The smoothing kernel of the published files' downsampling (ITK's DiscreteGaussianImageFilter
-    with its defaults, as xreg's DownsampleImage calls it): Lindeberg's discrete Gaussian
-    e^-t I_n(t) (t = variance in pixels^2), taps added until they hold 1 - GAUSSIAN_MAX_ERROR of
-    the mass or the half-width reaches GAUSSIAN_MAX_WIDTH, then normalised to sum 1."""
-    if variance <= 0:
-        return np.ones(1)
-    half = [float(special.ive(0, variance)), float(special.ive(1, variance))]
-    total = half[0] + 2 * half[1]
-    n = 2
-    while total < 1.0 - GAUSSIAN_MAX_ERROR and len(half) <= GAUSSIAN_MAX_WIDTH:
-        half.append(float(special.ive(n, variance)))
-        total += 2 * half[-1]
-        n += 1
-    taps = np.array(half[:0:-1] + half) / total
-    return taps
-
-
-def smooth_and_sample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Gaussian smoothing with sigma = factor / 2 px, then the samples at pixel factor * i
-    (i = 0 .. round(n / factor) - 1 per axis): the published files' image downsampling.
-    Borders repeat the edge pixel (ITK's zero-flux Neumann condition). Float64 in and out."""
-    if factor == 1:
-        return np.asarray(image, dtype=np.float64)
-    kernel = discrete_gaussian_kernel((factor / 2.0) ** 2)
-    out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in image.shape)
-    # Separable: filtering along one axis commutes with sampling the other, so each pass
-    # only computes the rows or columns that are kept.
-    rows_kept = ndimage.correlate1d(np.asarray(image, dtype=np.float64), kernel, axis=1, mode="nearest")
-    rows_kept = rows_kept[:, : factor * out_w : factor]
-    smoothed = ndimage.correlate1d(rows_kept, kernel, axis=0, mode="nearest")
-    return smoothed[: factor * out_h : factor]
-
-
-def line_integrals(intensity: np.ndarray, i0: float) -> tuple[np.ndarray, int]:
-    """log(I0) - log(I) in float64, and how many pixels were below INTENSITY_FLOOR."""
-    intensity = np.asarray(intensity, dtype=np.float64)
-    low = intensity < INTENSITY_FLOOR
-    clipped = int(np.count_nonzero(low))
-    if clipped:
-        intensity = np.where(low, INTENSITY_FLOOR, intensity)
-    return math.log(i0) - np.log(intensity), clipped
-
-
-def _cropped(frame: np.ndarray, crop: int) -> np.ndarray:
-    height, width = frame.shape
-    return frame[crop:height - crop, crop:width - crop]
-
-
-def ingest_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
-                     rotate: bool) -> tuple[np.ndarray, int]:
-    """`preprocess_raw_frame` plus the number of clipped pixels (ingest counts them over the file)."""
-    intensity = np.asarray(intensity)
-    _check_frame(intensity, "raw intensity", crop, factor)
-    if i0 <= 0 or not math.isfinite(i0):
-        raise ValueError(f"i0 must be a positive number, got {i0}")
-    values, clipped = line_integrals(_cropped(intensity, crop), i0)
-    frame = smooth_and_sample(values, factor)
-    if rotate:  # the published files turn in the small frame, after downsampling
-        frame = frame[::-1, ::-1]
-    return np.ascontiguousarray(frame, dtype=np.float32), clipped
-
-
-def preprocess_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
-                         rotate: bool) -> np.ndarray:
-    """Raw (H, W) detector intensities -> float32 downsampled line integrals (bone bright).
-
-    Warns (ClippedIntensityWarning) when non-positive intensities had to be clipped.
-    """
-    frame, clipped = ingest_raw_frame(intensity, crop=crop, i0=i0, factor=factor, rotate=rotate)
-    if clipped:
-        warnings.warn(f"{clipped} raw intensities below {INTENSITY_FLOOR:g} clipped to {INTENSITY_FLOOR:g} "
-                      f"before the log transform", ClippedIntensityWarning, stacklevel=2)
-    return frame
-
-
-def downsample_labels(labels: np.ndarray, *, crop: int, factor: int, rotate: bool) -> np.ndarray:
-    """Full-resolution (H, W) labels 0..6 -> uint8 downsampled labels: the label at each small
-    pixel's centre (cropped pixel factor * i), as the published files' ray cast onto the
-    downsampled detector; turned afterwards where `rotate`."""
-    labels = np.asarray(labels)
-    _check_frame(labels, "labels", crop, factor)
-    if labels.size and (labels.min() < 0 or labels.max() > anatomy.MAX_LABEL):
-        raise ValueError(f"labels must lie in 0..{anatomy.MAX_LABEL}, found {labels.min()}..{labels.max()}")
-    cropped = _cropped(labels, crop)
-    out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in cropped.shape)
-    small = cropped[: factor * out_h : factor, : factor * out_w : factor]
-    if rotate:
-        small = small[::-1, ::-1]
-    return np.ascontiguousarray(small, dtype=np.uint8)
-
-
-def preprocess_landmarks(landmarks_xy: np.ndarray, *, crop: int, factor: int, rotate: bool,
-                         width: int, height: int) -> np.ndarray:
-    """(..., 2) landmarks of a stored full-res W x H frame -> ingested frame coordinates."""
-    return coords.ingested_landmarks(landmarks_xy, crop=crop, factor=factor, turned=rotate,
-                                     fullres_size=(width, height))
 
 
 # ------------------------------------------------------------------ opening files, layout
@@ -522,6 +388,65 @@ def read_fullres_frame(path: str | Path, specimen: int, frame: int) -> tuple[np.
             raise DataError(f"{path}: specimen {specimen} has {count} frames, no frame {frame}")
         raw = read_raw_frame(f, path, index, specimen, frame)
         return raw.intensity, raw.rotate
+
+
+# ------------------------------------------------------------------ full-resolution layout: writer
+
+def write_image_group(group: h5py.Group, pixels: np.ndarray, spacing: Sequence[float],
+                      origin: Sequence[float]) -> None:
+    """An image as the full-resolution layout stores every image: pixels, origin, spacing, dir-mat."""
+    chunks = _FULLRES_IMAGE_CHUNKS if pixels.ndim == 2 else True
+    group.create_dataset("pixels", data=pixels, chunks=chunks, **_FULLRES_GZIP)
+    group.create_dataset("origin", data=np.asarray(origin, dtype=np.float64))
+    group.create_dataset("spacing", data=np.asarray(spacing, dtype=np.float64))
+    group.create_dataset("dir-mat", data=np.eye(pixels.ndim))
+
+
+def write_proj_params(group: h5py.Group, *, intrinsic: np.ndarray, extrinsic: np.ndarray, num_rows: int,
+                      num_cols: int, spacing_mm: float) -> None:
+    """`proj-params`: the detector geometry shared by every frame (square pixels)."""
+    group.create_dataset("intrinsic", data=intrinsic)
+    group.create_dataset("extrinsic", data=extrinsic)
+    group.create_dataset("num-cols", data=np.int64(num_cols))
+    group.create_dataset("num-rows", data=np.int64(num_rows))
+    group.create_dataset("pixel-col-spacing", data=np.float64(spacing_mm))
+    group.create_dataset("pixel-row-spacing", data=np.float64(spacing_mm))
+
+
+def write_specimen_volume(group: h5py.Group, *, hounsfield: np.ndarray, labels: np.ndarray,
+                          spacing: Sequence[float], origin: Sequence[float],
+                          landmarks: Mapping[str, np.ndarray]) -> None:
+    """A specimen's CT volume, its bone labels and its 3D landmarks (`landmarks` by name, (3,) each)
+    into its specimen group: `vol`, `vol-seg`, `vol-landmarks`."""
+    write_image_group(group.create_group("vol"), hounsfield, spacing, origin)
+    seg = group.create_group("vol-seg")
+    write_image_group(seg.create_group("image"), labels, spacing, origin)
+    names = seg.create_group("labels-def")
+    for label in anatomy.BONE_LABELS:
+        names.create_dataset(str(label), data=anatomy.LABEL_NAMES[label])
+    lands = group.create_group("vol-landmarks")
+    for name in anatomy.LANDMARK_NAMES:
+        lands.create_dataset(name, data=np.asarray(landmarks[name]).reshape(3, 1))
+
+
+def write_projection(group: h5py.Group, *, intensity: np.ndarray, labels: np.ndarray, landmarks_xy: np.ndarray,
+                     spacing_mm: float, cam_to_pelvis_vol: np.ndarray, cam_to_femur_vol: Mapping[str, np.ndarray],
+                     femur_good_fov: Mapping[str, bool], rotate: bool) -> None:
+    """One frame into `<id>/projections/<NNN>`: raw intensities and labels as stored (not turned),
+    landmarks_xy (14, 2) (column, row) in `anatomy.LANDMARK_NAMES` order, the ground-truth poses
+    (`cam_to_femur_vol` and `femur_good_fov` keyed by FEMUR_SIDES) and `rot-180-for-up`."""
+    spacing = (spacing_mm, spacing_mm)
+    write_image_group(group.create_group("image"), intensity, spacing, (0.0, 0.0))
+    write_image_group(group.create_group("gt-seg"), labels, spacing, (0.0, 0.0))
+    lands = group.create_group("gt-landmarks")
+    for name, xy in zip(anatomy.LANDMARK_NAMES, landmarks_xy):
+        lands.create_dataset(name, data=xy.reshape(2, 1))
+    poses = group.create_group("gt-poses")
+    poses.create_dataset("cam-to-pelvis-vol", data=cam_to_pelvis_vol)
+    for side in FEMUR_SIDES:
+        poses.create_dataset(f"cam-to-{side}-femur-vol", data=cam_to_femur_vol[side])
+        poses.create_dataset(f"{side}-femur-good-fov", data=np.int64(femur_good_fov[side]))
+    group.create_dataset("rot-180-for-up", data=np.int64(rotate))
 
 
 # ------------------------------------------------------------------ preprocessed layout

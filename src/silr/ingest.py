@@ -6,7 +6,7 @@ the border cropped, the raw intensities log-transformed (line integral = log I0 
 the frame downsampled (image: Gaussian smoothing with sigma = factor / 2 px, then the
 sample at every factor-th pixel from the crop's corner; labels: the label at those
 pixels; landmarks: (x - crop) / factor), and only then turned where `rot-180-for-up` is
-set. See silr.deepfluoro for the exact rules and silr.coords for the mapping.
+set. See silr.preprocess for the exact rules and silr.coords for the mapping.
 
 A file that is already preprocessed (`ipcai_2020_ds_8x.h5`) is validated and copied
 through when its factor is the one asked for.
@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from silr import anatomy, coords, deepfluoro
+from silr import anatomy, coords, deepfluoro, preprocess
 from silr.deepfluoro import FullResIndex, SpecimenFrames
 from silr.errors import ConfigError, DataError, IgnoredLandmarkWarning, SilrWarning
 from silr.io import atomic_path, ensure_writable
@@ -71,11 +71,11 @@ def downsample_specimens(f: h5py.File, raw: Path, index: FullResIndex, *, crop: 
         landmarks = np.empty((count, anatomy.NUM_LANDMARKS, 2))
         for frame in range(count):
             raw_frame = deepfluoro.read_raw_frame(f, raw, index, number, frame)
-            images[frame], clipped = deepfluoro.ingest_raw_frame(
+            images[frame], clipped = preprocess.ingest_raw_frame(
                 raw_frame.intensity, crop=crop, i0=i0, factor=factor, rotate=raw_frame.rotate)
-            labels[frame] = deepfluoro.downsample_labels(raw_frame.labels, crop=crop, factor=factor,
+            labels[frame] = preprocess.downsample_labels(raw_frame.labels, crop=crop, factor=factor,
                                                          rotate=raw_frame.rotate)
-            landmarks[frame] = deepfluoro.preprocess_landmarks(
+            landmarks[frame] = preprocess.preprocess_landmarks(
                 raw_frame.landmarks_xy, crop=crop, factor=factor, rotate=raw_frame.rotate,
                 width=index.num_cols, height=index.num_rows)
             tally["clipped"] += clipped
@@ -99,9 +99,9 @@ def _root_attrs(*, source: Path, data_kind: str, factor: int, spacing_mm: float,
         deepfluoro.ATTR_CROP: np.int64(crop),
         deepfluoro.ATTR_I0: float(i0),
         deepfluoro.ATTR_SPECIMEN_IDS: json.dumps({str(n): sid for n, sid in sorted(specimen_ids.items())}),
-        deepfluoro.ATTR_LABEL_RULE: deepfluoro.LABEL_RULE,
-        deepfluoro.ATTR_IMAGE_RULE: deepfluoro.IMAGE_RULE,
-        deepfluoro.ATTR_INTENSITY_FLOOR: deepfluoro.INTENSITY_FLOOR,
+        deepfluoro.ATTR_LABEL_RULE: preprocess.LABEL_RULE,
+        deepfluoro.ATTR_IMAGE_RULE: preprocess.IMAGE_RULE,
+        deepfluoro.ATTR_INTENSITY_FLOOR: preprocess.INTENSITY_FLOOR,
         deepfluoro.ATTR_INGEST_MODE: mode,
     }
 
@@ -126,9 +126,9 @@ def ingest_fullres(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
                                                                          f"frame(s)"),
                       IgnoredLandmarkWarning, stacklevel=2)
     if tally["clipped"]:
-        warnings.warn(f"{raw}: {tally['clipped']} raw intensities below {deepfluoro.INTENSITY_FLOOR:g} in "
-                      f"{tally['clipped_frames']} frame(s) clipped to {deepfluoro.INTENSITY_FLOOR:g} "
-                      f"before the log transform", deepfluoro.ClippedIntensityWarning, stacklevel=2)
+        warnings.warn(f"{raw}: {tally['clipped']} raw intensities below {preprocess.INTENSITY_FLOOR:g} in "
+                      f"{tally['clipped_frames']} frame(s) clipped to {preprocess.INTENSITY_FLOOR:g} "
+                      f"before the log transform", preprocess.ClippedIntensityWarning, stacklevel=2)
     shape = (coords.downsampled_length(index.num_rows, crop, factor), coords.downsampled_length(index.num_cols, crop, factor))
     return IngestSummary(out, "downsampled", counts, shape, tally["out_of_frame"], tally["landmarks"],
                          tally["clipped"])

@@ -196,12 +196,12 @@ def prepare(frame: InputFrame, frame_size: int, preprocessing: Preprocessing) ->
     """The model's line-integral frame for one input (raw ones through ingestion's transform)."""
     line_integral = frame.pixels
     if frame.raw:
-        from silr import deepfluoro
+        from silr import preprocess
 
         if (frame.pixels <= 0).all():
             raise DataError(f"{frame.source}: a raw detector frame needs positive intensities, all are <= 0")
         try:
-            line_integral = deepfluoro.preprocess_raw_frame(
+            line_integral = preprocess.preprocess_raw_frame(
                 frame.pixels, crop=preprocessing.crop, i0=preprocessing.i0,
                 factor=preprocessing.downsample, rotate=frame.rotate)
         except ValueError as exc:  # e.g. a frame smaller than the crop

@@ -29,7 +29,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from silr import anatomy, coords
+from silr import anatomy, coords, deepfluoro
 from silr.errors import ConfigError
 from silr.io import atomic_path, ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, SynthParams, load_params
@@ -43,8 +43,6 @@ LABEL_RULE = (f"each pixel gets the bone with the longest path along its ray; ba
               f"is crossed for at least {MIN_BONE_PATH_MM} mm")
 PREVIEW_PANELS = 12
 PREVIEW_FACTOR = 4
-_GZIP = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-_IMAGE_CHUNKS = (256, 256)
 
 
 def specimen_ids(count: int) -> list[str]:
@@ -87,54 +85,26 @@ class SynthSummary:
     panels: list[PreviewPanel] = field(default_factory=list)
 
 
-def _write_image_group(group: h5py.Group, pixels: np.ndarray, spacing, origin) -> None:
-    chunks = _IMAGE_CHUNKS if pixels.ndim == 2 else True
-    group.create_dataset("pixels", data=pixels, chunks=chunks, **_GZIP)
-    group.create_dataset("origin", data=np.asarray(origin, dtype=np.float64))
-    group.create_dataset("spacing", data=np.asarray(spacing, dtype=np.float64))
-    group.create_dataset("dir-mat", data=np.eye(pixels.ndim))
-
-
-def _write_proj_params(group: h5py.Group, detector: Detector) -> None:
-    group.create_dataset("intrinsic", data=detector.intrinsic)
-    group.create_dataset("extrinsic", data=np.eye(4))       # world = camera frame
-    group.create_dataset("num-cols", data=np.int64(detector.size_px))
-    group.create_dataset("num-rows", data=np.int64(detector.size_px))
-    group.create_dataset("pixel-col-spacing", data=np.float64(detector.spacing_mm))
-    group.create_dataset("pixel-row-spacing", data=np.float64(detector.spacing_mm))
-
-
 def _write_specimen_volume(group: h5py.Group, specimen: Specimen) -> None:
     volume = voxelize(specimen)
-    _write_image_group(group.create_group("vol"), volume.hounsfield, volume.spacing, volume.origin)
-    seg = group.create_group("vol-seg")
-    _write_image_group(seg.create_group("image"), volume.labels, volume.spacing, volume.origin)
-    names = seg.create_group("labels-def")
-    for label in anatomy.BONE_LABELS:
-        names.create_dataset(str(label), data=anatomy.LABEL_NAMES[label])
-    lands = group.create_group("vol-landmarks")
-    for name in anatomy.LANDMARK_NAMES:
-        lands.create_dataset(name, data=specimen.landmarks[name].reshape(3, 1))
+    deepfluoro.write_specimen_volume(group, hounsfield=volume.hounsfield, labels=volume.labels,
+                                     spacing=volume.spacing, origin=volume.origin, landmarks=specimen.landmarks)
 
 
 def _write_projection(group: h5py.Group, projection: Projection, pose: Pose, specimen: Specimen,
                       detector: Detector) -> None:
-    spacing = (detector.spacing_mm, detector.spacing_mm)
-    _write_image_group(group.create_group("image"), projection.intensity, spacing, (0.0, 0.0))
-    _write_image_group(group.create_group("gt-seg"), projection.labels, spacing, (0.0, 0.0))
-    lands = group.create_group("gt-landmarks")
-    for name, xy in zip(anatomy.LANDMARK_NAMES, projection.landmarks_xy):
-        lands.create_dataset(name, data=xy.reshape(2, 1))
-    poses = group.create_group("gt-poses")
-    poses.create_dataset("cam-to-pelvis-vol", data=pose.cam_to_vol)
     size = detector.size_px
+    cam_to_femur_vol, femur_good_fov = {}, {}
     for side, label in (("left", anatomy.LEFT_FEMUR), ("right", anatomy.RIGHT_FEMUR)):
         head = specimen.femoral_head_centres[label]
-        poses.create_dataset(f"cam-to-{side}-femur-vol", data=pose.cam_to_femur_vol(label, head))
+        cam_to_femur_vol[side] = pose.cam_to_femur_vol(label, head)
         # Good field of view: the femoral head centre is on the detector.
         head_xy = projection.landmarks_xy[anatomy.LANDMARK_NAMES.index(f"FH-{side[0]}")]
-        poses.create_dataset(f"{side}-femur-good-fov", data=np.int64(coords.in_frame(head_xy, size, size)))
-    group.create_dataset("rot-180-for-up", data=np.int64(pose.rot180))
+        femur_good_fov[side] = coords.in_frame(head_xy, size, size)
+    deepfluoro.write_projection(group, intensity=projection.intensity, labels=projection.labels,
+                                landmarks_xy=projection.landmarks_xy, spacing_mm=detector.spacing_mm,
+                                cam_to_pelvis_vol=pose.cam_to_vol, cam_to_femur_vol=cam_to_femur_vol,
+                                femur_good_fov=femur_good_fov, rotate=pose.rot180)
 
 
 def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -> PreviewPanel:
@@ -162,11 +132,13 @@ def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detect
     per_specimen_panels = -(-preview_panels // specimens) if preview_panels else 0
     size = detector.size_px
     with h5py.File(path, "w") as f:
-        f.attrs.update({"silr-data-kind": DATA_KIND, "silr-generator": "silr synth",
+        f.attrs.update({deepfluoro.ATTR_DATA_KIND: DATA_KIND, "silr-generator": "silr synth",
                         "silr-generator-version": GENERATOR_VERSION, "silr-seed": seed,
                         "silr-specimens": specimens, "silr-frames-per-specimen": np.asarray(frames, np.int64),
-                        "silr-label-rule": LABEL_RULE, "silr-air-intensity": AIR_INTENSITY})
-        _write_proj_params(f.create_group("proj-params"), detector)
+                        deepfluoro.ATTR_LABEL_RULE: LABEL_RULE, "silr-air-intensity": AIR_INTENSITY})
+        deepfluoro.write_proj_params(f.create_group("proj-params"), intrinsic=detector.intrinsic,
+                                     extrinsic=np.eye(4),  # world = camera frame
+                                     num_rows=size, num_cols=size, spacing_mm=detector.spacing_mm)
         for number, (specimen_id, count) in enumerate(zip(ids, frames), start=1):
             specimen = make_specimen(specimen_rng(seed, number))
             group = f.create_group(specimen_id)
