@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow repro clean-venv
+.PHONY: install lint test test-slow repro clean-venv
 
 install: $(STAMP)
 
@@ -15,7 +15,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: install
+# The linter (ruff, pinned in requirements.txt, configured in pyproject.toml) runs first.
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-slow: install

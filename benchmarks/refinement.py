@@ -19,7 +19,7 @@ import torch
 from silr import checkpoint, coords, inference
 from silr.codec import REFINE_MODES
 from silr.deepfluoro import read_processed
-from silr.folds import load_folds
+from silr.splits import load_folds
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         means = {mode: [] for mode in REFINE_MODES}
         for fold in args.folds:
             model, card = checkpoint.load_model(f"{args.models}/{loss}/fold{fold}/best.pt")
-            base = checkpoint.codec_from_card(card)
+            base = card.codec()
             test = sorted(splits[fold].test)
             images = np.stack([data.specimens[s].images[i] for s, i in test])
             truth = np.stack([data.specimens[s].landmarks_xy[i] for s, i in test])

@@ -24,6 +24,8 @@ import time
 START = time.perf_counter()  # before the heavy imports: start-up is part of every run
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -31,9 +33,6 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 from silr.anatomy import NETWORK_INPUT_PX, NUM_CLASSES, NUM_LANDMARKS  # noqa: E402
-import dataclasses  # noqa: E402
-import contextlib  # noqa: E402
-
 from silr.checkpoint import codec_for_run  # noqa: E402
 from silr.codec import HeatmapCodec  # noqa: E402
 from silr.dataset import FrameSet, augment, draw_augmentation  # noqa: E402

@@ -26,7 +26,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-
 from silr import io as silr_io  # noqa: E402
 from silr.errors import OutputError  # noqa: E402
 from silr.io import TMP_PREFIX, atomic_path, ensure_writable, write_json, write_with  # noqa: E402
@@ -55,21 +54,19 @@ def test_exception_in_the_block_keeps_the_previous_file_and_removes_the_temporar
     target = tmp_path / "metrics.json"
     write_json(target, {"mean_px": 1.5})
     before = target.read_bytes()
-    with pytest.raises(RuntimeError, match="writer died"):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"mean_px": 9')  # half a file
-            raise RuntimeError("writer died")
+    with pytest.raises(RuntimeError, match="writer died"), atomic_path(target) as tmp:
+        tmp.write_text('{"mean_px": 9')  # half a file
+        raise RuntimeError("writer died")
     assert target.read_bytes() == before
     assert leftovers(tmp_path) == []
 
 
 def test_exception_with_no_previous_file_leaves_nothing(tmp_path):
     target = tmp_path / "out.h5"
-    with pytest.raises(ValueError):
-        with atomic_path(target) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f["x"] = np.arange(3)
-            raise ValueError("late failure")
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f["x"] = np.arange(3)
+        raise ValueError("late failure")
     assert list(tmp_path.iterdir()) == []
 
 

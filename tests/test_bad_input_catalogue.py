@@ -22,9 +22,9 @@ import functools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -33,13 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-from tiny_project import TinyProject, make_project  # noqa: E402
-
-from silr import checkpoint, cli, evaluate, inference, results  # noqa: E402
-from silr.card import ModelCard, params_hash_of  # noqa: E402
+from silr import checkpoint, cli, inference, results  # noqa: E402
 from silr.anatomy import LANDMARK_NAMES  # noqa: E402
+from silr.card import ModelCard, params_hash_of  # noqa: E402
 from silr.io import TMP_PREFIX, write_json  # noqa: E402
 from silr.params import load_params  # noqa: E402
+from tiny_project import TinyProject, make_project  # noqa: E402
 
 SILR = Path(sys.executable).parent / "silr"
 FRAME = "17-1882/projections/001"  # the frame the full-resolution cases break
@@ -332,7 +331,8 @@ def folds_non_numeric_val_fraction(w: World) -> Case:
 
 
 def train_unknown_loss(w: World) -> Case:
-    return train_case(w, "losses.focal: no such loss in params.yaml", "defined: dice_ce_kl, dice_ce_mse, dice_ce_ncc, mse, ncc, proposed", loss="focal")
+    return train_case(w, "losses.focal: no such loss in params.yaml",
+                      "defined: dice_ce_kl, dice_ce_mse, dice_ce_ncc, mse, ncc, proposed", loss="focal")
 
 
 def train_unknown_term(w: World) -> Case:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from silr import checkpoint
-from silr.card import ModelCard, NetworkSpec, params_hash_of
 from silr.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
+from silr.card import ModelCard, NetworkSpec, params_hash_of
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
 from silr.model import build_model
@@ -73,12 +73,11 @@ def test_equal_checkpoints_are_equal_bytes(tmp_path, tiny_model):
 
 def test_params_hash_follows_only_the_run_sections():
     base = params_hash_of(PARAMS, "proposed")
-    other_loss = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
-                                   "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
-                                              "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
+    run = {"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"}}
+    other_loss = params_from_dict({**run, "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
+                                                     "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
     assert params_hash_of(other_loss, "proposed") == base  # another loss's weights
-    other_eval = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
-                                   "evaluate": {"success_mm": [1.0]}})
+    other_eval = params_from_dict({**run, "evaluate": {"success_mm": [1.0]}})
     assert params_hash_of(other_eval, "proposed") == base
     other_lr = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"},
                                  "train": {"lr": 0.5}})

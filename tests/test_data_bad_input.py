@@ -11,7 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-
 from silr import cli  # noqa: E402
 
 FRAME = "17-1882/projections/001"

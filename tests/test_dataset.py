@@ -176,10 +176,10 @@ def test_prob_zero_draws_nothing_and_ranges_hold():
     params = AugmentParams(prob=1.0, zoom=(1.0, 1.3), rotate=0.17, gamma=(0.7, 1.5))
     every = draw_augmentation(params, 2000, generator)
     assert every.do_zoom.all() and every.do_rotate.all() and every.do_contrast.all()
-    assert 1.0 <= every.zoom.min() and every.zoom.max() <= 1.3
-    assert -0.17 <= every.angle.min() and every.angle.max() <= 0.17
+    assert every.zoom.min() >= 1.0 and every.zoom.max() <= 1.3
+    assert every.angle.min() >= -0.17 and every.angle.max() <= 0.17
     assert every.angle.min() < -0.15 and every.angle.max() > 0.15  # both directions
-    assert 0.7 <= every.gamma.min() and every.gamma.max() <= 1.5
+    assert every.gamma.min() >= 0.7 and every.gamma.max() <= 1.5
 
 
 def test_frame_set_scales_pads_and_shifts():

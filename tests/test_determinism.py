@@ -100,7 +100,8 @@ def test_dvc_repro_twice_gives_byte_identical_metrics(tmp_path):
         root = fresh_copy(tmp_path / name)
         tiny_params(root / "params.yaml", ["proposed", "mse"], [1, 2])
         checked(["git", "add", "-A"], root)
-        checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm", "tiny configuration"], root)
+        checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm",
+                 "tiny configuration"], root)
         checked(["dvc", "repro"], root, timeout=1500)
         runs.append(files_under(root / "metrics"))
     first, second = runs

@@ -88,7 +88,8 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
     fresh_copy(root)
     tiny_params(root / "params.yaml", losses, folds)
     checked(["git", "add", "-A"], root)
-    checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm", "tiny configuration"], root)
+    checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm",
+                 "tiny configuration"], root)
 
     checked(["dvc", "repro"], root, timeout=REPRO_TIMEOUT_S)
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from silr import checkpoint, evaluate, inference, metrics, results
-from silr.card import ModelCard
 from silr.anatomy import LANDMARK_BONE_INDEX, LANDMARK_NAMES, LEFT_FEMUR, LEFT_HEMIPELVIS, NUM_CLASSES, NUM_LANDMARKS
+from silr.card import ModelCard
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
 from silr.params import params_from_dict

@@ -8,8 +8,8 @@ import pytest
 
 from silr import cli, deepfluoro
 from silr.errors import DataError
-from silr.folds import load_folds, make_folds, validation_count
 from silr.params import FoldsParams
+from silr.splits import load_folds, make_folds, validation_count
 
 
 def write_small_processed(path: Path, frames_per_specimen: dict[int, int]) -> Path:

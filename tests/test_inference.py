@@ -12,7 +12,7 @@ from silr import checkpoint, cli, inference, train
 from silr.dataset import frame_set
 from silr.deepfluoro import read_processed
 from silr.device import DeviceSetup
-from silr.folds import load_folds
+from silr.splits import load_folds
 
 
 def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_run, tmp_path, one_thread):

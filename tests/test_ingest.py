@@ -11,7 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import AIR, Frame, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
-
 from silr import anatomy, cli, deepfluoro, ingest  # noqa: E402
 
 

@@ -9,11 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from silr import anatomy
+from silr.anatomy import LANDMARK_BONE_INDEX
 from silr.codec import DecodedLandmarks, HeatmapCodec
 from silr.errors import ConfigError
-from silr.anatomy import LANDMARK_BONE_INDEX
-from silr.losses import (LOSS_TERMS, build_loss, dice_ce_loss, discrete_visibility, heatmap_kind, kl_loss, mse_loss,
-                         ncc_loss, soft_visibility, visibility_loss)
+from silr.losses import (
+    LOSS_TERMS,
+    build_loss,
+    dice_ce_loss,
+    discrete_visibility,
+    heatmap_kind,
+    kl_loss,
+    mse_loss,
+    ncc_loss,
+    soft_visibility,
+    visibility_loss,
+)
 from silr.types import Batch, ModelOutput
 
 L = anatomy.NUM_LANDMARKS

@@ -18,10 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-from silr import checkpoint, cli, inputs, predict
+from silr import checkpoint, cli, inputs
+from silr.anatomy import (
+    FRAME_SIZE_PX,
+    LABEL_NAMES,
+    LANDMARK_BONE,
+    LANDMARK_NAMES,
+    LEFT_HEMIPELVIS,
+    NETWORK_INPUT_PX,
+    SPECIMEN_IDS,
+)
 from silr.card import ModelCard, params_hash_of
-from silr.anatomy import (FRAME_SIZE_PX, LABEL_NAMES, LANDMARK_BONE, LANDMARK_NAMES, LEFT_HEMIPELVIS,
-                          NETWORK_INPUT_PX, SPECIMEN_IDS)
 from silr.coords import pad_offset
 from silr.types import ModelOutput
 

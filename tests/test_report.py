@@ -12,9 +12,9 @@ import pytest
 from silr import deepfluoro, inference, report, results
 from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
 from silr.errors import DataError
-from silr.folds import folds_to_json, make_folds
 from silr.io import write_json
 from silr.params import params_from_dict
+from silr.splits import folds_to_json, make_folds
 
 SPECIMENS = (1, 2, 3)
 FRAMES = 2

@@ -9,11 +9,11 @@ from scipy import ndimage
 
 from silr import anatomy, baselines, coords
 from silr.errors import ConfigError
-from silr.folds import make_folds
 from silr.params import SynthParams
 from silr.phantom.geometry import Ellipsoid, ray_intervals, union_minus_holes_length
 from silr.phantom.projector import MAX_INTENSITY, Detector, project_points, sample_pose
 from silr.phantom.specimen import make_specimen
+from silr.splits import make_folds
 from silr.synth import run, specimen_ids, specimen_rng, write_phantom
 
 SIZE = anatomy.FULLRES_SIZE_PX
@@ -105,7 +105,7 @@ def test_stored_landmarks_are_the_projections_of_the_3d_landmarks(phantom):
     path, _, _ = phantom
     with h5py.File(path) as f:
         intrinsic = f["proj-params/intrinsic"][()]
-        for sid, key, proj in _frames(path):
+        for sid, _key, proj in _frames(path):
             vol = np.stack([f[sid]["vol-landmarks"][n][()][:, 0] for n in anatomy.LANDMARK_NAMES])
             stored = np.stack([proj["gt-landmarks"][n][()][:, 0] for n in anatomy.LANDMARK_NAMES])
             expected = project_points(vol, proj["gt-poses/cam-to-pelvis-vol"][()], intrinsic)

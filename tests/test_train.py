@@ -9,15 +9,14 @@ import torch
 
 from conftest import train_argv, write_tiny_run
 from silr import checkpoint, cli
-from silr.card import params_hash_of
 from silr.anatomy import NUM_LANDMARKS
+from silr.card import params_hash_of
 from silr.codec import HeatmapCodec
 from silr.dataset import FrameSet
 from silr.device import DeviceSetup, select_device
 from silr.errors import ConfigError
 from silr.train import validation_error
 from silr.types import ModelOutput
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,9 @@ form, key for key as stored, so that equal runs give byte-equal checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from silr import __version__, coords
 from silr.anatomy import FRAME_SIZE_PX, LABEL_NAMES, LANDMARK_BONE, LANDMARK_NAMES, NETWORK_INPUT_PX, NUM_CLASSES
@@ -115,7 +116,7 @@ class ModelCard:
 
     @classmethod
     def for_run(cls, params: Params, *, loss_name: str, fold: int, data_hash: str, params_hash: str,
-                val_score_px: float | None, epoch: int, data_source: str = "") -> "ModelCard":
+                val_score_px: float | None, epoch: int, data_source: str = "") -> ModelCard:
         """The card of a network trained with `params` on one fold."""
         codec = codec_for_run(params, loss_name)
         losses = params.losses
@@ -171,7 +172,7 @@ class ModelCard:
     # -------------------------------------------------------------- reading
 
     @classmethod
-    def from_dict(cls, raw: Any, path: Any = "<card>") -> "ModelCard":
+    def from_dict(cls, raw: Any, path: Any = "<card>") -> ModelCard:
         """The one reader of a stored card; CheckpointError naming `path` and the field if unusable.
 
         Cards written before heatmap strides and kinds existed decode at stride 1 as logits."""
@@ -263,7 +264,7 @@ class ModelCard:
         except SilrError as exc:
             raise CheckpointError(f"{path}: cannot build the network its card describes: {exc}") from None
 
-    def ensemble_differences(self, other: "ModelCard") -> list[tuple[str, Any, Any]]:
+    def ensemble_differences(self, other: ModelCard) -> list[tuple[str, Any, Any]]:
         """(field, mine, theirs) for every field two models must share to be averaged."""
         mine, theirs = self.to_dict(), other.to_dict()
         found = [(key, mine[key], theirs[key]) for key in ENSEMBLE_FIELDS if mine[key] != theirs[key]]

@@ -40,7 +40,8 @@ Refinement (`refine`):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -127,7 +128,7 @@ class HeatmapCodec:
 
     @classmethod
     def from_params(cls, params, size: Sequence[int] = (192, 192), *, stride: int = 1,
-                    frame: Sequence[int] | None = None, kind: str = "logit") -> "HeatmapCodec":
+                    frame: Sequence[int] | None = None, kind: str = "logit") -> HeatmapCodec:
         """The codec of a `silr.params.HeatmapParams` section on inputs of `size` (H, W)."""
         return cls(size=size, sigma=params.sigma, presence_threshold=params.presence_threshold,
                    refine=params.refine, stride=stride, frame=frame, kind=kind)

@@ -24,8 +24,8 @@ stay aligned with the image; MONAI's plain `nearest` zoom is half a pixel off.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class AugmentDraw:
 
     @staticmethod
     def fixed(batch_size: int, *, zoom: float | None = None, angle: float | None = None,
-              gamma: float | None = None, device: torch.device | str = "cpu") -> "AugmentDraw":
+              gamma: float | None = None, device: torch.device | str = "cpu") -> AugmentDraw:
         """The same chosen transforms for every sample (None: not applied); for tests and tools."""
         def flag(value):
             return torch.full((batch_size,), value is not None, dtype=torch.bool, device=device)

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np

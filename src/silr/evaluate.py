@@ -32,8 +32,15 @@ from silr.errors import CheckpointError, ConfigError, DataError
 from silr.inference import predict_frames
 from silr.io import ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
-from silr.results import (OutputPaths, checkpoint_path, output_paths, predictions_table, write_fold_metrics,
-                          write_label_maps, write_predictions_csv)
+from silr.results import (
+    OutputPaths,
+    checkpoint_path,
+    output_paths,
+    predictions_table,
+    write_fold_metrics,
+    write_label_maps,
+    write_predictions_csv,
+)
 
 DEFAULT_FOLDS = "data/folds.json"
 DEFAULT_MODELS = "models"
@@ -56,7 +63,7 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
         batch_size: int = 16) -> OutputPaths:
     """Evaluate one (loss, fold): read model, data and split; write predictions, metrics and label maps."""
     from silr import checkpoint, deepfluoro
-    from silr.folds import load_folds
+    from silr.splits import load_folds
 
     ckpt = checkpoint_path(models_dir, loss, fold)
     if not ckpt.is_file():

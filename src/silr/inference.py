@@ -1,17 +1,19 @@
 """The one inference path: network outputs -> landmarks, presence and labels in the frame.
 
 Every caller goes through here: validation inside `silr train`, `silr evaluate`,
-`silr predict` and its ensembles (`Ensemble`: several checkpoints averaged, then decoded once). The codec (`silr.codec`) knows where the frame sits in
-the padded network input, so the argmax only considers heatmap pixels that touch the
-frame, its refinement is the one configured, and positions come back in frame pixels
+`silr predict` and its ensembles (`Ensemble`: several checkpoints averaged, then decoded
+once). The codec (`silr.codec`) knows where the frame sits in the padded network input,
+so the argmax only considers heatmap pixels that touch the frame, its refinement is the
+one configured, and positions come back in frame pixels
 (x = column, y = row of the 180 x 180 frame), clamped into it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from silr.card import ModelCard
 from silr.codec import HeatmapCodec
 from silr.errors import CheckpointError
 from silr.losses import discrete_visibility
+from silr.types import FramePredictions
 
 
 class Decoded(NamedTuple):
@@ -33,6 +36,15 @@ class Decoded(NamedTuple):
     score: Tensor
     visibility_hat: Tensor
     labels: Tensor
+
+
+def frame_predictions(decoded: Decoded) -> FramePredictions:
+    """The NumPy form of a decoded batch (for files and metrics)."""
+    return FramePredictions(xy=decoded.xy_frame.detach().cpu().double().numpy(),
+                            present=decoded.present.detach().cpu().numpy().astype(bool),
+                            score=decoded.score.detach().cpu().double().numpy(),
+                            visibility_hat=decoded.visibility_hat.detach().cpu().double().numpy(),
+                            labels=decoded.labels.detach().cpu().numpy().astype(np.uint8))
 
 
 def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec) -> Decoded:
@@ -49,34 +61,6 @@ def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec) -> Decod
         (x0, y0), (height, width) = codec.frame_origin, codec.frame
         return Decoded(xy_frame=codec.to_frame(landmarks.xy), present=landmarks.present, score=landmarks.score,
                        visibility_hat=visibility, labels=seg_labels[:, y0:y0 + height, x0:x0 + width])
-
-
-@dataclass(frozen=True)
-class FramePredictions:
-    """Predictions for N frames, in frame coordinates (NumPy, for files and metrics).
-
-    xy (N, L, 2) decoded position; present (N, L) bool; score (N, L); visibility_hat (N, L)
-    discrete v_hat in {0, 0.5, 1}; labels uint8 (N, H, W).
-    """
-
-    xy: np.ndarray
-    present: np.ndarray
-    score: np.ndarray
-    visibility_hat: np.ndarray
-    labels: np.ndarray
-
-    @classmethod
-    def of(cls, decoded: Decoded) -> "FramePredictions":
-        return cls(xy=decoded.xy_frame.detach().cpu().double().numpy(),
-                   present=decoded.present.detach().cpu().numpy().astype(bool),
-                   score=decoded.score.detach().cpu().double().numpy(),
-                   visibility_hat=decoded.visibility_hat.detach().cpu().double().numpy(),
-                   labels=decoded.labels.detach().cpu().numpy().astype(np.uint8))
-
-    @classmethod
-    def concatenate(cls, parts: list["FramePredictions"]) -> "FramePredictions":
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts])
-                      for name in ("xy", "present", "score", "visibility_hat", "labels")})
 
 
 @torch.no_grad()
@@ -97,7 +81,7 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
     for start in range(0, len(images), batch_size):
         inputs = frames.to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
         output = model(inputs)
-        parts.append(FramePredictions.of(decode(output.heatmaps.float(), output.segmentation.float(), codec)))
+        parts.append(frame_predictions(decode(output.heatmaps.float(), output.segmentation.float(), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
 
@@ -156,7 +140,7 @@ class Ensemble:
         """Run the ensemble on (N, H, W) line-integral frames of the model's frame size and decode them."""
         images = frames.to_network_input(np.asarray(frames_np, dtype=np.float32), self.card.input_size)
         heatmaps, segmentation = self.combined(images)
-        return FramePredictions.of(decode(heatmaps, segmentation, self.codec))
+        return frame_predictions(decode(heatmaps, segmentation, self.codec))
 
 
 def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:

@@ -22,9 +22,10 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -129,7 +130,8 @@ def ingest_fullres(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
         warnings.warn(f"{raw}: {tally['clipped']} raw intensities below {preprocess.INTENSITY_FLOOR:g} in "
                       f"{tally['clipped_frames']} frame(s) clipped to {preprocess.INTENSITY_FLOOR:g} "
                       f"before the log transform", preprocess.ClippedIntensityWarning, stacklevel=2)
-    shape = (coords.downsampled_length(index.num_rows, crop, factor), coords.downsampled_length(index.num_cols, crop, factor))
+    shape = (coords.downsampled_length(index.num_rows, crop, factor),
+             coords.downsampled_length(index.num_cols, crop, factor))
     return IngestSummary(out, "downsampled", counts, shape, tally["out_of_frame"], tally["landmarks"],
                          tally["clipped"])
 

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from silr.errors import OutputError
 

@@ -33,8 +33,8 @@ batch has none. Every term computes in float32, whatever the autocast dtype of t
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -400,7 +400,8 @@ def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_
         raise ConfigError(f"losses.visibility_mode: unknown mode {visibility_mode!r} "
                           f"(known: {', '.join(VISIBILITY_MODES)})")
     if kl_reduction not in KL_REDUCTIONS:
-        raise ConfigError(f"losses.kl_reduction: unknown reduction {kl_reduction!r} (known: {', '.join(KL_REDUCTIONS)})")
+        raise ConfigError(f"losses.kl_reduction: unknown reduction {kl_reduction!r} "
+                          f"(known: {', '.join(KL_REDUCTIONS)})")
     if not isinstance(codec, HeatmapCodec):
         raise TypeError(f"build_loss: codec must be a HeatmapCodec, got {type(codec).__name__}")
     heatmap_kind(weights, key)

@@ -19,9 +19,10 @@ Backbones are named in `BACKBONES` (a registry of builders). Weights are never d
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -35,19 +35,27 @@ import argparse
 import csv
 import io
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from silr.anatomy import LABEL_NAMES
 from silr.errors import ConfigError, SilrError
 from silr.inference import Ensemble, load_ensemble
-from silr.inputs import (Failure, InputSpec, PreparedFrame, enumerate_inputs, frame_to_input, parse_frames, prepare,
-                         treatment, unique_stems)
+from silr.inputs import (
+    Failure,
+    InputSpec,
+    PreparedFrame,
+    enumerate_inputs,
+    frame_to_input,
+    parse_frames,
+    prepare,
+    treatment,
+    unique_stems,
+)
 from silr.io import atomic_path, write_json, write_text
-
 
 # ------------------------------------------------------------------ containers
 

@@ -27,18 +27,19 @@ labels, pixel spacing, what data it is). Writes
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from silr import baselines, metrics
 from silr.errors import DataError
-from silr.inference import FramePredictions
 from silr.io import ensure_writable, write_json, write_text, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
 from silr.results import output_paths, predictions_table, read_fold_metrics, read_label_maps, read_predictions_csv
+from silr.types import FramePredictions
 
 DEFAULT_METRICS = "metrics"
 DEFAULT_PLOTS = "plots"
@@ -168,8 +169,10 @@ def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Seq
     ours_specimens = {int(s) for loss in losses for s in summary_table2[loss]["per_specimen_px"]}
     order = [s for s in metrics.PAPER_SPECIMEN_ORDER] + sorted(ours_specimens - set(metrics.PAPER_SPECIMEN_ORDER),
                                                               reverse=True)
-    header = ["Test specimen"] + [metrics.loss_title(l) if l in baseline_table2 else f"{metrics.loss_title(l)} (ours)"
-                                  for l in losses] + [f"{metrics.loss_title(l)} (paper)" for l in paper_losses]
+    header = (["Test specimen"]
+              + [metrics.loss_title(name) if name in baseline_table2 else f"{metrics.loss_title(name)} (ours)"
+                 for name in losses]
+              + [f"{metrics.loss_title(name)} (paper)" for name in paper_losses])
     lines = [
         "# Table 2: Euclidean distance error (pixels) per held-out test specimen",
         "",
@@ -179,26 +182,27 @@ def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Seq
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
     for specimen in order:
-        ours = [summary_table2[l]["per_specimen_px"].get(specimen,
-                                                          summary_table2[l]["per_specimen_px"].get(str(specimen)))
-                for l in losses]
-        paper = [metrics.PAPER_TABLE2[l]["per_specimen_px"].get(specimen) for l in paper_losses]
+        ours = [summary_table2[name]["per_specimen_px"].get(specimen,
+                                                          summary_table2[name]["per_specimen_px"].get(str(specimen)))
+                for name in losses]
+        paper = [metrics.PAPER_TABLE2[name]["per_specimen_px"].get(specimen) for name in paper_losses]
         if all(v is None for v in ours) and specimen not in metrics.PAPER_SPECIMEN_ORDER:
             continue
         lines.append("| " + " | ".join([str(specimen)] + [_cell(v) for v in ours + paper]) + " |")
-    mean_std = [f"{_cell(summary_table2[l]['mean_px'])} ± {_cell(summary_table2[l]['std_px'])}" for l in losses]
-    mean_std += [f"{metrics.PAPER_TABLE2[l]['mean_px']:.2f} ± {metrics.PAPER_TABLE2[l]['std_px']:.2f}"
-                 for l in paper_losses]
+    mean_std = [f"{_cell(summary_table2[name]['mean_px'])} ± {_cell(summary_table2[name]['std_px'])}"
+                for name in losses]
+    mean_std += [f"{metrics.PAPER_TABLE2[name]['mean_px']:.2f} ± {metrics.PAPER_TABLE2[name]['std_px']:.2f}"
+                 for name in paper_losses]
     lines.append("| Mean ± Std | " + " | ".join(mean_std) + " |")
-    mm = ", ".join(f"{metrics.loss_title(l)} {_cell(summary_table2[l]['mean_mm'])} ± "
-                   f"{_cell(summary_table2[l]['std_mm'])} mm" for l in losses)
+    mm = ", ".join(f"{metrics.loss_title(name)} {_cell(summary_table2[name]['mean_mm'])} ± "
+                   f"{_cell(summary_table2[name]['std_mm'])} mm" for name in losses)
     lines += ["", f"Ours in mm: {mm}."]
     if "mean_shape" in baseline_table2:
-        trained = [l for l in losses if l not in baseline_table2]
-        weak = not_beating({l: summary_table2[l] for l in trained}, baseline_table2["mean_shape"])
+        trained = [name for name in losses if name not in baseline_table2]
+        weak = not_beating({name: summary_table2[name] for name in trained}, baseline_table2["mean_shape"])
         bar = _cell(baseline_table2["mean_shape"]["mean_px"])
         lines += ["", (f"**Not better than the mean-shape baseline ({bar} px): "
-                       f"{', '.join(metrics.loss_title(l) for l in weak)}.**" if weak else
+                       f"{', '.join(metrics.loss_title(name) for name in weak)}.**" if weak else
                        f"Every loss beats the mean-shape baseline ({bar} px).")]
     lines += [
         "",
@@ -313,7 +317,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         live_dir: str | Path = DEFAULT_LIVE, folds_path: str | Path = DEFAULT_FOLDS) -> dict[str, Any]:
     """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
     from silr import deepfluoro
-    from silr.folds import load_folds
+    from silr.splits import load_folds
 
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
     losses, folds = list(params.study.losses), list(params.study.folds)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import io as _io
 import json
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,8 @@ import pandas as pd
 from silr import coords, metrics
 from silr.anatomy import LANDMARK_NAMES
 from silr.errors import DataError
-from silr.inference import FramePredictions
 from silr.io import write_json, write_with
+from silr.types import FramePredictions
 
 # Fixed zip member time: the label-map archive is byte-identical for identical predictions.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

@@ -14,9 +14,10 @@ import ast
 import hashlib
 import importlib.util
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -49,7 +49,7 @@ def specimen_ids(count: int) -> list[str]:
     """The real ids for the first six specimens (paper order), then invented `99-NNNN` ids."""
     if not 1 <= count <= 9999:
         raise ConfigError(f"synth.specimens must be between 1 and 9999, got {count}")
-    return [anatomy.SPECIMEN_IDS[n] if n in anatomy.SPECIMEN_IDS else f"99-{n:04d}" for n in range(1, count + 1)]
+    return [anatomy.SPECIMEN_IDS.get(n, f"99-{n:04d}") for n in range(1, count + 1)]
 
 
 def check_frames(frames: Sequence[int]) -> tuple[int, ...]:
@@ -121,11 +121,12 @@ def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -
     return PreviewPanel(title, np.ascontiguousarray(image), np.ascontiguousarray(labels), xy)
 
 
-def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detector = Detector(),
+def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detector | None = None,
                   preview_panels: int = PREVIEW_PANELS) -> SynthSummary:
     """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp name);
     specimen k gets frames[k - 1] frames."""
     frames = check_frames(frames)
+    detector = detector if detector is not None else Detector()
     specimens = len(frames)
     ids = specimen_ids(specimens)
     summary = SynthSummary(specimens, sum(frames))

@@ -31,9 +31,10 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -44,9 +45,17 @@ from silr.device import DeviceSetup, select_device
 from silr.errors import ConfigError, DataError, SilrError
 from silr.io import ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
-from silr.resume import (RunIdentity, code_hash, data_hash_of, read_resume_state, restore_rng_states,
-                         resume_payload, seed_everything)
+from silr.resume import (
+    RunIdentity,
+    code_hash,
+    data_hash_of,
+    read_resume_state,
+    restore_rng_states,
+    resume_payload,
+    seed_everything,
+)
 from silr.types import Batch, ModelOutput
+
 
 class TrainingInterrupted(SilrError):
     """SIGINT or SIGTERM stopped the run; the exit status is 128 + the signal number."""
@@ -65,7 +74,7 @@ class RunPaths:
     live: Path
 
     @staticmethod
-    def of(out_dir: str | Path, live_dir: str | Path, loss_name: str, fold: int) -> "RunPaths":
+    def of(out_dir: str | Path, live_dir: str | Path, loss_name: str, fold: int) -> RunPaths:
         run = Path(loss_name) / f"fold{fold}"
         return RunPaths(best=Path(out_dir) / run / "best.pt", last=Path(out_dir) / run / "last.pt",
                         live=Path(live_dir) / run)
@@ -88,7 +97,7 @@ class Progress:
 
 def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 frames: FrameSet, params: Params, generator: torch.Generator, setup: DeviceSetup,
-                stop: "StopRequest | None" = None, on_step=None) -> dict[str, torch.Tensor] | None:
+                stop: StopRequest | None = None, on_step=None) -> dict[str, torch.Tensor] | None:
     """One pass over the training frames; the mean of every loss term (device tensors).
 
     Sums stay on the device (no per-step host sync). Returns None when `stop` was
@@ -171,7 +180,7 @@ class StopRequest:
             signal.signal(sig, previous)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopRequest"]:
+    def installed(self) -> Iterator[StopRequest]:
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
@@ -210,9 +219,9 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
             out_dir: str | Path, live_dir: str | Path) -> Setup:
     """Check every argument and build the run; raises SilrError before anything is written."""
     from silr.deepfluoro import read_processed
-    from silr.folds import load_folds
     from silr.losses import build_loss
     from silr.model import build_model, check_backbone
+    from silr.splits import load_folds
 
     weights = params.loss_weights(loss_name)
     codec = codec_for_run(params, loss_name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 from torch import Tensor
 
 
@@ -26,3 +28,23 @@ class ModelOutput(NamedTuple):
 
     heatmaps: Tensor
     segmentation: Tensor
+
+
+@dataclass(frozen=True)
+class FramePredictions:
+    """Predictions for N frames, in frame coordinates (NumPy, for files and metrics).
+
+    xy (N, L, 2) decoded position; present (N, L) bool; score (N, L); visibility_hat (N, L)
+    discrete v_hat in {0, 0.5, 1}; labels uint8 (N, H, W).
+    """
+
+    xy: np.ndarray
+    present: np.ndarray
+    score: np.ndarray
+    visibility_hat: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[FramePredictions]) -> FramePredictions:
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts])
+                      for name in ("xy", "present", "score", "visibility_hat", "labels")})

@@ -22,11 +22,11 @@ class Ellipsoid:
     rotation: np.ndarray    # (3, 3), orthonormal columns
     semi_axes: np.ndarray   # (3,) mm
 
-    def rigid(self, rotation: np.ndarray, translation: np.ndarray) -> "Ellipsoid":
+    def rigid(self, rotation: np.ndarray, translation: np.ndarray) -> Ellipsoid:
         """The ellipsoid after the rigid motion p -> rotation @ p + translation."""
         return Ellipsoid(rotation @ self.centre + translation, rotation @ self.rotation, self.semi_axes)
 
-    def resized(self, delta_mm: float) -> "Ellipsoid":
+    def resized(self, delta_mm: float) -> Ellipsoid:
         """Every semi-axis grown by `delta_mm` (shrunk when negative), never below 30%."""
         return Ellipsoid(self.centre, self.rotation, np.maximum(self.semi_axes + delta_mm, 0.3 * self.semi_axes))
 
@@ -52,12 +52,12 @@ class Body:
     holes: tuple[Ellipsoid, ...] = field(default=())
     cortex_mm: float = 0.0
 
-    def rigid(self, rotation: np.ndarray, translation: np.ndarray) -> "Body":
+    def rigid(self, rotation: np.ndarray, translation: np.ndarray) -> Body:
         """The body after the rigid motion p -> rotation @ p + translation."""
         return Body(tuple(s.rigid(rotation, translation) for s in self.solids),
                     tuple(h.rigid(rotation, translation) for h in self.holes), self.cortex_mm)
 
-    def core(self) -> "Body":
+    def core(self) -> Body:
         """The body without its cortical shell: solids shrunk, holes grown by the cortex."""
         return Body(tuple(s.resized(-self.cortex_mm) for s in self.solids),
                     tuple(h.resized(self.cortex_mm) for h in self.holes), 0.0)
