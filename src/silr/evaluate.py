@@ -20,6 +20,7 @@ Reads `models/<loss>/fold<k>/best.pt`, the processed data and the folds file, an
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -58,21 +59,39 @@ def _check_card(path: Path, card: ModelCard, loss: str, fold: int) -> None:
                               f"expected {list(LANDMARK_NAMES)}")
 
 
+def _numbers(values: Iterable[int]) -> str:
+    return ", ".join(map(str, sorted(values)))
+
+
+def _how_to_train(params: Params, loss: str, fold: int) -> str:
+    """The command that makes the missing checkpoint: a dvc.yaml stage only where the study has one."""
+    if loss in params.study.losses and fold in params.study.folds:
+        return f"train it first with `dvc repro train@{loss}-{fold}`"
+    missing = [f"study.losses ({', '.join(params.study.losses)})" if loss not in params.study.losses else "",
+               f"study.folds ({_numbers(params.study.folds)})" if fold not in params.study.folds else ""]
+    return (f"dvc.yaml has no stage train@{loss}-{fold}, as it is not in {' and '.join(m for m in missing if m)}: "
+            f"add it there to run it with the pipeline, or train it first with "
+            f"`silr train --loss {loss} --fold {fold}`")
+
+
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
         models_dir: str | Path, out_dir: str | Path, device: str = "auto",
         batch_size: int = 16) -> OutputPaths:
     """Evaluate one (loss, fold): read model, data and split; write predictions, metrics and label maps."""
     from silr import checkpoint, deepfluoro
-    from silr.splits import load_folds
+    from silr.splits import check_against_data, load_folds
 
+    # The fold first: for a fold the folds file lacks, no training would help.
+    folds = load_folds(folds_path)
+    if fold not in folds:
+        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {_numbers(folds)}; "
+                          f"study.folds: {_numbers(params.study.folds)})")
     ckpt = checkpoint_path(models_dir, loss, fold)
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: no trained model for loss {loss!r} fold {fold}; "
-                              f"train it first with `dvc repro train@{loss}-{fold}`")
+                              f"{_how_to_train(params, loss, fold)}")
     data = deepfluoro.read_processed(data_path)
-    folds = load_folds(folds_path, data)
-    if fold not in folds:
-        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {', '.join(map(str, sorted(folds)))})")
+    check_against_data(folds, data, Path(folds_path))
     test = sorted(folds[fold].test)
     if not test:
         raise DataError(f"{folds_path}: fold {fold} has no test frames")
