@@ -124,8 +124,36 @@ def test_table2_has_the_known_errors(reported):
     assert proposed["pooled"]["visibility_accuracy"] == pytest.approx(81 / 84, abs=1e-6)
     # A loss whose heatmaps have no presence (NCC's kind) reports none.
     assert mse["pooled"]["presence"] is None and mse["pooled"]["visibility_accuracy"] is None
-    assert summary["means"] == {"proposed": 5.0, "mse": 2.0, "baseline_frame_centre": pytest.approx(
-        summary["baselines"]["frame_centre"]["mean_px"]), "baseline_mean_shape": 0.0}
+
+
+def test_dvc_metrics_are_one_small_file_per_loss_and_baseline(reported):
+    root, _, _, details = reported
+    files = sorted((root / "metrics" / "summary").glob("*.json"))
+    assert [f.stem for f in files] == ["baseline_frame_centre", "baseline_mean_shape", "mse", "proposed"]
+    compact = {f.stem: json.loads(f.read_text()) for f in files}
+    assert compact["proposed"] == {"mean_px": 5.0, "std_px": 0.0, "mean_mm": pytest.approx(5.0 * 8 * 0.194),
+                                   "dice": 1.0}
+    # Dice: the mean over the bones that any frame defines (here only the left hemipelvis).
+    assert compact["mse"]["dice"] == 0.0 and compact["mse"]["mean_px"] == 2.0
+    assert compact["baseline_mean_shape"] == {"mean_px": 0.0, "std_px": 0.0, "mean_mm": 0.0}
+    assert compact["baseline_frame_centre"]["mean_px"] == details["baselines"]["frame_centre"]["mean_px"]
+    # `dvc metrics show` prints one row per file and one column per key: a screen, not 160 columns.
+    assert {key for entry in compact.values() for key in entry} == {"mean_px", "std_px", "mean_mm", "dice"}
+    assert sum(len(entry) for entry in compact.values()) <= 4 * 5
+    # The rest, the paper's numbers included, is in details.json, which is not a DVC metric.
+    assert json.loads((root / "metrics" / "details.json").read_text())["paper_table2"]["ncc"]["mean_px"] == 38.43
+    dvc_yaml = (Path(__file__).parents[1] / "dvc.yaml").read_text()
+    metrics_block = dvc_yaml.split("    metrics:\n", 1)[1].split("\n\n", 1)[0]
+    assert "metrics/summary:" in metrics_block and "details.json" not in metrics_block
+
+
+def test_a_loss_dropped_from_the_study_leaves_no_metric_file(reported, tmp_path):
+    root, params, data_path, _ = reported
+    stale = root / "metrics" / "summary" / "ncc.json"
+    stale.write_text("{}\n")
+    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
+               live_dir=root / "dvclive", folds_path=root / "folds.json")
+    assert not stale.exists()
 
 
 def test_baselines_are_scored_like_a_loss(reported):
@@ -208,10 +236,10 @@ def test_per_specimen_csv_and_plots(reported):
 
 def test_outputs_are_byte_stable(reported, tmp_path):
     root, params, data_path, _ = reported
-    before = {name: (root / "metrics" / name).read_bytes() for name in ("summary.json", "table2.md",
-                                                                       "per_specimen.csv",
+    before = {name: (root / "metrics" / name).read_bytes() for name in ("summary/mse.json", "details.json",
+                                                                       "table2.md", "per_specimen.csv",
                                                                        "curves/train_loss.csv")}
-    assert json.loads(before["summary.json"])["means"]["mse"] == 2.0
+    assert json.loads(before["summary/mse.json"])["mean_px"] == 2.0
     report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
                live_dir=root / "dvclive", folds_path=root / "folds.json")
     for name, content in before.items():
