@@ -305,23 +305,35 @@ def curves_wide(curves: pd.DataFrame, metric: str, losses: Sequence[str]) -> pd.
 
 # ------------------------------------------------------------------ the stage
 
-def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
-                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None) -> None:
-    """Every PNG of the report (plots.py draws, this function picks the frames)."""
+def figure_source(dataset: Mapping[str, Any]) -> str:
+    """The line every figure prints under its title: what data (synthetic or real) it shows."""
+    kind = DATA_KIND_TEXT.get(dataset["kind"], dataset["kind"])
+    warning = " (simulated images, not patient data)" if dataset["kind"] == "synthetic" else ""
+    settings = dataset["settings"]
+    return (f"Data: {kind}{warning}, {dataset['test_frames']} test frames of {len(dataset['test_specimens'])} "
+            f"held-out specimens; {settings['backbone']}, {settings['epochs']} "
+            f"epoch{'' if settings['epochs'] == 1 else 's'}")
+
+
+def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params, curves: pd.DataFrame,
+                  baseline_table: pd.DataFrame | None = None, *, source: str = "") -> dict[str, Any]:
+    """Every figure of the report, by file name (plots.py draws, this function picks the frames)."""
     from silr import plots
 
     losses, folds = list(params.study.losses), list(params.study.folds)
     showcase = metrics.showcase_frames(table)
     images = {s: data.specimens[s].images[f] for s, f in showcase.items()}
     shown_rows = table[[showcase.get(int(s)) == int(f) for s, f in zip(table["specimen"], table["frame"])]]
-    plots.save_png(plots.figure1(images, shown_rows, losses), plots_dir / "figure1.png")
     with_baselines = table if baseline_table is None else pd.concat([table, baseline_table], ignore_index=True)
-    plots.save_png(plots.per_specimen_errors(with_baselines, [*losses, *baselines.BASELINES]),
-                   plots_dir / "per_specimen_errors.png")
-    plots.save_png(plots.cumulative_errors(table, losses, data.pixel_spacing_mm, params.evaluate.success_mm),
-                   plots_dir / "cumulative_errors.png")
-    plots.save_png(plots.per_landmark_errors(table, losses), plots_dir / "per_landmark_errors.png")
-    plots.save_png(plots.training_curves(curves, losses, list(CURVE_FILES)), plots_dir / "training_curves.png")
+    named = [*losses, *(() if baseline_table is None else baselines.BASELINES)]
+    figures = {
+        "figure1.png": plots.figure1(images, shown_rows, losses, source=source),
+        "per_specimen_errors.png": plots.per_specimen_errors(with_baselines, named, source=source),
+        "cumulative_errors.png": plots.cumulative_errors(with_baselines, named, data.pixel_spacing_mm,
+                                                         params.evaluate.success_mm, source=source),
+        "per_landmark_errors.png": plots.per_landmark_errors(table, losses, source=source),
+        "training_curves.png": plots.training_curves(curves, losses, list(CURVE_FILES), source=source),
+    }
 
     # The segmentation figure shows the first loss of the study (the proposed one by default)
     # on the Figure 1 frames; only a loss with a segmentation term trains the masks.
@@ -335,8 +347,19 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
                 truth.append(data.specimens[int(s)].labels[int(f)])
                 predicted.append(maps["labels"][index])
                 titles.append(f"specimen {int(s)}, frame {int(f)}")
-    plots.save_png(plots.segmentation_comparison(frames_shown, truth, predicted, titles,
-                                                 metrics.loss_title(seg_loss)), plots_dir / "segmentation.png")
+    figures["segmentation.png"] = plots.segmentation_comparison(frames_shown, truth, predicted, titles,
+                                                                metrics.loss_title(seg_loss), source=source)
+    return figures
+
+
+def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
+                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None, *, source: str = "") -> None:
+    """Every PNG of the report."""
+    from silr import plots
+
+    for name, figure in build_figures(table, data, metrics_dir, params, curves, baseline_table,
+                                      source=source).items():
+        plots.save_png(figure, plots_dir / name)
 
 
 def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path,
@@ -392,7 +415,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         write_with(metrics_dir / "curves" / name,
                    lambda tmp, wide=wide: wide.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                      lineterminator="\n"))
-    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table)
+    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table, source=figure_source(dataset))
     return summary
 
 
