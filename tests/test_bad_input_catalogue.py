@@ -147,7 +147,7 @@ def evaluate_outputs(p: TinyProject, loss: str = "proposed", fold: int = 1) -> l
 def report_outputs(p: TinyProject) -> list[Path]:
     from silr.report import CURVE_FILES, PLOT_NAMES
 
-    return ([p.metrics / n for n in ("summary.json", "table2.md", "per_specimen.csv")]
+    return ([p.metrics / n for n in ("summary/proposed.json", "details.json", "table2.md", "per_specimen.csv")]
             + [p.metrics / "curves" / n for n in CURVE_FILES.values()] + [p.plots / n for n in PLOT_NAMES])
 
 

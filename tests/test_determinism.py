@@ -71,7 +71,8 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
 
     metrics_a, metrics_b = files_under(first.root / "metrics"), files_under(second / "metrics")
     expected = {"predictions/proposed/fold1.csv", "folds/proposed/fold1.json", "segmentation/proposed/fold1.npz",
-                "summary.json", "table2.md", "per_specimen.csv", "curves/train_loss.csv", "curves/val_error_px.csv"}
+                "summary/proposed.json", "details.json", "table2.md", "per_specimen.csv", "curves/train_loss.csv",
+                "curves/val_error_px.csv"}
     assert expected <= set(metrics_a), sorted(metrics_a)
     assert sorted(metrics_a) == sorted(metrics_b)
     differing = [name for name in metrics_a if metrics_a[name] != metrics_b[name]]
@@ -105,5 +106,5 @@ def test_dvc_repro_twice_gives_byte_identical_metrics(tmp_path):
         checked(["dvc", "repro"], root, timeout=1500)
         runs.append(files_under(root / "metrics"))
     first, second = runs
-    assert "summary.json" in first and sorted(first) == sorted(second)
+    assert "details.json" in first and sorted(first) == sorted(second)
     assert [name for name in first if first[name] != second[name]] == []

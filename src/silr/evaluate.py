@@ -38,6 +38,7 @@ from silr.results import (
     checkpoint_path,
     output_paths,
     predictions_table,
+    read_fold_metrics,
     write_fold_metrics,
     write_label_maps,
     write_predictions_csv,
@@ -151,7 +152,13 @@ def main(args: argparse.Namespace) -> int:
     params.loss_weights(args.loss)  # ConfigError naming losses.<name> if it is not defined
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
-        folds_path=args.folds, models_dir=args.models, out_dir=args.out,
-        device=args.device or params.train.device, batch_size=args.batch_size)
+    paths = run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
+                folds_path=args.folds, models_dir=args.models, out_dir=args.out,
+                device=args.device or params.train.device, batch_size=args.batch_size)
+    result = read_fold_metrics(paths.fold_metrics, loss=args.loss, fold=args.fold)
+    error, counts = result["error"], result["counts"]
+    px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–" for k in ("mean_px", "mean_mm"))
+    print(f"evaluate {args.loss} fold {args.fold}: mean error {px} px ({mm} mm) "
+          f"over {counts['landmarks_in_frame']} in-frame landmarks of {counts['frames']} frames -> "
+          f"{paths.fold_metrics}", flush=True)
     return 0

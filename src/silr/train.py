@@ -350,7 +350,7 @@ def _deterministic(setup: DeviceSetup) -> Iterator[None]:
 
 
 def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
-    from tqdm import tqdm
+    from silr.progress import training_progress
 
     params, train = setup.params, setup.params.train
     generator = torch.Generator(device=setup.device.device)
@@ -385,9 +385,9 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
     live = LiveLog(setup.paths.live, progress.history)
     steps_per_epoch = len(list(batch_indices(len(setup.train_frames), train.batch_size,
                                              torch.Generator().manual_seed(0), "cpu")))
-    bar = tqdm(total=train.epochs * steps_per_epoch, initial=progress.epoch * steps_per_epoch,
-               desc=f"train {setup.loss_name}/fold{setup.fold_number}", unit="step", file=sys.stderr,
-               disable=not progress_bar, mininterval=1.0, dynamic_ncols=True)
+    bar = training_progress(total=train.epochs * steps_per_epoch, initial=progress.epoch * steps_per_epoch,
+                            desc=f"train {setup.loss_name}/fold{setup.fold_number}", epochs=train.epochs,
+                            enabled=progress_bar)
     stop = StopRequest()
     # Showing the loss needs a host copy: every step on the CPU (free), every 10th on a GPU.
     show_every = 1 if not setup.device.is_cuda else 10
@@ -428,6 +428,7 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
                 progress.epoch = epoch
                 progress.history.append(entry)
                 live.log(entry)
+                bar.end_epoch(entry)
                 if epoch % train.checkpoint_every == 0 or epoch == train.epochs or stop.requested:
                     write_last(setup, optimizer, progress, generator, finished=epoch == train.epochs)
                 if improved:
