@@ -28,7 +28,7 @@ import numpy as np
 from silr import metrics
 from silr.anatomy import LANDMARK_NAMES
 from silr.card import ModelCard
-from silr.device import select_device
+from silr.device import device_for_run, select_device
 from silr.errors import CheckpointError, ConfigError, DataError
 from silr.inference import predict_frames
 from silr.io import ensure_writable
@@ -76,7 +76,7 @@ def _how_to_train(params: Params, loss: str, fold: int) -> str:
 
 
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
-        models_dir: str | Path, out_dir: str | Path, device: str = "auto",
+        models_dir: str | Path, out_dir: str | Path, device: str | None = None,
         batch_size: int = 16) -> OutputPaths:
     """Evaluate one (loss, fold): read model, data and split; write predictions, metrics and label maps."""
     from silr import checkpoint, deepfluoro
@@ -97,7 +97,9 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     if not test:
         raise DataError(f"{folds_path}: fold {fold} has no test frames")
 
-    model, card = checkpoint.load_model(ckpt, select_device(device, key="--device"))
+    # --device wins; else train.device, with the placement of silr.device ($SILR_DEVICE, $SILR_THREADS).
+    torch_device = select_device(device, key="--device") if device else device_for_run(params.train.device)
+    model, card = checkpoint.load_model(ckpt, torch_device)
     _check_card(ckpt, card, loss, fold)
     codec = card.codec(ckpt)
     paths = output_paths(out_dir, loss, fold)
@@ -154,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
                 folds_path=args.folds, models_dir=args.models, out_dir=args.out,
-                device=args.device or params.train.device, batch_size=args.batch_size)
+                device=args.device, batch_size=args.batch_size)
     result = read_fold_metrics(paths.fold_metrics, loss=args.loss, fold=args.fold)
     error, counts = result["error"], result["counts"]
     px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–" for k in ("mean_px", "mean_mm"))
