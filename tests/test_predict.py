@@ -158,12 +158,14 @@ def test_png8_frame_of_another_size_maps_back_to_input_pixels(fake_models, tmp_p
         assert row["present"] is (name not in ABSENT) and row["visibility"] == expected, name
     assert by_name["FH-l"]["score"] == pytest.approx(torch.sigmoid(torch.tensor(PEAK_LOGIT)).item(), rel=1e-6)
 
-    labels = np.asarray(Image.open(out / "c_arm_seg.png"))
-    assert labels.shape == (FRAME_SIZE_PX, FRAME_SIZE_PX) and labels.dtype == np.uint8
-    assert (labels == LEFT_HEMIPELVIS).all()
+    # The label map is on the input's own grid, an indexed PNG whose indices are the labels.
+    with Image.open(out / "c_arm_seg.png") as seg:
+        assert seg.mode == "P" and seg.size == (360, 360)
+        labels = np.asarray(seg)
+    assert labels.dtype == np.uint8 and (labels == LEFT_HEMIPELVIS).all()
     csv_lines = (out / "c_arm_landmarks.csv").read_text().splitlines()
-    assert csv_lines[0] == "name,x,y,frame_x,frame_y,present,score,visibility"
-    assert csv_lines[1].startswith("FH-l,100.5000,200.5000,50.0000,100.0000,True,")
+    assert csv_lines[0] == "name,x,y,frame_x,frame_y,present,in_image,score,visibility"
+    assert csv_lines[1].startswith("FH-l,100.5000,200.5000,50.0000,100.0000,True,True,")
     assert (out / "c_arm_overlay.png").stat().st_size > 1000
     summary = capsys.readouterr().out
     assert "c_arm" in summary and " 12/14" in summary
