@@ -141,9 +141,12 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
 def read_npy(path: Path) -> np.ndarray:
     """A `.npy` array of one frame (H, W) or a stack (N, H, W), as float32."""
     try:
-        mapped = np.load(path, allow_pickle=False, mmap_mode="r")
-        check_size(path, mapped.shape if mapped.ndim >= 2 else (1, mapped.size))
-        array = np.array(mapped)
+        with open(path, "rb") as stream:  # the declared shape, before any data is read
+            version = np.lib.format.read_magic(stream)
+            shape, _, _ = np.lib.format._read_array_header(stream, version)
+        if len(shape) >= 2:
+            check_size(path, tuple(shape))
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except MemoryError:

@@ -237,7 +237,9 @@ def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, pr
     inches = float(np.clip(max(width, height) / OVERLAY_DPI, OVERLAY_MIN_INCHES, OVERLAY_MAX_INCHES))
     scale = inches / max(width, height)
     image_w, image_h = width * scale, height * scale
-    top, bottom = 0.75, 1.1  # inches for the title and the legend
+    shown = [value for value in LABEL_NAMES if value and (labels == value).any()]
+    legend_rows = -(-(3 + len(shown)) // 3)
+    top, bottom = 0.75, 0.3 + 0.25 * legend_rows  # inches for the title and the legend (3 columns)
     figure = Figure(figsize=(max(image_w, 5.0), image_h + top + bottom), dpi=OVERLAY_DPI)
     fig_w, fig_h = figure.get_size_inches()
     axes = figure.add_axes(((fig_w - image_w) / 2 / fig_w, bottom / fig_h, image_w / fig_w, image_h / fig_h))
@@ -252,20 +254,23 @@ def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, pr
     outline = [withStroke(linewidth=2.2, foreground="black")]
     for i, name in enumerate(names):
         x, y = float(xy[i, 0]), float(xy[i, 1])
+        left = x > 0.75 * width  # names near the right border are written to the left of the marker
+        side = {"xytext": (-6 if left else 6, -6), "ha": "right" if left else "left"}
         if not in_image[i]:
             bx, by = float(np.clip(x, 0, width - 1)), float(np.clip(y, 0, height - 1))
             axes.plot(bx, by, marker="^", markersize=ring, color="#ff9f1c", markeredgecolor="black", clip_on=False)
-            axes.annotate(f"{name} (outside)", (bx, by), xytext=(5, 5), textcoords="offset points",
+            axes.annotate(f"{name} (outside)", (bx, by), xytext=(side["xytext"][0], 6), ha=side["ha"],
+                          textcoords="offset points",
                           color="#ff9f1c", fontsize=font, path_effects=outline, annotation_clip=False)
         elif present[i]:
             axes.plot(x, y, marker="o", markersize=ring, markerfacecolor="none",
                       markeredgecolor=LABEL_COLORS[LANDMARK_BONE[name]], markeredgewidth=2)
             axes.plot(x, y, marker="+", markersize=ring * 0.6, color="white")
-            axes.annotate(name, (x, y), xytext=(6, -6), textcoords="offset points", color="white",
+            axes.annotate(name, (x, y), **side, textcoords="offset points", color="white",
                           fontsize=font, fontweight="bold", path_effects=outline)
         else:
             axes.plot(x, y, marker="x", markersize=ring * 0.8, color="#9a9a9a", markeredgewidth=1.5)
-            axes.annotate(f"{name} (absent)", (x, y), xytext=(6, -6), textcoords="offset points",
+            axes.annotate(f"{name} (absent)", (x, y), **side, textcoords="offset points",
                           color="#c8c8c8", fontsize=font, fontstyle="italic", path_effects=outline)
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
@@ -274,9 +279,8 @@ def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, pr
                       markeredgewidth=2, label="present (ring: bone colour)"),
                Line2D([], [], marker="x", linestyle="", color="#9a9a9a", label="absent (argmax shown)"),
                Line2D([], [], marker="^", linestyle="", color="#ff9f1c", label="decoded outside the image")]
-    shown = [value for value in LABEL_NAMES if value and (labels == value).any()]
     handles += [Patch(color=LABEL_COLORS[v], alpha=0.6, label=LABEL_NAMES[v]) for v in shown]
-    legend = figure.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=8,
+    legend = figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8,
                            frameon=True, facecolor="#202020", labelcolor="white", bbox_to_anchor=(0.5, 0.0))
     legend.get_frame().set_alpha(0.9)
     present_count = int(np.sum(np.asarray(present) & np.asarray(in_image)))

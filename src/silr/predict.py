@@ -47,9 +47,11 @@ brighter than predicted background. So:
   - statistics: median outside [0.25, 0.90] or standard deviation outside [0.08, 0.32]
     (the training range widened by about 0.1 / 0.05): the frame is unlike the training
     frames;
-  - polarity: predicted bone (labels 1..6, at least 1 % of the frame, as is background)
-    darker on average than predicted background: a bone-dark (raw or inverted) image
-    given as a line integral;
+  - polarity: every frame is also run inverted (1 - scaled frame, one more forward pass);
+    when the inverted frame's mean landmark score beats the frame's own by more than
+    POLARITY_MARGIN = 0.05, the input is most likely bone-dark (raw or inverted) given as a
+    line integral. Also: predicted bone (labels 1..6, at least 1 % of the frame, as is
+    background) darker on average than predicted background;
   - --raw on a frame whose largest value is below 1 % of the card's I0: most likely an
     already processed frame (raw detector frames reach close to I0 in air); intensities
     clipped before the log are reported the same way;
@@ -101,6 +103,7 @@ STAT_MEDIAN = (0.25, 0.90)
 STAT_STD = (0.08, 0.32)
 POLARITY_MIN_FRACTION = 0.01
 RAW_MAX_FRACTION_OF_I0 = 0.01
+POLARITY_MARGIN = 0.05
 
 # ------------------------------------------------------------------ containers
 
@@ -116,6 +119,7 @@ class FramePrediction:
     labels: np.ndarray  # uint8 (frame, frame)
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0  # this frame's share of reading, preparing and running the models
+    inverted_score: float | None = None  # mean landmark score of the same frame inverted
 
 
 # ------------------------------------------------------------------ models and their cards
@@ -224,6 +228,16 @@ def polarity_warning(prepared: PreparedFrame, labels: np.ndarray) -> list[str]:
             f"{hint}"]
 
 
+def inversion_warning(prediction: FramePrediction) -> list[str]:
+    """The inverted frame explains the models' landmarks better than the frame itself."""
+    own = float(prediction.score.mean())
+    if prediction.inverted_score is None or prediction.inverted_score <= own + POLARITY_MARGIN:
+        return []
+    return [f"the image looks inverted (bone dark): the models' mean landmark score is {own:.2f} on it and "
+            f"{prediction.inverted_score:.2f} on its inverse; training frames are line integrals (bone bright)"
+            f"{'; a raw detector frame needs --raw' if not prediction.prepared.input.raw else ''}"]
+
+
 def _raw_warnings(spec_frame, preprocessing) -> list[str]:
     if not spec_frame.raw:
         return []
@@ -238,7 +252,10 @@ def _raw_warnings(spec_frame, preprocessing) -> list[str]:
 
 def predict_frames(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> list[FramePrediction]:
     """Run the ensemble on prepared frames (one batch) and decode every landmark."""
-    decoded = ensemble.decode(np.stack([p.frame for p in prepared]))
+    stack = np.stack([p.frame for p in prepared]).astype(np.float32)
+    decoded = ensemble.decode(stack)
+    low, high = stack.min(axis=(1, 2), keepdims=True), stack.max(axis=(1, 2), keepdims=True)
+    inverted_scores = ensemble.decode(high + low - stack).score.mean(axis=1)
     size = ensemble.frame_size
     preprocessing = ensemble.card.preprocessing
     results = []
@@ -249,7 +266,8 @@ def predict_frames(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> lis
         results.append(FramePrediction(
             prepared=item, xy_frame=decoded.xy[i], xy_input=xy_input,
             present=decoded.present[i] & in_image, in_image=in_image, score=decoded.score[i],
-            visibility=np.where(in_image, decoded.visibility_hat[i], 0.0), labels=decoded.labels[i]))
+            visibility=np.where(in_image, decoded.visibility_hat[i], 0.0), labels=decoded.labels[i],
+            inverted_score=float(inverted_scores[i])))
     return results
 
 
@@ -347,6 +365,7 @@ def _json_record(prediction: FramePrediction, ensemble: Ensemble, rows: list[dic
         "ensemble_method": ("mean of heatmap sigmoid and segmentation softmax probabilities, then decoded"
                             if len(models) > 1 else None),
         "warnings": list(prediction.warnings),
+        "inverted_mean_score": prediction.inverted_score,
         "seconds": round(prediction.seconds, 4),
         "landmarks": rows,
         "segmentation": {"file": paths["seg"].name, "grid": f"input pixels, {width}x{height}",
@@ -410,7 +429,8 @@ def main(args: argparse.Namespace) -> int:
     if failures:
         print(f"\n{len(failures)} input(s) failed:", file=sys.stderr)
         for failure in failures:
-            print(f"  {failure.source}: {failure.message}", file=sys.stderr)
+            message = failure.message.removeprefix(f"{failure.source}: ")
+            print(f"  {failure.source}: {message}", file=sys.stderr)
         return 1
     return 0
 
@@ -523,7 +543,8 @@ def run(ensemble: Ensemble, specs: Sequence[InputSpec | Failure], out_dir: Path,
             share = (time.perf_counter() - start) / max(1, len(prepared))
             for prediction, item_warnings, own in zip(predictions, found, seconds):
                 source = prediction.prepared.input.source
-                item_warnings = item_warnings + polarity_warning(prediction.prepared, prediction.labels)
+                item_warnings = (item_warnings + inversion_warning(prediction)
+                                 + polarity_warning(prediction.prepared, prediction.labels))
                 for message in item_warnings:
                     warn(f"{source}: {message}")
                 start = time.perf_counter()
