@@ -143,7 +143,9 @@ def read_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as stream:  # the declared shape, before any data is read
             version = np.lib.format.read_magic(stream)
-            shape, _, _ = np.lib.format._read_array_header(stream, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(stream)
         if len(shape) >= 2:
             check_size(path, tuple(shape))
         array = np.load(path, allow_pickle=False)
