@@ -313,34 +313,86 @@ def training_curves(curves: pd.DataFrame, losses: Sequence[str], metric_names: S
     return _titled(figure, "Training curves", source)
 
 
-def prediction_overlay(frame: np.ndarray, labels: np.ndarray, xy_frame: np.ndarray, present: np.ndarray,
-                       names: Sequence[str], *, title: str) -> Figure:
-    """`silr predict`'s overlay: the frame in grey, the label map as a tint of the bone palette,
-    present landmarks as rings in their bone's colour with their names."""
+OVERLAY_MIN_INCHES = 6.0  # the longer side of the overlay's image, so that names stay legible
+OVERLAY_MAX_INCHES = 14.0  # ... and no more for huge frames (aspect kept)
+OVERLAY_DPI = 100
+
+
+def overlay_display(image: np.ndarray) -> np.ndarray:
+    """The input shown in grey: its 0.5th..99.5th percentiles stretched to [0, 1]."""
+    image = np.asarray(image, dtype=np.float64)
+    low, high = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
+    if high <= low:
+        low, high = float(image.min()), float(image.max())
+    return np.clip((image - low) / (high - low), 0, 1) if high > low else np.zeros_like(image)
+
+
+def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, present: np.ndarray,
+                       in_image: np.ndarray, names: Sequence[str], *, title: str, subtitle: str = "") -> Figure:
+    """`silr predict`'s overlay, in the input's own pixels: the input image in grey at its own
+    aspect, the label map (on the input grid) as a tint of the bone palette, and every landmark:
+    present ones as rings in their bone's colour with their names, absent ones as grey crosses
+    with "(absent)", those decoded outside the image as orange triangles on the border with
+    "(outside)"; a legend of markers and bones below the image."""
     from matplotlib.colors import to_rgb
+    from matplotlib.lines import Line2D
+    from matplotlib.patheffects import withStroke
 
     from silr.anatomy import LANDMARK_BONE
 
-    figure = Figure(figsize=(5.4, 5.8), dpi=100)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 0.93))
-    axes.imshow(frame, cmap="gray", interpolation="nearest")
+    height, width = image.shape
+    inches = float(np.clip(max(width, height) / OVERLAY_DPI, OVERLAY_MIN_INCHES, OVERLAY_MAX_INCHES))
+    scale = inches / max(width, height)
+    image_w, image_h = width * scale, height * scale
+    shown = [value for value in LABEL_NAMES if value and (labels == value).any()]
+    legend_rows = -(-(3 + len(shown)) // 3)
+    top, bottom = 0.75, 0.3 + 0.25 * legend_rows  # inches for the title and the legend (3 columns)
+    figure = Figure(figsize=(max(image_w, 5.0), image_h + top + bottom), dpi=OVERLAY_DPI)
+    fig_w, fig_h = figure.get_size_inches()
+    axes = figure.add_axes(((fig_w - image_w) / 2 / fig_w, bottom / fig_h, image_w / fig_w, image_h / fig_h))
+    axes.imshow(overlay_display(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     tint = np.zeros(labels.shape + (4,), dtype=np.float32)
     for value in LABEL_NAMES:
         if value:
             tint[labels == value] = (*to_rgb(LABEL_COLORS[value]), 0.35)
     axes.imshow(tint, interpolation="nearest")
+    font = 9
+    ring = max(6.0, 0.012 * inches * OVERLAY_DPI)
+    outline = [withStroke(linewidth=2.2, foreground="black")]
     for i, name in enumerate(names):
-        if not present[i]:
-            continue
-        x, y = xy_frame[i]
-        axes.plot(x, y, marker="o", markersize=7, markerfacecolor="none", markeredgecolor="yellow",
-                  markeredgewidth=1.5)
-        axes.plot(x, y, marker="+", markersize=5, color=LABEL_COLORS[LANDMARK_BONE[name]])
-        axes.annotate(name, (x, y), xytext=(4, -4), textcoords="offset points", color="yellow", fontsize=7)
-    shown = [value for value in LABEL_NAMES if value and (labels == value).any()]
-    if shown:
-        handles = [Patch(color=LABEL_COLORS[v], alpha=0.6, label=LABEL_NAMES[v]) for v in shown]
-        axes.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6)
+        x, y = float(xy[i, 0]), float(xy[i, 1])
+        left = x > 0.75 * width  # names near the right border are written to the left of the marker
+        side = {"xytext": (-6 if left else 6, -6), "ha": "right" if left else "left"}
+        if not in_image[i]:
+            bx, by = float(np.clip(x, 0, width - 1)), float(np.clip(y, 0, height - 1))
+            axes.plot(bx, by, marker="^", markersize=ring, color="#ff9f1c", markeredgecolor="black", clip_on=False)
+            axes.annotate(f"{name} (outside)", (bx, by), xytext=(side["xytext"][0], 6), ha=side["ha"],
+                          textcoords="offset points",
+                          color="#ff9f1c", fontsize=font, path_effects=outline, annotation_clip=False)
+        elif present[i]:
+            axes.plot(x, y, marker="o", markersize=ring, markerfacecolor="none",
+                      markeredgecolor=LABEL_COLORS[LANDMARK_BONE[name]], markeredgewidth=2)
+            axes.plot(x, y, marker="+", markersize=ring * 0.6, color="white")
+            axes.annotate(name, (x, y), **side, textcoords="offset points", color="white",
+                          fontsize=font, fontweight="bold", path_effects=outline)
+        else:
+            axes.plot(x, y, marker="x", markersize=ring * 0.8, color="#9a9a9a", markeredgewidth=1.5)
+            axes.annotate(f"{name} (absent)", (x, y), **side, textcoords="offset points",
+                          color="#c8c8c8", fontsize=font, fontstyle="italic", path_effects=outline)
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
     axes.set_axis_off()
-    figure.suptitle(f"{title}: {int(np.sum(present))}/{len(names)} landmarks present", fontsize=9, y=0.985)
+    handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="white",
+                      markeredgewidth=2, label="present (ring: bone colour)"),
+               Line2D([], [], marker="x", linestyle="", color="#9a9a9a", label="absent (argmax shown)"),
+               Line2D([], [], marker="^", linestyle="", color="#ff9f1c", label="decoded outside the image")]
+    handles += [Patch(color=LABEL_COLORS[v], alpha=0.6, label=LABEL_NAMES[v]) for v in shown]
+    legend = figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8,
+                           frameon=True, facecolor="#202020", labelcolor="white", bbox_to_anchor=(0.5, 0.0))
+    legend.get_frame().set_alpha(0.9)
+    present_count = int(np.sum(np.asarray(present) & np.asarray(in_image)))
+    figure.suptitle(f"{title}: {present_count}/{len(names)} landmarks present ({width} x {height} px)",
+                    fontsize=10, y=1 - 0.12 / fig_h, va="top")
+    if subtitle:
+        figure.text(0.5, 1 - 0.42 / fig_h, subtitle, ha="center", va="top", fontsize=8, color="#333333")
     return figure
