@@ -130,7 +130,7 @@ def train_case(w: World, *expected: str, fold: int = 1, loss: str = "proposed",
     if params_changes is not None:
         p.write_params(params_changes)
     run = p.models / loss / f"fold{fold}"
-    return Case(p.argv("train", loss=loss, fold=fold), [run / "best.pt", run / "last.pt", p.live / loss],
+    return Case(p.argv("train", loss=loss, fold=fold), [run / "best.pt", p.resume / loss, p.live / loss],
                 list(expected), scan=[p.root])
 
 
@@ -414,7 +414,7 @@ def train_live_dir_under_a_file(w: World) -> Case:
     p = w.project
     p.live.write_text("dvclive is a file here")
     case = train_case(w, str(p.live / "proposed" / "fold1"), "cannot create directory")
-    case.outputs = [p.models / "proposed" / "fold1" / "best.pt", p.models / "proposed" / "fold1" / "last.pt"]
+    case.outputs = [p.models / "proposed" / "fold1" / "best.pt", p.resume / "proposed"]
     return case
 
 

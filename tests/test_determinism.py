@@ -82,9 +82,13 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
     assert plots_a and [n for n in plots_a if plots_a[n] != plots_b.get(n)] == []
 
     # The metrics are rounded; the weights themselves must agree to the bit.
-    for name in ("best.pt", "last.pt"):
-        a = torch.load(first.root / "models/proposed/fold1" / name, weights_only=True)["model_state"]
-        b = torch.load(second / "models/proposed/fold1" / name, weights_only=True)["model_state"]
+    states = [(root / "models/proposed/fold1/best.pt", *(root / ".silr/resume/proposed/fold1").glob("*.pt"))
+              for root in (first.root, second)]
+    assert [len(s) for s in states] == [2, 2] and states[0][1].name == states[1][1].name  # same run hash
+    for path_a, path_b in zip(*states):
+        name = path_a.name
+        a = torch.load(path_a, weights_only=True)["model_state"]
+        b = torch.load(path_b, weights_only=True)["model_state"]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # The run validated (the best weights were chosen on the validation frames).

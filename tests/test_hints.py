@@ -99,7 +99,7 @@ def _folds(p: TinyProject, tmp: Path) -> Case:
 
 def _train(p: TinyProject, tmp: Path) -> Case:
     run = p.models / "proposed" / "fold1"
-    return Case(p.argv("train"), [run / "best.pt", run / "last.pt", p.live / "proposed"], [])
+    return Case(p.argv("train"), [run / "best.pt", p.resume / "proposed", p.live / "proposed"], [])
 
 
 def _evaluate(p: TinyProject, tmp: Path) -> Case:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import train_argv, write_tiny_run
+from conftest import resume_state, train_argv, write_tiny_run
 from silr import checkpoint, cli
 from silr.anatomy import NUM_LANDMARKS
 from silr.card import params_hash_of
@@ -30,7 +30,7 @@ def read_tsv(path):
 def test_train_writes_checkpoints_card_and_logs(trained_tiny_run):
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
-    last = run["models"] / "proposed" / "fold1" / "last.pt"
+    last = resume_state(run)
     model, card = checkpoint.load_model(best)
     assert card.loss.name == "proposed" and card.fold == 1
     assert card.network.decoder_channels == (4, 4)
