@@ -110,7 +110,12 @@ def _report(p: TinyProject, tmp: Path) -> Case:
     return Case(p.argv("report"), [p.metrics / "summary.json", p.metrics / "table2.md"], [])
 
 
-PARAMS_COMMANDS = {"synth": _synth, "folds": _folds, "train": _train, "evaluate": _evaluate, "report": _report}
+def _parallel(p: TinyProject, tmp: Path) -> Case:
+    return Case(["parallel", "--params", str(p.params)], [p.root / ".silr"], [])
+
+
+PARAMS_COMMANDS = {"synth": _synth, "folds": _folds, "train": _train, "evaluate": _evaluate, "report": _report,
+                   "parallel": _parallel}
 
 
 def test_every_command_that_reads_params_is_checked_here():

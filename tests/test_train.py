@@ -64,7 +64,8 @@ def test_same_params_on_the_cpu_give_the_same_weights(trained_tiny_run, tmp_path
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     card = checkpoint.read_checkpoint(best)["card"]
-    again = dict(run, models=tmp_path / "again" / "models", live=tmp_path / "again" / "dvclive")
+    again = dict(run, models=tmp_path / "again" / "models", live=tmp_path / "again" / "dvclive",
+                 resume=tmp_path / "again" / "resume")
     assert cli.main(train_argv(again)) == 0
     err = capsys.readouterr().err
     assert "proposed fold 1 on cpu" in err and "best validation error" in err

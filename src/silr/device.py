@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from silr.errors import ConfigError
+from silr.io import open_lock_file
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 # Placement of one process, outside params.yaml so that it never enters a stage's run-cache
@@ -61,9 +62,8 @@ def claim_gpu(pool: list[int], lock_dir: str | Path | None = None) -> int | None
     flock on `<lock_dir>/silr-gpu-<id>.lock`, released by the kernel even after a kill); None if
     all are taken. N parallel workers over a pool of N GPUs thus get one GPU each."""
     folder = Path(lock_dir or os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
     for gpu in pool:
-        handle = open(folder / f"silr-gpu-{gpu}.lock", "a+")  # noqa: SIM115 - held open on purpose
+        handle = open_lock_file(folder / f"silr-gpu-{gpu}.lock")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

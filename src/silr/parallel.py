@@ -42,6 +42,7 @@ from pathlib import Path
 
 from silr.device import GPU_POOL_ENV, THREADS_ENV, parse_gpu_pool
 from silr.errors import ConfigError, SilrError
+from silr.io import open_lock_file
 from silr.params import DEFAULT_PARAMS_FILE, load_params
 from silr.resume import DEFAULT_RESUME_DIR, RESUME_DIR_ENV
 
@@ -109,7 +110,7 @@ def lock_holder(repo: Path) -> str | None:
     path = repo / ".dvc" / "tmp" / "lock"
     if not path.exists():
         return None
-    with open(path, "a+") as handle:
+    with open_lock_file(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -161,6 +162,7 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
         keep: bool, params_file: str = DEFAULT_PARAMS_FILE) -> int:
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    params = load_params(repo / params_file)  # a bad params.yaml fails first, as in every command
     if not (repo / "dvc.yaml").is_file() or not (repo / ".dvc").is_dir():
         raise ConfigError(f"{repo}: not the root of a DVC project (no dvc.yaml and .dvc/ here)")
     if gpus:
@@ -171,7 +173,6 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     if holder:
         raise ParallelError(f"another DVC command is running in {repo} ({holder}); wait for it to finish "
                             f"(or stop it), then run silr parallel again")
-    params = load_params(repo / params_file)
     threads = threads or max(1, available_cores() // jobs)
     store = resume_dir or Path(os.environ.get(RESUME_DIR_ENV) or (repo / DEFAULT_RESUME_DIR))
     env = worker_environment(dict(os.environ), threads=threads, resume_dir=store, gpus=gpus)

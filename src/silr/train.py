@@ -253,7 +253,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                            device=device.device.type)
     paths = RunPaths.of(out_dir, live_dir, resume_root(resume_dir), loss_name, fold, identity)
     # A blocked output location fails now, not after the first epoch (dvclive writes into live).
-    ensure_writable(paths.best, paths.last, paths.live / "metrics.json")
+    ensure_writable(paths.best, paths.live / "metrics.json", paths.last)
     source = str(data_path)
     train_frames = frame_set(data, split.train, device.device, source)
     val_frames = frame_set(data, split.val, device.device, source) if split.val else None
