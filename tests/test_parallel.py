@@ -187,10 +187,11 @@ def test_two_machines_share_the_run_cache_through_a_remote(tmp_path):
     _run(["dvc", "repro", "evaluate@proposed-1", "evaluate@proposed-2"], a, env)
     _run(["dvc", "push", "--run-cache"], a, env)
 
-    # Machine B pulls A's run-cache and completes the study: A's stages are restored, not rerun.
+    # Machine B fetches A's run-cache and completes the study: A's stages are restored (their
+    # outputs pulled), not rerun.
     b = machines["b"]
-    _run(["dvc", "pull", "--run-cache"], b, env)
-    done = _run(["dvc", "repro"], b, env)
+    _run(["dvc", "fetch", "--run-cache"], b, env)
+    done = _run(["dvc", "repro", "--pull"], b, env)
     for stage in ("synth", "ingest", "folds", "train@proposed-1", "train@proposed-2", "evaluate@proposed-1",
                   "evaluate@proposed-2"):
         assert f"Stage '{stage}' is cached - skipping run" in done.stdout, stage

@@ -6,6 +6,7 @@
 DVC has no parallel `repro`, but it has the pieces, and this command only strings them
 together (it schedules nothing itself):
 
+0. The data stages every experiment shares (synth, ingest, folds) run once, here.
 1. The study is split into queued experiments, one per fold (`--split fold`, the default),
    per loss or per (loss, fold) run: `dvc exp run --queue -S 'study.folds=[k]' evaluate`.
    Each trains and evaluates its part in a workspace of its own, and every stage it runs is
@@ -50,6 +51,10 @@ SPLITS = ("fold", "loss", "run")
 # The stage group each experiment reproduces: evaluate pulls in its train stages (and the
 # data stages, unchanged), but not the report, which runs once at the end on the whole study.
 TARGET = "evaluate"
+# The stages every experiment shares (synth, ingest, folds): run once here first. Run by
+# several workers at once, they would write the same run-cache entry at the same time,
+# which DVC does not survive (a worker fails on the other's temporary file).
+SHARED_UPSTREAM = "folds"
 POLL_S = 5.0
 
 
@@ -180,6 +185,10 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     parts = split_study(list(params.study.losses), list(params.study.folds), split, tag)
 
     started = time.monotonic()
+    upstream = _dvc(["repro", SHARED_UPSTREAM], repo, env, echo=True)
+    if upstream.returncode != 0:
+        raise ParallelError(f"`dvc repro {SHARED_UPSTREAM}` (the data every experiment shares) failed: "
+                            f"{(upstream.stderr or upstream.stdout).strip()[-500:]}")
     print(f"silr parallel: {len(parts)} experiments ({split} split of {len(params.study.losses)} losses x "
           f"{len(params.study.folds)} folds), {jobs} workers x {threads} threads"
           + (f", GPUs {gpus}" if gpus else "") + f"; resume store {store}", file=sys.stderr, flush=True)
