@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-slow repro clean-venv
+.PHONY: install lint test test-slow repro repro-parallel clean-venv
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test-slow: install
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The study with JOBS workers through DVC's queue, then `dvc repro` from the run-cache
+# (silr parallel; see the README's "Parallel and distributed runs").
+JOBS ?= 2
+repro-parallel: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/silr parallel --jobs $(JOBS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -152,13 +152,20 @@ def write_tiny_run(root: Path, frames: int = 3, params: dict | None = None) -> d
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(merged))
     return {"root": root, "processed": processed, "folds": folds_path, "params": params_path,
-            "models": root / "models", "live": root / "dvclive"}
+            "models": root / "models", "live": root / "dvclive", "resume": root / "resume"}
 
 
 def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) -> list[str]:
     return ["train", "--loss", loss, "--fold", str(fold), "--params", str(run["params"]),
             "--folds", str(run["folds"]), "--out-dir", str(run["models"]), "--live-dir", str(run["live"]),
-            "--no-progress", *extra]
+            "--resume-dir", str(run["resume"]), "--no-progress", *extra]
+
+
+def resume_state(run: dict, loss: str = "proposed", fold: int = 1) -> Path:
+    """The one training state of (loss, fold) in the run's resume store (silr.resume)."""
+    states = sorted((Path(run["resume"]) / loss / f"fold{fold}").glob("*.pt"))
+    assert len(states) == 1, f"expected one resume state, found {states}"
+    return states[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A tiny, independent writer of the full-resolution DeepFluoro layout, for tests.
 
-Written by hand from ../shared/docs/deepfluoro-format.md with plain h5py (it shares no
+Written by hand from docs/method.md ("Data") with plain h5py (it shares no
 code with silr), so that the readers are checked against "a file written by code that is
 not ours". Frames are small (e.g. 256x256) unless a test asks for the real 1536.
 """

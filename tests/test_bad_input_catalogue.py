@@ -130,7 +130,7 @@ def train_case(w: World, *expected: str, fold: int = 1, loss: str = "proposed",
     if params_changes is not None:
         p.write_params(params_changes)
     run = p.models / loss / f"fold{fold}"
-    return Case(p.argv("train", loss=loss, fold=fold), [run / "best.pt", run / "last.pt", p.live / loss],
+    return Case(p.argv("train", loss=loss, fold=fold), [run / "best.pt", p.resume / loss, p.live / loss],
                 list(expected), scan=[p.root])
 
 
@@ -147,7 +147,7 @@ def evaluate_outputs(p: TinyProject, loss: str = "proposed", fold: int = 1) -> l
 def report_outputs(p: TinyProject) -> list[Path]:
     from silr.report import CURVE_FILES, PLOT_NAMES
 
-    return ([p.metrics / n for n in ("summary.json", "table2.md", "per_specimen.csv")]
+    return ([p.metrics / n for n in ("summary/proposed.json", "details.json", "table2.md", "per_specimen.csv")]
             + [p.metrics / "curves" / n for n in CURVE_FILES.values()] + [p.plots / n for n in PLOT_NAMES])
 
 
@@ -414,7 +414,7 @@ def train_live_dir_under_a_file(w: World) -> Case:
     p = w.project
     p.live.write_text("dvclive is a file here")
     case = train_case(w, str(p.live / "proposed" / "fold1"), "cannot create directory")
-    case.outputs = [p.models / "proposed" / "fold1" / "best.pt", p.models / "proposed" / "fold1" / "last.pt"]
+    case.outputs = [p.models / "proposed" / "fold1" / "best.pt", p.resume / "proposed"]
     return case
 
 

@@ -2,7 +2,7 @@
 
 The published DeepFluoro files put pixel i of an f-times downsampled frame on cropped
 full-resolution pixel f * i (x_f = (x - 50) / f) and turn frames after downsampling, in
-the small frame (x -> W_f - 1 - x_f); see ../shared/docs/deepfluoro-format.md.
+the small frame (x -> W_f - 1 - x_f); see docs/method.md, "Preprocessing".
 """
 
 import numpy as np

@@ -71,7 +71,8 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
 
     metrics_a, metrics_b = files_under(first.root / "metrics"), files_under(second / "metrics")
     expected = {"predictions/proposed/fold1.csv", "folds/proposed/fold1.json", "segmentation/proposed/fold1.npz",
-                "summary.json", "table2.md", "per_specimen.csv", "curves/train_loss.csv", "curves/val_error_px.csv"}
+                "summary/proposed.json", "details.json", "table2.md", "per_specimen.csv", "curves/train_loss.csv",
+                "curves/val_error_px.csv"}
     assert expected <= set(metrics_a), sorted(metrics_a)
     assert sorted(metrics_a) == sorted(metrics_b)
     differing = [name for name in metrics_a if metrics_a[name] != metrics_b[name]]
@@ -81,9 +82,13 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
     assert plots_a and [n for n in plots_a if plots_a[n] != plots_b.get(n)] == []
 
     # The metrics are rounded; the weights themselves must agree to the bit.
-    for name in ("best.pt", "last.pt"):
-        a = torch.load(first.root / "models/proposed/fold1" / name, weights_only=True)["model_state"]
-        b = torch.load(second / "models/proposed/fold1" / name, weights_only=True)["model_state"]
+    states = [(root / "models/proposed/fold1/best.pt", *(root / ".silr/resume/proposed/fold1").glob("*.pt"))
+              for root in (first.root, second)]
+    assert [len(s) for s in states] == [2, 2] and states[0][1].name == states[1][1].name  # same run hash
+    for path_a, path_b in zip(*states):
+        name = path_a.name
+        a = torch.load(path_a, weights_only=True)["model_state"]
+        b = torch.load(path_b, weights_only=True)["model_state"]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # The run validated (the best weights were chosen on the validation frames).
@@ -105,5 +110,5 @@ def test_dvc_repro_twice_gives_byte_identical_metrics(tmp_path):
         checked(["dvc", "repro"], root, timeout=1500)
         runs.append(files_under(root / "metrics"))
     first, second = runs
-    assert "summary.json" in first and sorted(first) == sorted(second)
+    assert "details.json" in first and sorted(first) == sorted(second)
     assert [name for name in first if first[name] != second[name]] == []

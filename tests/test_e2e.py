@@ -112,15 +112,16 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
             fold_json = json.loads((root / "metrics" / "folds" / loss / f"fold{fold}.json").read_text())
             assert fold_json["counts"]["frames"] == 2 and all_finite(fold_json)
 
-    summary = json.loads((root / "metrics" / "summary.json").read_text())
-    assert {"table2", "means", "dataset", "paper_table2", "segmentation_dice"} <= set(summary)
+    summary = json.loads((root / "metrics" / "details.json").read_text())
+    assert {"table2", "baselines", "dataset", "paper_table2", "segmentation_dice"} <= set(summary)
     assert summary["dataset"]["kind"] == "synthetic"
     assert summary["dataset"]["settings"]["epochs"] == 1
     for loss in losses:
         entry = summary["table2"][loss]
         assert sorted(entry["per_specimen_px"]) == [str(f) for f in folds]
         assert math.isfinite(entry["mean_px"]) and math.isfinite(entry["std_px"])
-        assert summary["means"][loss] == entry["mean_px"]
+        compact = json.loads((root / "metrics" / "summary" / f"{loss}.json").read_text())
+        assert compact["mean_px"] == entry["mean_px"] and compact["std_px"] == entry["std_px"]
     assert "Mean ± Std" in (root / "metrics" / "table2.md").read_text()
     for name in report.PLOT_NAMES:
         assert (root / "plots" / name).stat().st_size > 10_000, name
@@ -129,7 +130,7 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
     assert "up to date" in checked(["dvc", "status"], root).lower() or \
         checked(["dvc", "status"], root).strip() == ""
     diff = checked(["dvc", "metrics", "diff", "--json"], root)
-    assert "metrics/summary.json" in diff
+    assert "metrics/summary/proposed.json" in diff and "details.json" not in diff
     plots = json.loads(checked(["dvc", "plots", "show", "--json"], root))
     assert not plots.get("errors"), plots.get("errors")
     shown = json.dumps(plots)

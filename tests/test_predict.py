@@ -158,12 +158,14 @@ def test_png8_frame_of_another_size_maps_back_to_input_pixels(fake_models, tmp_p
         assert row["present"] is (name not in ABSENT) and row["visibility"] == expected, name
     assert by_name["FH-l"]["score"] == pytest.approx(torch.sigmoid(torch.tensor(PEAK_LOGIT)).item(), rel=1e-6)
 
-    labels = np.asarray(Image.open(out / "c_arm_seg.png"))
-    assert labels.shape == (FRAME_SIZE_PX, FRAME_SIZE_PX) and labels.dtype == np.uint8
-    assert (labels == LEFT_HEMIPELVIS).all()
+    # The label map is on the input's own grid, an indexed PNG whose indices are the labels.
+    with Image.open(out / "c_arm_seg.png") as seg:
+        assert seg.mode == "P" and seg.size == (360, 360)
+        labels = np.asarray(seg)
+    assert labels.dtype == np.uint8 and (labels == LEFT_HEMIPELVIS).all()
     csv_lines = (out / "c_arm_landmarks.csv").read_text().splitlines()
-    assert csv_lines[0] == "name,x,y,frame_x,frame_y,present,score,visibility"
-    assert csv_lines[1].startswith("FH-l,100.5000,200.5000,50.0000,100.0000,True,")
+    assert csv_lines[0] == "name,x,y,frame_x,frame_y,present,in_image,score,visibility"
+    assert csv_lines[1].startswith("FH-l,100.5000,200.5000,50.0000,100.0000,True,True,")
     assert (out / "c_arm_overlay.png").stat().st_size > 1000
     summary = capsys.readouterr().out
     assert "c_arm" in summary and " 12/14" in summary
@@ -449,3 +451,230 @@ def test_weights_that_do_not_fit_the_card(tiny_checkpoint, tmp_path, capsys):
     np.save(tmp_path / "frame.npy", np.ones((8, 8)))
     assert run_predict("--model", wrong, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     assert "wrong.pt: weights do not fit the network its card describes" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 16: the command line
+
+def test_model_takes_several_checkpoints_a_glob_and_folders(fake_models, tmp_path, capsys):
+    for fold in (1, 2):
+        (tmp_path / "models" / "run" / f"fold{fold}").mkdir(parents=True)
+    a = fake_models("run/fold1/best.pt", MarkerModel())
+    b = fake_models("run/fold2/best.pt", MarkerModel())
+    np.save(tmp_path / "x.npy", dot_image(180, 180, slice(3, 4), slice(4, 5)).astype(np.float32))
+    out = tmp_path / "out"
+    # The README's form (as a shell expands a glob), the image first, and a folder of fold folders.
+    assert run_predict("--model", a, b, "--out", out, tmp_path / "x.npy") == 0
+    assert landmarks_json(out, "x")["ensemble"] == [str(a), str(b)]
+    assert run_predict(tmp_path / "x.npy", "--model", a, b, "--out", out) == 0
+    assert landmarks_json(out, "x")["ensemble"] == [str(a), str(b)]
+    assert run_predict("--model", tmp_path / "models" / "run", "--out", out, tmp_path / "x.npy") == 0
+    assert landmarks_json(out, "x")["ensemble"] == [str(a), str(b)]
+    assert run_predict("--model", a.parent, "--out", out, tmp_path / "x.npy") == 0  # a folder with best.pt
+    assert landmarks_json(out, "x")["models"] == [str(a)]
+    capsys.readouterr()
+    assert run_predict("--model", tmp_path, "--out", out, tmp_path / "x.npy") == 2
+    assert f"--model {tmp_path} is a folder without best.pt or fold*/best.pt" in capsys.readouterr().err
+
+
+def test_info_prints_every_card(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    second = tmp_path / "second.pt"
+    shutil.copy(tiny_checkpoint, second)
+    assert run_predict("--model", tiny_checkpoint, second, "--info") == 0
+    out = capsys.readouterr().out
+    assert f"model card of {tiny_checkpoint}" in out and f"model card of {second}" in out
+    assert out.count("checkpoint_file_modified: ") == 2
+
+
+def test_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not even a checkpoint")  # would fail too, but --out is checked first
+    (tmp_path / "taken").write_text("a file")
+    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    assert run_predict("--model", junk, "--out", tmp_path / "taken", tmp_path / "frame.npy") == 2
+    assert "--out " + str(tmp_path / "taken") + ": exists and is not a directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 16: outputs in the input's pixels
+
+def test_outputs_in_the_input_pixels_and_outside_landmarks_absent(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    # 300 x 200 PNG: the label map comes back 300 x 200, indexed, with the bone palette.
+    Image.fromarray(dot_image(300, 200, slice(150, 152), slice(100, 102))).save(tmp_path / "wide.png")
+    # A 90 x 90 frame with its dot in the last column: frame x 179 maps to input x 89.25 > 89,
+    # outside the image, so the landmark is reported absent there.
+    np.save(tmp_path / "edge.npy", dot_image(90, 90, slice(89, 90), slice(40, 41)).astype(np.float32))
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "wide.png", tmp_path / "edge.npy") == 0
+    from silr.anatomy import LABEL_COLORS
+
+    with Image.open(out / "wide_seg.png") as seg:
+        assert seg.mode == "P" and seg.size == (300, 200)
+        assert (np.asarray(seg) == LEFT_HEMIPELVIS).all()
+        palette = seg.getpalette()[:3 * len(LABEL_COLORS)]
+    expected = [int(LABEL_COLORS[LEFT_HEMIPELVIS][i:i + 2], 16) for i in (1, 3, 5)]
+    assert palette[3 * LEFT_HEMIPELVIS:3 * LEFT_HEMIPELVIS + 3] == expected
+    with Image.open(out / "wide_overlay.png") as overlay:
+        width, height = overlay.size
+    assert width >= 600 and height < width  # drawn at the input's aspect, not square
+    edge = landmarks_json(out, "edge")
+    for row in edge["landmarks"]:
+        if row["name"] in ABSENT:
+            continue
+        assert row["frame_x"] == 179 and row["x"] == pytest.approx(89.25)
+        assert row["in_image"] is False and row["present"] is False
+    assert (out / "edge_overlay.png").stat().st_size > 1000
+
+
+def test_raw_full_resolution_label_map_on_the_detector_grid(fake_models, tmp_path):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    raw, _ = raw_frame_with_dot(40, 120, rotate=False)
+    np.save(tmp_path / "detector.npy", raw)
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, "--raw", tmp_path / "detector.npy") == 0
+    labels = np.asarray(Image.open(out / "detector_seg.png"))
+    assert labels.shape == (1536, 1536)
+    # Frame pixel i sits on detector pixel 50 + 8 i: the cropped border (more than half a frame
+    # pixel outside) is background, everything inside is the model's label.
+    assert (labels[:, :46] == 0).all() and (labels[:46] == 0).all()
+    assert (labels[46:1486, 46:1486] == LEFT_HEMIPELVIS).all()
+
+
+# ------------------------------------------------------------------ issue 16: honest output
+
+class MeanModel(torch.nn.Module):
+    """Landmark logits from the input's mean brightness: a bright frame scores high, its inverse low.
+    Segmentation: label 1 where the input is above its mean."""
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        batch, _, height, width = images.shape
+        mean = images.mean(dim=(1, 2, 3))
+        heat = torch.zeros(batch, len(LANDMARK_NAMES), height, width)
+        heat[:, :, height // 2, width // 2] = (40 * (mean - 0.4))[:, None]
+        heat[:, :, :, :] += -10.0 * (heat == 0)
+        seg = torch.zeros(batch, len(LABEL_NAMES), height, width)
+        seg[:, 1] = 5.0 * (images[:, 0] > mean[:, None, None])
+        return ModelOutput(heat, seg)
+
+
+def test_inverted_image_and_raw_on_processed_give_silr_warnings(fake_models, tmp_path, capsys):
+    ckpt = fake_models("mean.pt", MeanModel())
+    rng = np.random.default_rng(0)
+    bright = np.clip(0.7 + 0.2 * rng.standard_normal((180, 180)), 0, 1).astype(np.float32)
+    np.save(tmp_path / "normal.npy", bright)
+    np.save(tmp_path / "inverted.npy", 1 - bright)
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "normal.npy", tmp_path / "inverted.npy") == 0
+    err = capsys.readouterr().err
+    assert f"silr: warning: {tmp_path / 'inverted.npy'}: the image looks inverted" in err
+    assert f"{tmp_path / 'normal.npy'}: the image looks inverted" not in err
+    assert landmarks_json(out, "inverted")["warnings"] and not landmarks_json(out, "normal")["warnings"]
+    # --raw on an already processed (line-integral) frame: a silr warning, no Python warning text.
+    np.save(tmp_path / "processed.npy", (1 + 4 * bright).astype(np.float32))
+    assert run_predict("--model", ckpt, "--out", out, "--raw", tmp_path / "processed.npy") == 0
+    err = capsys.readouterr().err
+    assert "silr: warning:" in err and "looks like an already processed frame" in err
+    assert "Warning:" not in err and "warnings.warn" not in err
+
+
+def test_statistics_warning_and_card_facts_in_summary_and_json(tiny_checkpoint, tmp_path, capsys):
+    Image.fromarray(dot_image(180, 180, slice(3, 4), slice(4, 5))).save(tmp_path / "dot.png")
+    out = tmp_path / "out"
+    assert run_predict("--model", tiny_checkpoint, "--out", out, "--device", "cpu", tmp_path / "dot.png") == 0
+    captured = capsys.readouterr()
+    assert "intensity statistics unlike the training frames" in captured.err
+    assert "loss proposed, validation error 4.25 px (180x180 frame) at epoch 7" in captured.out
+    assert "fold 3" in captured.out and "checkpoint file modified" in captured.out and "seconds" in captured.out
+    facts = landmarks_json(out, "dot")["model_facts"][0]
+    assert facts["loss"] == "proposed" and facts["val_score_px"] == 4.25 and facts["data_source"] == "tests"
+    assert facts["checkpoint_file_modified"].endswith("UTC") and facts["data_kind"] == "unknown"
+
+
+def test_ensemble_of_different_losses_warns(fake_models, tmp_path, capsys):
+    loss = {"name": "proposed", "weights": {"heatmap": 1.0}}
+    a = fake_models("a.pt", MarkerModel(), card(loss=loss))
+    b = fake_models("b.pt", MarkerModel(), card(loss={**loss, "name": "baseline"}))
+    np.save(tmp_path / "x.npy", dot_image(180, 180, slice(3, 4), slice(4, 5)).astype(np.float32))
+    assert run_predict("--model", a, b, "--out", tmp_path / "out", tmp_path / "x.npy") == 0
+    assert "silr: warning: the ensemble mixes models trained with different losses (baseline, proposed)" \
+        in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 16: more inputs
+
+def test_jpeg_dicom_and_folder_inputs(fake_models, tmp_path):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ckpt = fake_models("marker.pt", MarkerModel())
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(dot_image(180, 180, slice(10, 11), slice(20, 21))).save(frames / "a.jpg", quality=100)
+    # MONOCHROME1: the smallest value is shown white, so the dot is stored dark; 0.2 mm pixels.
+    stored = (4095 - dot_image(180, 180, slice(30, 31), slice(40, 41), dtype=np.uint16, value=4000)).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 180, 180, 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    ds.PixelData = stored.tobytes()
+    ds.save_as(frames / "b.dcm", enforce_file_format=True)
+    (frames / "notes.txt").write_text("ignored: not a supported type")
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, frames) == 0
+    assert_all_at(landmarks_json(out, "a"), 10.0, 20.0)
+    dicom = landmarks_json(out, "b")
+    assert_all_at(dicom, 30.0, 40.0)
+    assert dicom["pixel_spacing_mm"] == [0.2, 0.2]
+
+
+# ------------------------------------------------------------------ issue 16: hostile inputs
+
+def test_decompression_bomb_fails_alone_and_the_batch_goes_on(fake_models, tmp_path, capsys):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    Image.new("1", (16000, 16000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    Image.fromarray(dot_image(180, 180, slice(3, 4), slice(4, 5))).save(tmp_path / "next.png")
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "bomb.png", tmp_path / "next.png") == 1
+    assert_all_at(landmarks_json(out, "next"), 3.0, 4.0)
+    err = capsys.readouterr().err
+    assert "bomb.png: refused as a possible decompression bomb" in err and "Traceback" not in err
+
+
+def test_frames_too_large_for_memory_are_refused_before_decoding(fake_models, tmp_path, capsys):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    with open(tmp_path / "huge.npy", "wb") as stream:  # a header declaring 20000 x 20000, no data
+        np.lib.format.write_array_header_1_0(stream, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (20000, 20000)})
+    Image.new("L", (9000, 8000)).save(tmp_path / "big.png")  # under Pillow's bomb limit, over ours
+    np.save(tmp_path / "ok.npy", dot_image(180, 180, slice(3, 4), slice(4, 5)).astype(np.float32))
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "huge.npy", tmp_path / "big.png",
+                       tmp_path / "ok.npy") == 1
+    err = capsys.readouterr().err
+    assert "huge.npy: declared size 20000 x 20000 px is beyond the limit" in err
+    assert "big.png: declared size 9000 x 8000 px is beyond the limit" in err
+    assert (out / "ok_landmarks.json").exists()
+
+
+def test_constant_frames_fail_and_are_not_reported_present(fake_models, tmp_path, capsys):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    Image.fromarray(np.zeros((180, 180), np.uint8)).save(tmp_path / "zeros.png")
+    np.save(tmp_path / "flat.npy", np.full((50, 60), 7.0))
+    np.save(tmp_path / "ok.npy", dot_image(180, 180, slice(3, 4), slice(4, 5)).astype(np.float32))
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "zeros.png", tmp_path / "flat.npy",
+                       tmp_path / "ok.npy") == 1
+    err = capsys.readouterr().err
+    assert "zeros.png: constant frame (every pixel is 0): nothing to predict" in err
+    assert "flat.npy: constant frame (every pixel is 7)" in err
+    assert not (out / "zeros_landmarks.json").exists() and (out / "ok_landmarks.json").exists()

@@ -124,8 +124,36 @@ def test_table2_has_the_known_errors(reported):
     assert proposed["pooled"]["visibility_accuracy"] == pytest.approx(81 / 84, abs=1e-6)
     # A loss whose heatmaps have no presence (NCC's kind) reports none.
     assert mse["pooled"]["presence"] is None and mse["pooled"]["visibility_accuracy"] is None
-    assert summary["means"] == {"proposed": 5.0, "mse": 2.0, "baseline_frame_centre": pytest.approx(
-        summary["baselines"]["frame_centre"]["mean_px"]), "baseline_mean_shape": 0.0}
+
+
+def test_dvc_metrics_are_one_small_file_per_loss_and_baseline(reported):
+    root, _, _, details = reported
+    files = sorted((root / "metrics" / "summary").glob("*.json"))
+    assert [f.stem for f in files] == ["baseline_frame_centre", "baseline_mean_shape", "mse", "proposed"]
+    compact = {f.stem: json.loads(f.read_text()) for f in files}
+    assert compact["proposed"] == {"mean_px": 5.0, "std_px": 0.0, "mean_mm": pytest.approx(5.0 * 8 * 0.194),
+                                   "dice": 1.0}
+    # Dice: the mean over the bones that any frame defines (here only the left hemipelvis).
+    assert compact["mse"]["dice"] == 0.0 and compact["mse"]["mean_px"] == 2.0
+    assert compact["baseline_mean_shape"] == {"mean_px": 0.0, "std_px": 0.0, "mean_mm": 0.0}
+    assert compact["baseline_frame_centre"]["mean_px"] == details["baselines"]["frame_centre"]["mean_px"]
+    # `dvc metrics show` prints one row per file and one column per key: a screen, not 160 columns.
+    assert {key for entry in compact.values() for key in entry} == {"mean_px", "std_px", "mean_mm", "dice"}
+    assert sum(len(entry) for entry in compact.values()) <= 4 * 5
+    # The rest, the paper's numbers included, is in details.json, which is not a DVC metric.
+    assert json.loads((root / "metrics" / "details.json").read_text())["paper_table2"]["ncc"]["mean_px"] == 38.43
+    dvc_yaml = (Path(__file__).parents[1] / "dvc.yaml").read_text()
+    metrics_block = dvc_yaml.split("    metrics:\n", 1)[1].split("\n\n", 1)[0]
+    assert "metrics/summary:" in metrics_block and "details.json" not in metrics_block
+
+
+def test_a_loss_dropped_from_the_study_leaves_no_metric_file(reported, tmp_path):
+    root, params, data_path, _ = reported
+    stale = root / "metrics" / "summary" / "ncc.json"
+    stale.write_text("{}\n")
+    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
+               live_dir=root / "dvclive", folds_path=root / "folds.json")
+    assert not stale.exists()
 
 
 def test_baselines_are_scored_like_a_loss(reported):
@@ -208,10 +236,10 @@ def test_per_specimen_csv_and_plots(reported):
 
 def test_outputs_are_byte_stable(reported, tmp_path):
     root, params, data_path, _ = reported
-    before = {name: (root / "metrics" / name).read_bytes() for name in ("summary.json", "table2.md",
-                                                                       "per_specimen.csv",
+    before = {name: (root / "metrics" / name).read_bytes() for name in ("summary/mse.json", "details.json",
+                                                                       "table2.md", "per_specimen.csv",
                                                                        "curves/train_loss.csv")}
-    assert json.loads(before["summary.json"])["means"]["mse"] == 2.0
+    assert json.loads(before["summary/mse.json"])["mean_px"] == 2.0
     report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
                live_dir=root / "dvclive", folds_path=root / "folds.json")
     for name, content in before.items():
@@ -226,3 +254,106 @@ def test_missing_evaluation_names_the_stage(reported, tmp_path):
     with pytest.raises(DataError, match=r"run `dvc repro evaluate@proposed-1` first"):
         report.run(params, metrics_dir=metrics_dir, plots_dir=tmp_path / "plots", data_path=data_path,
                    folds_path=root / "folds.json")
+
+
+# ------------------------------------------------------------------ the figures
+
+@pytest.fixture
+def figures(reported, monkeypatch, tmp_path):
+    """Every Figure `silr report` saves, by file name."""
+    from silr import plots
+
+    root, params, data_path, _ = reported
+    saved = {}
+    monkeypatch.setattr(plots, "save_png", lambda figure, path: saved.__setitem__(Path(path).name, figure))
+    report.run(params, metrics_dir=root / "metrics", plots_dir=tmp_path / "plots", data_path=data_path,
+               live_dir=root / "dvclive", folds_path=root / "folds.json")
+    assert sorted(saved) == sorted(report.PLOT_NAMES)
+    return saved
+
+
+def test_every_figure_says_what_data_it_shows(figures):
+    for name, figure in figures.items():
+        title = figure.get_suptitle()
+        assert "Data: the synthetic phantom (simulated images, not patient data)" in title.replace("\n", " "), name
+
+
+def _error_table(errors_by_loss: dict[str, list[float]], specimen: int = 1) -> pd.DataFrame:
+    rows = [{"loss": loss, "specimen": specimen, "frame": 0, "landmark": LANDMARK_NAMES[i % NUM_LANDMARKS],
+             "gt_in_frame": 1, "error_px": error}
+            for loss, errors in errors_by_loss.items() for i, error in enumerate(errors)]
+    return pd.DataFrame(rows)
+
+
+def test_per_specimen_error_bars_never_go_below_zero(figures):
+    from silr import plots
+
+    # Mean 7.5, SD 13: an unclipped bar would reach -5.5 px.
+    figure = plots.per_specimen_errors(_error_table({"proposed": [0, 0, 0, 30], "mse": [5, 5, 5, 5]}),
+                                       ["proposed", "mse"], source="Data: x")
+    axes = figure.axes[0]
+    lows = [segment[:, 1].min() for collection in axes.collections for segment in collection.get_segments()]
+    assert lows and min(lows) == 0.0
+    assert axes.get_ylim()[0] == 0.0
+    for name in ("per_specimen_errors.png", "per_landmark_errors.png"):
+        assert figures[name].axes[0].get_ylim()[0] == 0.0, name
+    # The legend is the figure's, outside the data axes.
+    assert figure.legends and not axes.get_legend()
+
+
+def test_cumulative_errors_show_0_to_20_mm_and_label_thresholds_without_overlap(figures):
+    from silr import plots
+
+    ax = figures["cumulative_errors.png"].axes[0]
+    assert ax.get_xlim() == (0.0, plots.CUMULATIVE_XMAX_MM) == (0.0, 20.0)
+    figure = plots.cumulative_errors(_error_table({"proposed": [1.0, 2.0, 3.0], "mean_shape": [9.0, 12.0]}),
+                                     ["proposed", "mean_shape"], 1.552, (2.0, 2.5, 4.0, 8.0, 50.0))
+    ax = figure.axes[0]
+    assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":") == [2.0, 2.5, 4.0, 8.0]
+    assert [line.get_linestyle() for line in ax.lines if line.get_label().startswith("Mean shape")] == ["--"]
+    top = next(child for child in ax.get_children() if type(child).__name__ == "SecondaryAxis")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    boxes = [label.get_window_extent(renderer) for label in top.get_xticklabels() if label.get_text()]
+    assert [label.get_text() for label in top.get_xticklabels()] == ["2", "4", "8"]
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+
+
+def test_training_curves_have_one_panel_per_loss_and_integer_epochs(figures):
+    figure = figures["training_curves.png"]
+    data_axes = [ax for ax in figure.axes if ax.lines]
+    assert [ax.get_title() for ax in figure.axes[:2]] == ["Proposed", "MSE"]
+    assert len(figure.axes) == 2 * len(LOSSES)  # rows: training loss, validation error
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    # dvclive's steps 0, 1, 2 are epochs 1, 2, 3.
+    assert min(min(line.get_xdata()) for ax in data_axes for line in ax.lines) == 1
+
+
+def test_figure1_draws_every_prediction_absent_ones_with_their_own_marker(reported):
+    from silr import plots
+
+    root, _, data_path, _ = reported
+    table = pd.concat([pd.read_csv(root / "metrics" / "predictions" / loss / "fold1.csv") for loss in LOSSES])
+    table = table[table["frame"] == 0].copy()
+    table.loc[(table["loss"] == "mse") & (table.index % 2 == 0), "pred_present"] = 0
+    absent = int((table["pred_present"] == 0).sum())
+    assert absent > 0
+    images = {1: deepfluoro.read_processed(data_path).specimens[1].images[0]}
+    figure = plots.figure1(images, table, list(LOSSES), source="Data: x")
+    mse_axes = figure.axes[1]
+    drawn = {"x": 0, "s": 0}
+    for collection in mse_axes.collections:
+        count = len(collection.get_offsets())
+        facecolors = collection.get_facecolors()
+        if len(facecolors) == 0:  # hollow: the absent predictions
+            drawn["s"] += count
+        elif tuple(np.round(facecolors[0][:3], 2)) == (1.0, 0.13, 0.13):
+            drawn["x"] += count
+    assert drawn == {"x": NUM_LANDMARKS - absent, "s": absent}
+    assert "predicted absent" in mse_axes.get_xlabel()
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert labels == ["ground truth (in frame)", "prediction, present", "prediction, absent (still scored)"]

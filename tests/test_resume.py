@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import silr
-from conftest import train_argv, write_tiny_run
+from conftest import resume_state, train_argv, write_tiny_run
 from silr import checkpoint, cli, resume, train
 from silr.errors import CheckpointError
 from silr.resume import RunIdentity, read_resume_state
@@ -27,9 +27,25 @@ from silr.resume import RunIdentity, read_resume_state
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_paths(run: dict, loss: str = "proposed", fold: int = 1) -> dict[str, Path]:
-    base = run["models"] / loss / f"fold{fold}"
-    return {"best": base / "best.pt", "last": base / "last.pt", "live": run["live"] / loss / f"fold{fold}"}
+class RunFiles(dict):
+    """best.pt, the dvclive folder and (looked up when asked, since its name is the run hash)
+    the run's state in the resume store."""
+
+    def __init__(self, run: dict, loss: str, fold: int) -> None:
+        base = run["models"] / loss / f"fold{fold}"
+        super().__init__(best=base / "best.pt", live=run["live"] / loss / f"fold{fold}",
+                         resume=run["resume"] / loss / f"fold{fold}")
+        self.run, self.loss, self.fold = run, loss, fold
+
+    def __missing__(self, key: str) -> Path:
+        if key != "last":
+            raise KeyError(key)
+        states = sorted(self["resume"].glob("*.pt"))
+        return states[0] if len(states) == 1 else self["resume"] / "no-single-state.pt"
+
+
+def run_paths(run: dict, loss: str = "proposed", fold: int = 1) -> RunFiles:
+    return RunFiles(run, loss, fold)
 
 
 def states_equal(a: Path, b: Path) -> bool:
@@ -95,15 +111,18 @@ def test_last_checkpoint_of_other_params_data_or_code_is_ignored(trained_tiny_ru
         assert resume is None
         assert f"ignoring {last}: it was written for different {label}" in message
 
-    # Through the command: another learning rate starts from scratch, and says so.
+    # Through the command: another learning rate starts from scratch, and says so; the
+    # other run's finished state is pruned (DVC's run-cache holds its result).
     run = write_tiny_run(tmp_path, params={"train": {"epochs": 1, "lr": 0.002}})
-    copied = run_paths(run)["last"]
+    copied = run_paths(run)["resume"] / last.name
     copied.parent.mkdir(parents=True)
     shutil.copyfile(last, copied)
     assert cli.main(train_argv(run)) == 0
     err = capsys.readouterr().err
-    assert "it was written for different params" in err and "starting from scratch" in err
-    assert history_of(copied)[-1]["epoch"] == 1 and history_of(copied)[-1]["lr"] == 0.002
+    assert f"ignoring {copied}: it was written for different params" in err and "starting from scratch" in err
+    own = resume_state(run)
+    assert own != copied and not copied.exists()
+    assert history_of(own)[-1]["epoch"] == 1 and history_of(own)[-1]["lr"] == 0.002
 
 
 def test_corrupt_last_checkpoint_is_ignored(tmp_path):
@@ -238,3 +257,40 @@ def test_editing_an_imported_module_makes_the_rerun_retrain(tmp_path):
     after_edit = train_once()
     assert "it was written for different code" in after_edit and "starting from scratch" in after_edit
     assert "best validation error" in after_edit and "already trained" not in after_edit
+
+
+# ------------------------------------------------------------------ the resume store
+
+def test_states_live_in_the_store_keyed_by_run_hash(trained_tiny_run, tmp_path):
+    state = resume_state(trained_tiny_run)
+    identity = resume.RunIdentity(**{f"{k}_hash" if k != "device" else k: v for k, v in
+                                     checkpoint.read_checkpoint(state)["resume"]["identity"].items()})
+    assert state == resume.state_path(trained_tiny_run["resume"] / "proposed" / "fold1", identity)
+    assert state.name == f"{identity.run_hash}.pt"
+    # Nothing in the DVC output folder but best.pt: the run-cache can record the stage.
+    assert [p.name for p in (trained_tiny_run["models"] / "proposed" / "fold1").iterdir()] == ["best.pt"]
+
+
+def test_store_location_from_argument_environment_or_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("SILR_RESUME_DIR", raising=False)
+    assert resume.resume_root() == Path(".silr/resume")
+    monkeypatch.setenv("SILR_RESUME_DIR", str(tmp_path / "shared"))
+    assert resume.resume_root() == tmp_path / "shared"
+    assert resume.resume_root(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_unfinished_states_of_other_runs_survive_pruning(trained_tiny_run, tmp_path):
+    folder = tmp_path / "proposed" / "fold1"
+    folder.mkdir(parents=True)
+    finished = folder / "aaaa.pt"
+    shutil.copyfile(resume_state(trained_tiny_run), finished)
+    unfinished = folder / "bbbb.pt"
+    payload = torch.load(finished, weights_only=True)
+    payload["resume"]["finished"] = False
+    torch.save(payload, unfinished)
+    junk = folder / "cccc.pt"
+    junk.write_bytes(b"being written")
+    keep = folder / "dddd.pt"
+    shutil.copyfile(finished, keep)
+    assert resume.prune_finished_states(folder, keep) == [finished]
+    assert sorted(p.name for p in folder.iterdir()) == ["bbbb.pt", "cccc.pt", "dddd.pt"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import train_argv, write_tiny_run
+from conftest import resume_state, train_argv, write_tiny_run
 from silr import checkpoint, cli
 from silr.anatomy import NUM_LANDMARKS
 from silr.card import params_hash_of
@@ -30,7 +30,7 @@ def read_tsv(path):
 def test_train_writes_checkpoints_card_and_logs(trained_tiny_run):
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
-    last = run["models"] / "proposed" / "fold1" / "last.pt"
+    last = resume_state(run)
     model, card = checkpoint.load_model(best)
     assert card.loss.name == "proposed" and card.fold == 1
     assert card.network.decoder_channels == (4, 4)
@@ -64,7 +64,8 @@ def test_same_params_on_the_cpu_give_the_same_weights(trained_tiny_run, tmp_path
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     card = checkpoint.read_checkpoint(best)["card"]
-    again = dict(run, models=tmp_path / "again" / "models", live=tmp_path / "again" / "dvclive")
+    again = dict(run, models=tmp_path / "again" / "models", live=tmp_path / "again" / "dvclive",
+                 resume=tmp_path / "again" / "resume")
     assert cli.main(train_argv(again)) == 0
     err = capsys.readouterr().err
     assert "proposed fold 1 on cpu" in err and "best validation error" in err

@@ -57,6 +57,10 @@ class TinyProject:
         return self.root / "dvclive"
 
     @property
+    def resume(self) -> Path:
+        return self.root / "resume"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 
@@ -81,7 +85,7 @@ class TinyProject:
         if stage == "train":
             return ["train", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
                     "--folds", str(self.folds), "--out-dir", str(self.models), "--live-dir", str(self.live),
-                    "--no-progress"]
+                    "--resume-dir", str(self.resume), "--no-progress"]
         if stage == "evaluate":
             return ["evaluate", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
                     "--folds", str(self.folds), "--models", str(self.models), "--out", str(self.metrics),

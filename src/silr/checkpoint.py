@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError, AttributeError, ImportError, TypeError) as exc:
+            OSError, AttributeError, ImportError, TypeError, IndexError, KeyError) as exc:
         # torch's own messages run to paragraphs; the exception type is enough to tell them apart.
         raise CheckpointError(f"{path}: not a readable silr checkpoint (corrupt, truncated, not a torch "
                               f"file or holding foreign objects: {type(exc).__name__})") from None

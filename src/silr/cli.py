@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("silr.evaluate", "predict a fold's test specimen and write its metrics"),
     "report": ("silr.report", "Table 2, Figure 1 and the summary plots"),
     "predict": ("silr.predict", "apply trained models to new frames"),
+    "parallel": ("silr.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
 }
 
 

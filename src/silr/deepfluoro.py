@@ -1,6 +1,6 @@
 """The DeepFluoro file format: readers and writers of both HDF5 layouts.
 
-Two layouts exist (see ../shared/docs/deepfluoro-format.md):
+Two layouts exist (see docs/method.md, "Data"):
 
 - full resolution (`ipcai_2020_full_res_data.h5`, and the phantom of `silr synth`):
   `proj-params/` plus one group per specimen id with `projections/<NNN>/`;

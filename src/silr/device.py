@@ -10,13 +10,26 @@ CUDA for the tensor cores, on the CPU because oneDNN's convolutions run faster i
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from silr.errors import ConfigError
+from silr.io import open_lock_file
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+# Placement of one process, outside params.yaml so that it never enters a stage's run-cache
+# key (the same run on another device or thread count is the same experiment):
+DEVICE_ENV = "SILR_DEVICE"  # overrides train.device: auto | cpu | cuda | cuda:N | mps
+THREADS_ENV = "SILR_THREADS"  # intra-op CPU threads of this process (torch.set_num_threads)
+GPU_POOL_ENV = "SILR_GPU_POOL"  # e.g. "0,1,2,3": each process claims a free one (parallel workers)
+LOCK_DIR_ENV = "SILR_LOCK_DIR"  # where the GPU claims live (default: the system's temp folder)
+# Claims held by this process: the open lock file keeps the claim until the process exits.
+_HELD_CLAIMS: list = []
 
 
 def _mps_available() -> bool:
@@ -42,6 +55,59 @@ def select_device(requested: str = "auto", key: str = "train.device") -> torch.d
     if kind == "mps" and not _mps_available():
         raise ConfigError(f"{key} is 'mps' but this machine has no usable MPS device (use auto or cpu)")
     return torch.device(requested)
+
+
+def claim_gpu(pool: list[int], lock_dir: str | Path | None = None) -> int | None:
+    """The first GPU of `pool` no other process holds, held by this process until it exits (an
+    flock on `<lock_dir>/silr-gpu-<id>.lock`, released by the kernel even after a kill); None if
+    all are taken. N parallel workers over a pool of N GPUs thus get one GPU each."""
+    folder = Path(lock_dir or os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
+    for gpu in pool:
+        handle = open_lock_file(folder / f"silr-gpu-{gpu}.lock")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _HELD_CLAIMS.append(handle)
+        return gpu
+    return None
+
+
+def parse_gpu_pool(text: str) -> list[int]:
+    try:
+        pool = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"{GPU_POOL_ENV} must list GPU indices like 0,1,2, got {text!r}") from None
+    if not pool or min(pool) < 0:
+        raise ConfigError(f"{GPU_POOL_ENV} must list GPU indices like 0,1,2, got {text!r}")
+    return pool
+
+
+def device_for_run(requested: str = "auto") -> torch.device:
+    """The device of this process: $SILR_DEVICE if set, else `requested` (train.device); with
+    $SILR_GPU_POOL and a CUDA device, a GPU of the pool that no other worker holds. Sets the
+    CPU thread count from $SILR_THREADS."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number >= 1, got {threads!r}")
+        torch.set_num_threads(int(threads))
+    override = os.environ.get(DEVICE_ENV)
+    key = DEVICE_ENV if override else "train.device"
+    device = select_device(override or requested, key=key)
+    pool_text = os.environ.get(GPU_POOL_ENV)
+    if device.type != "cuda" or not pool_text or device.index is not None:
+        return device
+    pool = parse_gpu_pool(pool_text)
+    if max(pool) >= torch.cuda.device_count():
+        raise ConfigError(f"{GPU_POOL_ENV} is {pool_text!r} but this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
+    gpu = claim_gpu(pool)
+    if gpu is None:
+        raise ConfigError(f"every GPU of {GPU_POOL_ENV}={pool_text} is held by another silr process "
+                          f"(run at most {len(pool)} workers)")
+    return torch.device("cuda", gpu)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Reads `models/<loss>/fold<k>/best.pt`, the processed data and the folds file, an
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from silr import metrics
 from silr.anatomy import LANDMARK_NAMES
 from silr.card import ModelCard
-from silr.device import select_device
+from silr.device import device_for_run, select_device
 from silr.errors import CheckpointError, ConfigError, DataError
 from silr.inference import predict_frames
 from silr.io import ensure_writable
@@ -37,6 +38,7 @@ from silr.results import (
     checkpoint_path,
     output_paths,
     predictions_table,
+    read_fold_metrics,
     write_fold_metrics,
     write_label_maps,
     write_predictions_csv,
@@ -58,26 +60,46 @@ def _check_card(path: Path, card: ModelCard, loss: str, fold: int) -> None:
                               f"expected {list(LANDMARK_NAMES)}")
 
 
+def _numbers(values: Iterable[int]) -> str:
+    return ", ".join(map(str, sorted(values)))
+
+
+def _how_to_train(params: Params, loss: str, fold: int) -> str:
+    """The command that makes the missing checkpoint: a dvc.yaml stage only where the study has one."""
+    if loss in params.study.losses and fold in params.study.folds:
+        return f"train it first with `dvc repro train@{loss}-{fold}`"
+    missing = [f"study.losses ({', '.join(params.study.losses)})" if loss not in params.study.losses else "",
+               f"study.folds ({_numbers(params.study.folds)})" if fold not in params.study.folds else ""]
+    return (f"dvc.yaml has no stage train@{loss}-{fold}, as it is not in {' and '.join(m for m in missing if m)}: "
+            f"add it there to run it with the pipeline, or train it first with "
+            f"`silr train --loss {loss} --fold {fold}`")
+
+
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
-        models_dir: str | Path, out_dir: str | Path, device: str = "auto",
+        models_dir: str | Path, out_dir: str | Path, device: str | None = None,
         batch_size: int = 16) -> OutputPaths:
     """Evaluate one (loss, fold): read model, data and split; write predictions, metrics and label maps."""
     from silr import checkpoint, deepfluoro
-    from silr.splits import load_folds
+    from silr.splits import check_against_data, load_folds
 
+    # The fold first: for a fold the folds file lacks, no training would help.
+    folds = load_folds(folds_path)
+    if fold not in folds:
+        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {_numbers(folds)}; "
+                          f"study.folds: {_numbers(params.study.folds)})")
     ckpt = checkpoint_path(models_dir, loss, fold)
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: no trained model for loss {loss!r} fold {fold}; "
-                              f"train it first with `dvc repro train@{loss}-{fold}`")
+                              f"{_how_to_train(params, loss, fold)}")
     data = deepfluoro.read_processed(data_path)
-    folds = load_folds(folds_path, data)
-    if fold not in folds:
-        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {', '.join(map(str, sorted(folds)))})")
+    check_against_data(folds, data, Path(folds_path))
     test = sorted(folds[fold].test)
     if not test:
         raise DataError(f"{folds_path}: fold {fold} has no test frames")
 
-    model, card = checkpoint.load_model(ckpt, select_device(device, key="--device"))
+    # --device wins; else train.device, with the placement of silr.device ($SILR_DEVICE, $SILR_THREADS).
+    torch_device = select_device(device, key="--device") if device else device_for_run(params.train.device)
+    model, card = checkpoint.load_model(ckpt, torch_device)
     _check_card(ckpt, card, loss, fold)
     codec = card.codec(ckpt)
     paths = output_paths(out_dir, loss, fold)
@@ -132,7 +154,13 @@ def main(args: argparse.Namespace) -> int:
     params.loss_weights(args.loss)  # ConfigError naming losses.<name> if it is not defined
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
-        folds_path=args.folds, models_dir=args.models, out_dir=args.out,
-        device=args.device or params.train.device, batch_size=args.batch_size)
+    paths = run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
+                folds_path=args.folds, models_dir=args.models, out_dir=args.out,
+                device=args.device, batch_size=args.batch_size)
+    result = read_fold_metrics(paths.fold_metrics, loss=args.loss, fold=args.fold)
+    error, counts = result["error"], result["counts"]
+    px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–" for k in ("mean_px", "mean_mm"))
+    print(f"evaluate {args.loss} fold {args.fold}: mean error {px} px ({mm} mm) "
+          f"over {counts['landmarks_in_frame']} in-frame landmarks of {counts['frames']} frames -> "
+          f"{paths.fold_metrics}", flush=True)
     return 0

@@ -2,8 +2,11 @@
 the model's line-integral frame, and mapping answers back to the input's own pixels.
 
 How each input kind is treated:
-  PNG / TIFF (8 or 16 bit)  a line-integral image (bone bright), as a DeepFluoro viewer
-                            shows it; with raw=True: a raw detector frame (bone dark).
+  PNG / TIFF / JPEG         a line-integral image (bone bright), as a DeepFluoro viewer
+  (8 or 16 bit)             shows it; with raw=True: a raw detector frame (bone dark).
+  DICOM (.dcm)              the same, after the modality LUT, with MONOCHROME1 inverted
+                            to MONOCHROME2 and the pixel spacing kept (silr.imageio).
+  a folder                  every file of a supported type directly inside it, sorted.
   NumPy .npy (H,W)/(N,H,W)  the same; a stack gives one frame per index.
   preprocessed HDF5         (`<NN>/projs`): line-integral frames.
   full-resolution HDF5      (`<id>/projections/<NNN>/image/pixels`): raw detector frames,
@@ -11,6 +14,13 @@ How each input kind is treated:
 A raw frame goes through ingestion's own crop, log and downsample with the model card's
 values (silr.card.Preprocessing). A frame whose size is not the model's frame is
 resampled to it (area mean when shrinking, bilinear otherwise; the scale is recorded).
+
+Back to the input (`frame_to_input`, `input_to_frame`, `labels_to_input`): frame
+coordinates go to the line-integral image by `coords.rescale` and, for raw frames, to the
+detector by `coords.ingested_to_fullres` (crop, factor, turn); the label map is resampled
+onto the input grid by nearest neighbour through the inverse of that same mapping: input
+pixel centre -> frame position -> the nearest frame pixel's label, and background (0)
+where the input pixel lies outside the frame (e.g. the cropped border of a raw frame).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ class InputFrame:
     pixels: np.ndarray  # float32 (H, W)
     raw: bool  # raw detector intensity (crop, log, downsample) rather than a line integral
     rotate: bool = False  # turn 180 degrees first (full-resolution rot-180-for-up)
+    pixel_spacing_mm: tuple[float, float] | None = None  # (row, column), where the file states it
 
 
 @dataclass(frozen=True)
@@ -51,11 +62,12 @@ class InputSpec:
     stem: str
     source: str
     raw: bool
-    read: Callable[[], tuple[np.ndarray, bool]]  # -> (pixels, turn 180 degrees first)
+    read: Callable[[], tuple]  # -> (pixels, turn 180 degrees first[, pixel spacing mm])
 
     def load(self) -> InputFrame:
-        pixels, rotate = self.read()
-        return InputFrame(self.stem, self.source, np.asarray(pixels, dtype=np.float32), self.raw, bool(rotate))
+        pixels, rotate, *spacing = self.read()
+        return InputFrame(self.stem, self.source, np.asarray(pixels, dtype=np.float32), self.raw, bool(rotate),
+                          spacing[0] if spacing else None)
 
 
 @dataclass(frozen=True)
@@ -95,20 +107,38 @@ def parse_frames(text: str) -> tuple[int, ...]:
 
 def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[int] | None,
                      frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
-    """Every frame the inputs hold (after --specimen / --frames), or why a file gives none."""
+    """Every frame the inputs hold (after --specimen / --frames), or why a file gives none.
+    A folder stands for the files of supported types directly inside it, sorted by name."""
+    expanded: list[Path] = []
     for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in imageio.SUPPORTED_SUFFIXES)
+            if not found:
+                yield Failure(str(path), f"{path}: folder holds no file of a supported type "
+                                         f"({', '.join(imageio.SUPPORTED_SUFFIXES)})")
+            expanded.extend(found)
+        else:
+            expanded.append(path)
+    for path in expanded:
         try:
             kind = imageio.input_kind(path)
             if not path.is_file():
                 raise DataError(f"{path}: no such file")
             if kind == "pil":
                 yield InputSpec(path.stem, str(path), raw, lambda path=path: (imageio.read_pil_image(path), False))
+            elif kind == "dicom":
+                yield InputSpec(path.stem, str(path), raw, lambda path=path: _swap(imageio.read_dicom(path)))
             elif kind == "npy":
                 yield from _npy_specs(path, raw, frames)
             else:
                 yield from _hdf5_specs(path, raw, specimens, frames)
         except SilrError as exc:
             yield Failure(str(path), str(exc))
+
+
+def _swap(read: tuple[np.ndarray, tuple[float, float] | None]) -> tuple:
+    return read[0], False, read[1]
 
 
 def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
@@ -221,6 +251,36 @@ def frame_to_input(xy_frame: np.ndarray, prepared: PreparedFrame, frame_size: in
     height, width = frame.pixels.shape
     return coords.ingested_to_fullres(xy, crop=preprocessing.crop, factor=preprocessing.downsample,
                                       turned=frame.rotate, fullres_size=(width, height))
+
+
+def input_to_frame(xy_input: np.ndarray, prepared: PreparedFrame, frame_size: int,
+                   preprocessing: Preprocessing) -> np.ndarray:
+    """Inverse of `frame_to_input`: (..., 2) input-pixel coordinates -> frame coordinates."""
+    frame = prepared.input
+    xy = np.asarray(xy_input, dtype=np.float64)
+    if frame.raw:
+        height, width = frame.pixels.shape
+        xy = coords.ingested_landmarks(xy, crop=preprocessing.crop, factor=preprocessing.downsample,
+                                       turned=frame.rotate, fullres_size=(width, height))
+    return coords.rescale(xy, prepared.line_integral_size, (frame_size, frame_size))
+
+
+def labels_to_input(labels: np.ndarray, prepared: PreparedFrame, preprocessing: Preprocessing) -> np.ndarray:
+    """The (frame, frame) label map on the input's own grid (H, W): nearest frame pixel of each
+    input pixel centre through `input_to_frame`; background (0) outside the frame.
+
+    Every mapping here is separable (x depends on the column only, y on the row only), so one
+    row and one column of positions are mapped, not every pixel."""
+    height, width = prepared.input.pixels.shape
+    size = labels.shape[0]
+    columns = input_to_frame(np.stack([np.arange(width), np.zeros(width)], axis=-1), prepared, size,
+                             preprocessing)[:, 0]
+    rows = input_to_frame(np.stack([np.zeros(height), np.arange(height)], axis=-1), prepared, size,
+                          preprocessing)[:, 1]
+    col_index, row_index = np.floor(columns + 0.5).astype(np.int64), np.floor(rows + 0.5).astype(np.int64)
+    col_ok, row_ok = (col_index >= 0) & (col_index < size), (row_index >= 0) & (row_index < size)
+    out = labels[np.clip(row_index, 0, size - 1)[:, None], np.clip(col_index, 0, size - 1)[None, :]]
+    return np.where(row_ok[:, None] & col_ok[None, :], out, 0).astype(np.uint8)
 
 
 def treatment(frame: InputFrame, preprocessing: Preprocessing) -> str:

@@ -15,7 +15,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from silr.errors import OutputError
 
@@ -120,3 +120,11 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Call `writer(tmp_path)` and publish the file it wrote at `path` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def open_lock_file(path: str | os.PathLike) -> IO[str]:
+    """Open (creating) a lock file in place for an flock: a lock file is not an output, its
+    content does not matter and several processes open it at once, so it is the one file
+    that is not written through a temporary name."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a+")  # noqa: SIM115 - the caller holds it open for as long as it holds the lock

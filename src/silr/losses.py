@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from silr import anatomy
 from silr.codec import DecodedLandmarks, HeatmapCodec, HeatmapTargets
 from silr.errors import ConfigError
+from silr.params import LOSS_TERM_NAMES
 from silr.types import Batch, ModelOutput
 
 # Weight of a visibility error where the landmark is out of frame (v = 0): false positives
@@ -309,8 +310,7 @@ class SoftVisibility(Visibility):
     mode = "soft"
 
 
-# Term name (params.yaml `losses.NAME: {term: weight}`) -> term class.
-LOSS_TERMS: dict[str, type[LossTerm]] = {
+_TERM_CLASSES: dict[str, type[LossTerm]] = {
     "dice_ce": DiceCE,
     "kl": HeatmapKL,
     "mse": HeatmapMSE,
@@ -318,6 +318,13 @@ LOSS_TERMS: dict[str, type[LossTerm]] = {
     "visibility": Visibility,
     "visibility_soft": SoftVisibility,
 }
+if set(_TERM_CLASSES) != set(LOSS_TERM_NAMES):
+    # The names params.yaml may use are silr.params.LOSS_TERM_NAMES (checked when params are
+    # loaded, without torch); a term added here must be named there too, and the reverse.
+    raise ImportError(f"silr.losses: term classes {sorted(_TERM_CLASSES)} do not match "
+                      f"silr.params.LOSS_TERM_NAMES {sorted(LOSS_TERM_NAMES)}")
+# Term name (params.yaml `losses.NAME: {term: weight}`, the names of silr.params.LOSS_TERM_NAMES) -> term class.
+LOSS_TERMS: dict[str, type[LossTerm]] = {name: _TERM_CLASSES[name] for name in LOSS_TERM_NAMES}
 
 
 def heatmap_kind(weights: Mapping[str, float], key: str = "losses.NAME") -> str:

@@ -12,8 +12,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -22,6 +24,14 @@ import yaml
 from silr.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+
+# The term names a named loss may use (`losses.NAME: {term: weight}`). They are the vocabulary
+# of params.yaml, so they live here, and silr.losses builds its registry LOSS_TERMS from this
+# tuple (it fails at import if a name has no term class or a class no name; a test checks the
+# two agree). One list, and every command that reads params rejects a misspelt term at load
+# time, without importing silr.losses: that would load torch and MONAI (about 2 s) in
+# `silr synth` and `silr folds`, and make losses.py a dependency of every stage.
+LOSS_TERM_NAMES: tuple[str, ...] = ("dice_ce", "kl", "mse", "ncc", "visibility", "visibility_soft")
 
 
 # ---------------------------------------------------------------- checkers
@@ -32,9 +42,39 @@ def _fail(key: str, expected: str, got: Any) -> ConfigError:
     return ConfigError(f"{key} must be {expected}, got {got!r}")
 
 
+# A number in exponent form that YAML 1.1 (PyYAML) reads as text: its floats need a dot in the
+# mantissa and a sign in the exponent (3.0e-3 is a float; 3e-3, 1e3 and 1.5e3 are strings).
+_EXPONENT_NUMBER = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)")
+
+
+def _number_text_hint(value: Any, integer: bool = False) -> str:
+    """For a string that reads as a number: why YAML gave text and what to write instead; else ""."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        return ""
+    if not number.is_finite():
+        return ""
+    plain = format(number.normalize() if number == number.to_integral_value() else number, "f")
+    if integer and number != number.to_integral_value():
+        return ""  # not an integer however it is written
+    match = _EXPONENT_NUMBER.fullmatch(text)
+    if match is None:  # a plain number that YAML read as text: it was quoted
+        return f" (quoted, so YAML reads it as text: write {text} without quotes)"
+    if integer:
+        return f" (YAML reads {text} as text: write {plain})"
+    mantissa, exponent = match.groups()
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+    return f" (YAML reads {text} as text: write {mantissa}e{exponent} or {plain})"
+
+
 def _as_int(key: str, value: Any, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(key, "an integer", value)
+        raise ConfigError(f"{_fail(key, 'an integer', value)}{_number_text_hint(value, integer=True)}")
     if minimum is not None and value < minimum:
         raise _fail(key, f">= {minimum}", value)
     return value
@@ -43,7 +83,7 @@ def _as_int(key: str, value: Any, minimum: int | None = None) -> int:
 def _as_float(key: str, value: Any, minimum: float | None = None, maximum: float | None = None,
               strict_min: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(key, "a finite number", value)
+        raise ConfigError(f"{_fail(key, 'a finite number', value)}{_number_text_hint(value)}")
     value = float(value)
     if minimum is not None and (value <= minimum if strict_min else value < minimum):
         raise _fail(key, f"{'>' if strict_min else '>='} {minimum}", value)
@@ -103,12 +143,15 @@ def _as_channels(key: str, value: Any) -> tuple[int, ...]:
 
 
 def _as_weights(key: str, terms: Any) -> dict[str, float]:
-    """{term: weight} of a named loss: numbers >= 0, not all 0. The term names are checked where the
-    terms live (silr.losses.build_loss): importing that registry here would load torch."""
+    """{term: weight} of a named loss: terms from LOSS_TERM_NAMES, numbers >= 0, not all 0.
+    (silr.losses.build_loss checks the names again against its registry, built from the same tuple.)"""
     if not isinstance(terms, Mapping):
         raise _fail(key, "a mapping of term -> weight", terms)
     if not terms:
         raise ConfigError(f"{key}: a loss needs at least one term")
+    for term in terms:
+        if term not in LOSS_TERM_NAMES:
+            raise ConfigError(f"{key}: unknown term {term!r} (known: {', '.join(sorted(LOSS_TERM_NAMES))})")
     weights = {str(term): _as_float(f"{key}.{term}", weight, minimum=0.0) for term, weight in terms.items()}
     if all(w == 0 for w in weights.values()):
         raise ConfigError(f"{key}: every term weight is 0; a loss needs a positive weight")
@@ -231,7 +274,7 @@ class HeatmapParams(_Section):
 class LossesParams(_Section):
     SECTION: ClassVar[str] = "losses"
     # Named loss -> {term: weight}: every key of the section that is not an option below.
-    # Term names are checked by silr.losses.build_loss, the weights by _as_weights.
+    # Term names (LOSS_TERM_NAMES) and weights are checked by _as_weights.
     named: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: {
         "proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
         "mse": {"mse": 1.0},

@@ -1,20 +1,29 @@
 """`silr predict`: apply trained models (one, or an ensemble of several) to new frames.
 
   silr predict --model models/proposed/fold1/best.pt --out predictions frame.png
-  silr predict --model CKPT --info          (print the model card and exit)
+  silr predict --model models/proposed/fold*/best.pt --out predictions frame.png   (ensemble)
+  silr predict --model models/proposed --out predictions frames/     (a folder: its fold*/best.pt)
+  silr predict --model CKPT [CKPT ...] --info      (print every model card and exit)
+
+--model takes one or more checkpoints (so a shell glob works, and it may be repeated);
+a folder means its best.pt, or else the best.pt of each of its fold* folders, sorted.
 
 How each input kind is treated:
-  PNG / TIFF (8 or 16 bit)  a line-integral image (bone bright), as a DeepFluoro viewer
-                            shows it; with --raw: a raw detector frame (bone dark).
+  PNG / TIFF / JPEG         a line-integral image (bone bright), as a DeepFluoro viewer
+  (8 or 16 bit)             shows it; with --raw: a raw detector frame (bone dark).
+  DICOM (.dcm)              the same, after the modality LUT; MONOCHROME1 is inverted to
+                            MONOCHROME2 and the pixel spacing is reported (pydicom).
   NumPy .npy (H,W)/(N,H,W)  the same; a stack gives one prediction per frame (--frames).
   preprocessed HDF5         (`<NN>/projs`, e.g. ipcai_2020_ds_8x.h5 or data/processed):
                             line-integral frames; choose with --specimen / --frames.
   full-resolution HDF5      (`<id>/projections/<NNN>/image/pixels`): raw detector frames,
                             so --raw is implied, with the file's rot-180-for-up honoured.
+  a folder                  every supported file directly inside it, sorted by name.
 A raw frame goes through ingestion's own crop, log and downsample with the model card's
 values. A frame whose size is not the model's 180x180 frame is resampled to it (area
 mean when shrinking, bilinear otherwise; the scale is recorded), and every predicted
-landmark is mapped back to the input image's own pixel coordinates.
+landmark is mapped back to the input image's own pixel coordinates. A landmark decoded
+outside the input image is reported absent (in_image false).
 
 Several --model files (e.g. the six fold models) are ensembled: their heatmap
 probabilities (sigmoid) and segmentation probabilities (softmax) are averaged, then
@@ -22,27 +31,58 @@ decoded once.
 
 Outputs in --out, per input (stem = file stem; HDF5 adds _sNN_fNNN, a stack _fNNN):
   <stem>_landmarks.csv/.json  name, x, y (input pixels), frame_x, frame_y (180x180
-                              frame), present, score, visibility (0 / 0.5 / 1)
-  <stem>_seg.png              uint8 label map (0..6) in the 180x180 frame
-  <stem>_overlay.png          frame, segmentation tint, landmark markers and names
+                              frame), present, in_image, score, visibility (0 / 0.5 / 1);
+                              the json also: the models' card facts, warnings, timing
+  <stem>_seg.png              the label map on the input's own pixel grid, an indexed
+                              (palette) PNG: pixel index = label value 0..6, palette =
+                              the project's bone colours (silr.anatomy.LABEL_COLORS)
+  <stem>_overlay.png          the input at its own size and aspect, segmentation tint,
+                              every landmark (present, absent, outside) named, a legend
+
+Warnings (one `silr: warning: <input>: ...` line each on stderr, and in the json). The
+network sees each frame min-max scaled to [0, 1]; on the training frames (the synthetic
+phantom's 8x frames, 0th..100th percentile) the scaled frame's median lies in
+0.38..0.80 and its standard deviation in 0.13..0.25, and predicted bone is 0.10..0.29
+brighter than predicted background. So:
+  - statistics: median outside [0.25, 0.90] or standard deviation outside [0.08, 0.32]
+    (the training range widened by about 0.1 / 0.05): the frame is unlike the training
+    frames;
+  - polarity: every frame is also run inverted (1 - scaled frame, one more forward pass);
+    when the inverted frame's mean landmark score beats the frame's own by more than
+    POLARITY_MARGIN = 0.05, the input is most likely bone-dark (raw or inverted) given as a
+    line integral. Also: predicted bone (labels 1..6, at least 1 % of the frame, as is
+    background) darker on average than predicted background;
+  - --raw on a frame whose largest value is below 1 % of the card's I0: most likely an
+    already processed frame (raw detector frames reach close to I0 in air); intensities
+    clipped before the log are reported the same way;
+  - an ensemble whose models were trained with different losses.
+A constant frame (all pixels equal, e.g. all zero) is a failure: nothing to predict.
+Hostile inputs (decompression bombs, frames beyond silr.imageio's size limits, files
+that do not decode, out of memory) fail alone with a one-line reason; the batch goes on.
+
 Exit status: 0 all inputs predicted; 1 some inputs failed (listed at the end);
-2 nothing could run (bad checkpoint, mismatched models, bad arguments).
+2 nothing could run (bad checkpoint, mismatched models, bad arguments, unusable --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import io
+import os
 import sys
+import time
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from silr.anatomy import LABEL_NAMES
-from silr.errors import ConfigError, SilrError
+from silr import coords
+from silr.anatomy import LABEL_COLORS, LABEL_NAMES
+from silr.errors import ConfigError, OutputError, SilrError
 from silr.inference import Ensemble, load_ensemble
 from silr.inputs import (
     Failure,
@@ -50,12 +90,20 @@ from silr.inputs import (
     PreparedFrame,
     enumerate_inputs,
     frame_to_input,
+    labels_to_input,
     parse_frames,
     prepare,
     treatment,
     unique_stems,
 )
 from silr.io import atomic_path, write_json, write_text
+
+# The warning rules of the module docstring.
+STAT_MEDIAN = (0.25, 0.90)
+STAT_STD = (0.08, 0.32)
+POLARITY_MIN_FRACTION = 0.01
+RAW_MAX_FRACTION_OF_I0 = 0.01
+POLARITY_MARGIN = 0.05
 
 # ------------------------------------------------------------------ containers
 
@@ -64,26 +112,162 @@ class FramePrediction:
     prepared: PreparedFrame
     xy_frame: np.ndarray  # (L, 2) in the 180x180 frame
     xy_input: np.ndarray  # (L, 2) in the input image's own pixels
-    present: np.ndarray  # (L,) bool
+    present: np.ndarray  # (L,) bool: predicted present and inside the input image
+    in_image: np.ndarray  # (L,) bool: the decoded position lies inside the input image
     score: np.ndarray  # (L,) max heatmap probability
     visibility: np.ndarray  # (L,) discrete visibility in {0, 0.5, 1}
     labels: np.ndarray  # uint8 (frame, frame)
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0  # this frame's share of reading, preparing and running the models
+    inverted_score: float | None = None  # mean landmark score of the same frame inverted
+
+
+# ------------------------------------------------------------------ models and their cards
+
+def resolve_models(paths: Sequence[Path]) -> list[Path]:
+    """--model values -> checkpoint files: a folder means its best.pt, else its fold*/best.pt (sorted)."""
+    resolved: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            resolved.append(path)
+            continue
+        if (path / "best.pt").is_file():
+            resolved.append(path / "best.pt")
+            continue
+        folds = sorted((p for p in path.glob("fold*/best.pt") if p.is_file()), key=_natural_key)
+        if not folds:
+            raise ConfigError(f"predict: --model {path} is a folder without best.pt or fold*/best.pt")
+        resolved.extend(folds)
+    return resolved
+
+
+def _natural_key(path: Path) -> tuple:
+    digits = "".join(c for c in path.parent.name if c.isdigit())
+    return (int(digits) if digits else -1, str(path))
+
+
+def data_kind(data_source: str) -> tuple[str, str]:
+    """(kind, how we know) of the training data a card names: the file's silr-data-kind root
+    attribute where the file can be read here, else a guess from its name, said to be one."""
+    from silr import deepfluoro
+
+    if not data_source:
+        return "unknown", "the card names no data source"
+    path = Path(data_source)
+    if path.is_file():
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if deepfluoro.ATTR_DATA_KIND in f.attrs:
+                    value = f.attrs[deepfluoro.ATTR_DATA_KIND]
+                    value = value.decode() if isinstance(value, bytes) else str(value)
+                    return value, f"{deepfluoro.ATTR_DATA_KIND} of {path}"
+        except (OSError, ValueError):
+            pass
+    name = path.name.lower()
+    if "synth" in name or "phantom" in name:
+        return "synthetic", "guessed from the file name"
+    if "deepfluoro" in name or "ipcai" in name:
+        return "deepfluoro", "guessed from the file name"
+    return "unknown", "not stated by the card"
+
+
+def card_facts(path: Path, card) -> dict:
+    """What predict reports about one model: its card's facts and the checkpoint file's date."""
+    kind, how = data_kind(card.data_source)
+    try:
+        modified = datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
+        modified_text = modified.strftime("%Y-%m-%d %H:%M UTC")
+    except OSError:
+        modified_text = None
+    return {"path": str(path), "fold": card.fold, "loss": card.loss.name if card.loss else None,
+            "val_score_px": card.val_score_px, "epoch": card.epoch, "data_source": card.data_source or None,
+            "data_kind": kind, "data_kind_from": how, "checkpoint_file_modified": modified_text}
+
+
+def describe_facts(facts: dict) -> str:
+    kind = {"synthetic": "the synthetic phantom", "deepfluoro": "DeepFluoro"}.get(facts["data_kind"],
+                                                                              facts["data_kind"])
+    score = (f"validation error {facts['val_score_px']:.2f} px (180x180 frame) at epoch {facts['epoch']}"
+             if facts["val_score_px"] is not None else "no validation error recorded")
+    return (f"{facts['path']}: fold {facts['fold']}, loss {facts['loss']}, {score}; trained on {kind} "
+            f"({facts['data_source']}; kind: {facts['data_kind_from']}); checkpoint file modified "
+            f"{facts['checkpoint_file_modified']}")
+
+
+# ------------------------------------------------------------------ checks
+
+def frame_warnings(prepared: PreparedFrame) -> list[str]:
+    """The statistics rule of the module docstring, on the frame the network sees."""
+    frame = prepared.frame.astype(np.float64)
+    unit = (frame - frame.min()) / (frame.max() - frame.min())
+    median, std = float(np.median(unit)), float(unit.std())
+    found = []
+    if not STAT_MEDIAN[0] <= median <= STAT_MEDIAN[1] or not STAT_STD[0] <= std <= STAT_STD[1]:
+        found.append(f"intensity statistics unlike the training frames (scaled median {median:.2f}, "
+                     f"expected {STAT_MEDIAN[0]}..{STAT_MEDIAN[1]}; standard deviation {std:.2f}, expected "
+                     f"{STAT_STD[0]}..{STAT_STD[1]}): treat the prediction with caution")
+    return found
+
+
+def polarity_warning(prepared: PreparedFrame, labels: np.ndarray) -> list[str]:
+    """Bone darker than background in the frame the network saw: an inverted (bone-dark) image."""
+    frame = prepared.frame.astype(np.float64)
+    bone = labels > 0
+    fraction = float(bone.mean())
+    if not POLARITY_MIN_FRACTION <= fraction <= 1 - POLARITY_MIN_FRACTION:
+        return []
+    unit = (frame - frame.min()) / (frame.max() - frame.min())
+    contrast = float(unit[bone].mean() - unit[~bone].mean())
+    if contrast >= 0:
+        return []
+    hint = "a raw detector frame needs --raw" if not prepared.input.raw else "is it already processed?"
+    return [f"predicted bone is darker than background (contrast {contrast:+.2f}; training frames "
+            f"+0.10..+0.29): the image looks inverted (bone dark), unlike the line-integral training frames; "
+            f"{hint}"]
+
+
+def inversion_warning(prediction: FramePrediction) -> list[str]:
+    """The inverted frame explains the models' landmarks better than the frame itself."""
+    own = float(prediction.score.mean())
+    if prediction.inverted_score is None or prediction.inverted_score <= own + POLARITY_MARGIN:
+        return []
+    return [f"the image looks inverted (bone dark): the models' mean landmark score is {own:.2f} on it and "
+            f"{prediction.inverted_score:.2f} on its inverse; training frames are line integrals (bone bright)"
+            f"{'; a raw detector frame needs --raw' if not prediction.prepared.input.raw else ''}"]
+
+
+def _raw_warnings(spec_frame, preprocessing) -> list[str]:
+    if not spec_frame.raw:
+        return []
+    top = float(spec_frame.pixels.max())
+    if top < RAW_MAX_FRACTION_OF_I0 * preprocessing.i0:
+        return [f"--raw: the largest value is {top:g}, below {RAW_MAX_FRACTION_OF_I0:.0%} of the model's "
+                f"I0 = {preprocessing.i0:g}; this looks like an already processed frame (leave out --raw)"]
+    return []
 
 
 # ------------------------------------------------------------------ prediction
 
 def predict_frames(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> list[FramePrediction]:
     """Run the ensemble on prepared frames (one batch) and decode every landmark."""
-    decoded = ensemble.decode(np.stack([p.frame for p in prepared]))
+    stack = np.stack([p.frame for p in prepared]).astype(np.float32)
+    decoded = ensemble.decode(stack)
+    low, high = stack.min(axis=(1, 2), keepdims=True), stack.max(axis=(1, 2), keepdims=True)
+    inverted_scores = ensemble.decode(high + low - stack).score.mean(axis=1)
     size = ensemble.frame_size
     preprocessing = ensemble.card.preprocessing
     results = []
     for i, item in enumerate(prepared):
+        xy_input = frame_to_input(decoded.xy[i], item, size, preprocessing)
+        height, width = item.input.pixels.shape
+        in_image = coords.in_frame(xy_input, width, height)
         results.append(FramePrediction(
-            prepared=item, xy_frame=decoded.xy[i],
-            xy_input=frame_to_input(decoded.xy[i], item, size, preprocessing),
-            present=decoded.present[i], score=decoded.score[i],
-            visibility=decoded.visibility_hat[i], labels=decoded.labels[i]))
+            prepared=item, xy_frame=decoded.xy[i], xy_input=xy_input,
+            present=decoded.present[i] & in_image, in_image=in_image, score=decoded.score[i],
+            visibility=np.where(in_image, decoded.visibility_hat[i], 0.0), labels=decoded.labels[i],
+            inverted_score=float(inverted_scores[i])))
     return results
 
 
@@ -101,27 +285,50 @@ def landmark_rows(prediction: FramePrediction, names: Sequence[str]) -> list[dic
             "name": name,
             "x": float(prediction.xy_input[i, 0]), "y": float(prediction.xy_input[i, 1]),
             "frame_x": float(prediction.xy_frame[i, 0]), "frame_y": float(prediction.xy_frame[i, 1]),
-            "present": bool(prediction.present[i]), "score": float(prediction.score[i]),
-            "visibility": float(prediction.visibility[i]),
+            "present": bool(prediction.present[i]), "in_image": bool(prediction.in_image[i]),
+            "score": float(prediction.score[i]), "visibility": float(prediction.visibility[i]),
         })
     return rows
 
 
-def write_outputs(out_dir: Path, prediction: FramePrediction, ensemble: Ensemble) -> dict[str, Path]:
+def write_outputs(out_dir: Path, prediction: FramePrediction, ensemble: Ensemble,
+                  facts: Sequence[dict]) -> dict[str, Path]:
     """Write the csv, json, label map and overlay of one prediction; return their paths."""
     frame = prediction.prepared.input
     paths = output_paths(out_dir, frame.stem)
     rows = landmark_rows(prediction, ensemble.landmark_names)
+    labels_input = labels_to_input(prediction.labels, prediction.prepared, ensemble.card.preprocessing)
     write_text(paths["csv"], _csv_text(rows))
-    write_json(paths["json"], _json_record(prediction, ensemble, rows, paths))
-    _write_png(paths["seg"], prediction.labels)
+    write_json(paths["json"], _json_record(prediction, ensemble, rows, paths, facts))
+    write_label_png(paths["seg"], labels_input)
     from silr import plots  # matplotlib: only when outputs are written
 
-    figure = plots.prediction_overlay(prediction.prepared.frame, prediction.labels, prediction.xy_frame,
-                                      prediction.present, ensemble.landmark_names, title=frame.stem)
+    kinds = sorted({f["data_kind"] for f in facts})
+    losses = sorted({str(f["loss"]) for f in facts})
+    subtitle = (f"{'ensemble of ' + str(len(facts)) + ' models' if len(facts) > 1 else 'model'} trained on "
+                f"{' + '.join({'synthetic': 'the synthetic phantom'}.get(k, k) for k in kinds)}, loss "
+                f"{', '.join(losses)}; {treatment(frame, ensemble.card.preprocessing)}")
+    if prediction.warnings:
+        subtitle += f"\nWARNING: {len(prediction.warnings)} warning(s), see the json"
+    figure = plots.prediction_overlay(frame.pixels, labels_input, prediction.xy_input, prediction.present,
+                                      prediction.in_image, ensemble.landmark_names, title=frame.stem,
+                                      subtitle=subtitle)
     with atomic_path(paths["overlay"]) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", metadata={"Software": None})
     return paths
+
+
+def write_label_png(path: Path, labels: np.ndarray) -> None:
+    """An indexed PNG: pixel index = label value, palette = silr.anatomy.LABEL_COLORS."""
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    palette = [round(255 * c) for colour in LABEL_COLORS for c in to_rgb(colour)]
+    image.putpalette(palette + [0] * (768 - len(palette)))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -134,7 +341,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def _json_record(prediction: FramePrediction, ensemble: Ensemble, rows: list[dict],
-                 paths: dict[str, Path]) -> dict:
+                 paths: dict[str, Path], facts: Sequence[dict]) -> dict:
     prepared = prediction.prepared
     frame = prepared.input
     height, width = frame.pixels.shape
@@ -146,39 +353,40 @@ def _json_record(prediction: FramePrediction, ensemble: Ensemble, rows: list[dic
         "stem": frame.stem,
         "treated_as": treatment(frame, ensemble.card.preprocessing),
         "input_size": [width, height],
+        "pixel_spacing_mm": list(frame.pixel_spacing_mm) if frame.pixel_spacing_mm else None,
         "line_integral_size": [li_width, li_height],
         "frame_size": [size, size],
         # frame pixels per line-integral pixel along x and y (1.0: no resampling)
         "scale": [size / li_width, size / li_height],
         "resampling": prepared.resampling,
         "models": models,
+        "model_facts": list(facts),
         "ensemble": models if len(models) > 1 else None,
         "ensemble_method": ("mean of heatmap sigmoid and segmentation softmax probabilities, then decoded"
                             if len(models) > 1 else None),
+        "warnings": list(prediction.warnings),
+        "inverted_mean_score": prediction.inverted_score,
+        "seconds": round(prediction.seconds, 4),
         "landmarks": rows,
-        "segmentation": {"file": paths["seg"].name, "grid": f"{size}x{size} frame",
+        "segmentation": {"file": paths["seg"].name, "grid": f"input pixels, {width}x{height}",
+                         "format": "indexed PNG: pixel index = label value, palette = the bone colours",
+                         "resampling": "nearest frame pixel of each input pixel centre; 0 outside the frame",
                          "labels": {str(k): v for k, v in LABEL_NAMES.items()}},
         "outputs": {key: path.name for key, path in paths.items()},
     }
-
-
-def _write_png(path: Path, labels: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------ the command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
-                        help="PNG, TIFF, .npy or DeepFluoro HDF5 files (see above for how each is treated)")
-    parser.add_argument("--model", action="append", type=Path, metavar="CKPT",
-                        help="a best.pt checkpoint; repeat to ensemble several (probabilities averaged)")
+                        help="PNG, TIFF, JPEG, DICOM, .npy or DeepFluoro HDF5 files, or folders of them")
+    parser.add_argument("--model", nargs="+", action="extend", type=Path, metavar="CKPT",
+                        help="one or more best.pt checkpoints (several are ensembled: probabilities averaged); "
+                             "a folder means its best.pt or its fold*/best.pt; may be repeated")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory")
     parser.add_argument("--raw", action="store_true",
-                        help="PNG/TIFF/npy inputs are raw detector frames (bone dark): crop, log and "
+                        help="PNG/TIFF/JPEG/DICOM/npy inputs are raw detector frames (bone dark): crop, log and "
                              "downsample as in ingestion (implied for full-resolution HDF5)")
     parser.add_argument("--specimen", action="append", type=int, metavar="N",
                         help="HDF5 inputs: paper specimen number 1..6 (repeatable; default all)")
@@ -186,42 +394,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HDF5 inputs and .npy stacks: frame indices, e.g. 0,1,2 or 0-9 (default all)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="frames per forward pass")
-    parser.add_argument("--info", action="store_true", help="print the model card of each --model and exit")
+    parser.add_argument("--info", action="store_true", help="print the model card of every --model and exit")
+
+
+def warn(message: str) -> None:
+    print(f"silr: warning: {message}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
     from silr.device import select_device  # the one 'auto' / cuda / mps rule of the project
 
     _check_arguments(args)
+    models = resolve_models(args.model)
+    if not args.info:
+        check_output_dir(args.out)
     device = select_device(args.device, key="--device")
-    ensemble = load_ensemble(args.model, device)
+    ensemble = load_ensemble(models, device)
+    facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
     if args.info:
-        for path, card in zip(ensemble.paths, ensemble.cards):
+        for path, card, fact in zip(ensemble.paths, ensemble.cards, facts):
             print(card.describe(path))
+            print(f"  checkpoint_file_modified: {fact['checkpoint_file_modified']}")
+            print(f"  data_kind: {fact['data_kind']} ({fact['data_kind_from']})")
         return 0
+    losses = sorted({str(f["loss"]) for f in facts})
+    if len(losses) > 1:
+        warn(f"the ensemble mixes models trained with different losses ({', '.join(losses)}); their heatmaps "
+             f"mean different things, so the average may not")
+    make_output_dir(args.out)
     specs = unique_stems(list(enumerate_inputs(args.inputs, raw=args.raw, specimens=args.specimen,
                                                frames=args.frames)))
-    rows, failures = run(ensemble, specs, args.out, args.batch_size)
-    print(summary_table(rows, ensemble, args.out))
+    rows, failures = run(ensemble, specs, args.out, args.batch_size, facts)
+    print(summary_table(rows, ensemble, args.out, facts))
     if failures:
         print(f"\n{len(failures)} input(s) failed:", file=sys.stderr)
         for failure in failures:
-            print(f"  {failure.source}: {failure.message}", file=sys.stderr)
+            message = failure.message.removeprefix(f"{failure.source}: ")
+            print(f"  {failure.source}: {message}", file=sys.stderr)
         return 1
     return 0
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     if not args.model:
-        raise ConfigError("predict: --model CKPT is required (repeat it to ensemble several models)")
+        raise ConfigError("predict: --model CKPT is required (one or more checkpoints, or a folder)")
     if args.info:
         return
     if not args.inputs:
-        raise ConfigError("predict: no INPUT given (PNG, TIFF, .npy or HDF5 files), or use --info")
+        raise ConfigError("predict: no INPUT given (PNG, TIFF, JPEG, DICOM, .npy or HDF5 files, or folders), "
+                          "or use --info")
     if args.out is None:
         raise ConfigError("predict: --out DIR is required")
     if args.batch_size < 1:
         raise ConfigError(f"predict: --batch-size must be >= 1, got {args.batch_size}")
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """--out must be a directory, or creatable as one, that we can write: checked before any work
+    (nothing is created here; a run that stops at the models leaves no empty folder)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise OutputError(f"--out {out_dir}: exists and is not a directory")
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {out_dir}: directory is not writable")
+        return
+    ancestor = out_dir.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"--out {out_dir}: cannot be created, {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out_dir}: cannot be created, {ancestor} is not writable")
+
+
+def make_output_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out_dir}: cannot create the directory ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -232,11 +482,42 @@ class SummaryRow:
     total: int
     mean_score: float
     paths: dict[str, Path]
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _load_and_prepare(spec: InputSpec, ensemble: Ensemble) -> tuple[PreparedFrame, list[str]]:
+    """Read and prepare one input; SilrError (with a one-line reason) for anything that fails."""
+    from silr.errors import DataError, SilrWarning
+
+    preprocessing = ensemble.card.preprocessing
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SilrWarning)
+            frame = spec.load()
+            if float(frame.pixels.max()) == float(frame.pixels.min()):
+                raise DataError(f"{spec.source}: constant frame (every pixel is {float(frame.pixels.min()):g}): "
+                                f"nothing to predict")
+            found = _raw_warnings(frame, preprocessing)
+            prepared = prepare(frame, ensemble.frame_size, preprocessing)
+        if float(np.ptp(prepared.frame)) == 0.0:
+            raise DataError(f"{spec.source}: the prepared frame is constant: nothing to predict")
+    except SilrError:
+        raise
+    except MemoryError:
+        raise DataError(f"{spec.source}: out of memory while reading or preparing it") from None
+    except Exception as exc:  # a hostile or odd file fails alone, in one line, never a traceback
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise DataError(f"{spec.source}: cannot be read ({type(exc).__name__}: {detail})") from None
+    found += [str(w.message) for w in caught if issubclass(w.category, SilrWarning)]
+    return prepared, found + frame_warnings(prepared)
 
 
 def run(ensemble: Ensemble, specs: Sequence[InputSpec | Failure], out_dir: Path,
-        batch_size: int) -> tuple[list[SummaryRow], list[Failure]]:
+        batch_size: int, facts: Sequence[dict] = ()) -> tuple[list[SummaryRow], list[Failure]]:
     """Predict every input in batches; an input that fails is recorded and skipped."""
+    import dataclasses
+
     from tqdm import tqdm
 
     failures = [s for s in specs if isinstance(s, Failure)]
@@ -246,22 +527,37 @@ def run(ensemble: Ensemble, specs: Sequence[InputSpec | Failure], out_dir: Path,
     with tqdm(total=len(todo), desc="predict", unit="frame", file=sys.stderr, disable=len(todo) < 2,
               leave=False) as bar:
         for batch in _batches(todo, batch_size):
-            prepared = []
+            prepared, found, seconds = [], [], []
             for spec in batch:
+                start = time.perf_counter()
                 try:
-                    prepared.append(prepare(spec.load(), ensemble.frame_size, preprocessing))
+                    item, item_warnings = _load_and_prepare(spec, ensemble)
                 except SilrError as exc:
                     failures.append(Failure(spec.source, str(exc)))
-            for prediction in predict_frames(ensemble, prepared) if prepared else []:
+                    continue
+                prepared.append(item)
+                found.append(item_warnings)
+                seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predictions = predict_frames(ensemble, prepared) if prepared else []
+            share = (time.perf_counter() - start) / max(1, len(prepared))
+            for prediction, item_warnings, own in zip(predictions, found, seconds):
+                source = prediction.prepared.input.source
+                item_warnings = (item_warnings + inversion_warning(prediction)
+                                 + polarity_warning(prediction.prepared, prediction.labels))
+                for message in item_warnings:
+                    warn(f"{source}: {message}")
+                start = time.perf_counter()
+                prediction = dataclasses.replace(prediction, warnings=tuple(item_warnings), seconds=own + share)
                 try:
-                    paths = write_outputs(out_dir, prediction, ensemble)
+                    paths = write_outputs(out_dir, prediction, ensemble, facts)
                 except SilrError as exc:
-                    failures.append(Failure(prediction.prepared.input.source, str(exc)))
+                    failures.append(Failure(source, str(exc)))
                     continue
                 rows.append(SummaryRow(
                     prediction.prepared.input.stem, treatment(prediction.prepared.input, preprocessing),
                     int(prediction.present.sum()), len(prediction.present), float(prediction.score.mean()),
-                    paths))
+                    paths, own + share + time.perf_counter() - start, tuple(item_warnings)))
             bar.update(len(batch))
     return rows, failures
 
@@ -271,19 +567,27 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[start:start + size]
 
 
-def summary_table(rows: Sequence[SummaryRow], ensemble: Ensemble, out_dir: Path) -> str:
-    """One line per predicted input: landmarks present, mean score over all landmarks, outputs."""
-    models = ", ".join(str(p) for p in ensemble.paths)
-    head = (f"ensemble of {len(ensemble.paths)} models (mean of probabilities): {models}"
-            if len(ensemble.paths) > 1 else f"model: {models}")
-    lines = [head, f"outputs in {out_dir}/ as <input>_landmarks.csv/.json, _seg.png, _overlay.png"]
+def summary_table(rows: Sequence[SummaryRow], ensemble: Ensemble, out_dir: Path,
+                  facts: Sequence[dict] = ()) -> str:
+    """The models' card facts, then one line per predicted input: landmarks present, mean score
+    over all landmarks, seconds for the frame (read, prepare, its share of the models, write),
+    warnings, overlay."""
+    head = (f"ensemble of {len(ensemble.paths)} models (mean of probabilities):"
+            if len(ensemble.paths) > 1 else "model:")
+    lines = [head] + [f"  {describe_facts(f)}" for f in facts]
+    if not facts:
+        lines += [f"  {p}" for p in ensemble.paths]
+    lines.append(f"outputs in {out_dir}/ as <input>_landmarks.csv/.json, _seg.png (input grid), _overlay.png")
     if not rows:
         lines.append("no input was predicted")
         return "\n".join(lines)
     width = max(len("input"), *(len(r.stem) for r in rows))
     kind_width = max(len("treated as"), *(len(r.treated_as) for r in rows))
-    lines.append(f"{'input':<{width}}  {'treated as':<{kind_width}}  present  mean score  overlay")
+    lines.append(f"{'input':<{width}}  {'treated as':<{kind_width}}  present  mean score  seconds  warnings  "
+                 f"overlay")
     for r in rows:
         lines.append(f"{r.stem:<{width}}  {r.treated_as:<{kind_width}}  {r.present:>3}/{r.total:<3}  "
-                     f"{r.mean_score:>10.3f}  {r.paths['overlay']}")
+                     f"{r.mean_score:>10.3f}  {r.seconds:>7.2f}  {len(r.warnings):>8}  {r.paths['overlay']}")
+    total = sum(r.seconds for r in rows)
+    lines.append(f"{len(rows)} frame(s) in {total:.2f} s ({total / len(rows):.2f} s per frame)")
     return "\n".join(lines)

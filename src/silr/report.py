@@ -5,15 +5,18 @@
 Reads `metrics/predictions/<loss>/fold<k>.csv` and `metrics/segmentation/<loss>/fold<k>.npz`
 for every (loss, fold) of `study:` in params.yaml, and the processed data (frames, true
 labels, pixel spacing, what data it is). Writes
-- `metrics/summary.json`: `table2` (per loss: per-specimen mean error, mean and std over
-  specimens (ddof = 0), the same in mm, pooled statistics, presence counts and visibility
-  accuracy: all recomputable from the predictions CSVs), `baselines` (the trivial
-  predictors of silr.baselines, frame centre and mean shape, scored per held-out
-  specimen exactly as a loss, each entry in the form of a `table2` entry), `means` (a flat
-  loss -> mean px block for `dvc exp show`, baselines included), `not_beating_mean_shape`
-  (the losses whose mean is not below the mean-shape baseline's), `segmentation_dice` (per
-  loss and bone, from the label maps), `dataset` (data kind, source, counts, settings)
-  and `paper_table2` (the paper's numbers);
+- `metrics/summary/<name>.json`, the DVC metrics (`dvc metrics show`, `dvc exp show`), one
+  file per loss and per baseline (`baseline_frame_centre`, `baseline_mean_shape`):
+  `mean_px`, `std_px`, `mean_mm`, and for a loss `dice` (mean over bones); `dvc metrics
+  show` prints them as one row per file;
+- `metrics/details.json` (a plain output, not a DVC metric): `table2` (per loss:
+  per-specimen mean error, mean and std over specimens (ddof = 0), the same in mm, pooled
+  statistics, presence counts and visibility accuracy: all recomputable from the
+  predictions CSVs), `baselines` (the trivial predictors of silr.baselines, frame centre
+  and mean shape, scored per held-out specimen exactly as a loss, each entry in the form
+  of a `table2` entry), `not_beating_mean_shape` (the losses whose mean is not below the
+  mean-shape baseline's), `segmentation_dice` (per loss and bone, from the label maps),
+  `dataset` (data kind, source, counts, settings) and `paper_table2` (the paper's numbers);
 - `metrics/table2.md`: the paper's table layout, our numbers and the baselines beside the
   paper's, and the losses that do not beat the mean shape;
 - `metrics/per_specimen.csv`: loss, specimen, specimen_loss, mean_px, mean_mm (for `dvc plots`);
@@ -47,6 +50,8 @@ DEFAULT_FOLDS = "data/folds.json"
 # How the data kinds of the processed file's attributes read in a sentence.
 DATA_KIND_TEXT = {"synthetic": "the synthetic phantom", "deepfluoro": "the DeepFluoro data set"}
 DEFAULT_LIVE = "dvclive"
+# Under --metrics: the DVC metrics, one small JSON file per loss and baseline.
+SUMMARY_DIR = "summary"
 PLOT_NAMES = ("figure1.png", "per_specimen_errors.png", "cumulative_errors.png", "per_landmark_errors.png",
               "segmentation.png", "training_curves.png")
 # dvclive metric (path under plots/metrics, without .tsv) -> the curves file it becomes.
@@ -122,6 +127,27 @@ def not_beating(summary_table2: Mapping[str, Mapping[str, Any]], reference: Mapp
     bar = reference["mean_px"]
     return [loss for loss, entry in summary_table2.items()
             if entry["mean_px"] is None or bar is None or not entry["mean_px"] < bar]
+
+
+def compact_summary(details: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The DVC metrics (`metrics/summary/<name>.json`): what a user compares across experiments.
+
+    Per loss: mean and std over test specimens (px), the mean in mm, and its Dice averaged
+    over the bones (each bone's mean over the frames that define it); per baseline
+    (`baseline_<name>`): the same without Dice. One file per name, the same keys in each,
+    so that `dvc metrics show` prints a table of one row per loss. Everything else is in
+    `metrics/details.json`.
+    """
+    compact: dict[str, dict[str, float | None]] = {}
+    for loss, entry in details["table2"].items():
+        bones = [bone["mean"] for bone in details["segmentation_dice"].get(loss, {}).values()
+                 if bone["mean"] is not None]
+        compact[loss] = {"mean_px": entry["mean_px"], "std_px": entry["std_px"], "mean_mm": entry["mean_mm"],
+                         "dice": float(np.mean(bones)) if bones else None}
+    for name, entry in details["baselines"].items():
+        compact[f"baseline_{name}"] = {"mean_px": entry["mean_px"], "std_px": entry["std_px"],
+                                       "mean_mm": entry["mean_mm"]}
+    return metrics.rounded(compact)
 
 
 def dataset_description(data: Any, table: pd.DataFrame, params: Params) -> dict[str, Any]:
@@ -279,23 +305,35 @@ def curves_wide(curves: pd.DataFrame, metric: str, losses: Sequence[str]) -> pd.
 
 # ------------------------------------------------------------------ the stage
 
-def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
-                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None) -> None:
-    """Every PNG of the report (plots.py draws, this function picks the frames)."""
+def figure_source(dataset: Mapping[str, Any]) -> str:
+    """The line every figure prints under its title: what data (synthetic or real) it shows."""
+    kind = DATA_KIND_TEXT.get(dataset["kind"], dataset["kind"])
+    warning = " (simulated images, not patient data)" if dataset["kind"] == "synthetic" else ""
+    settings = dataset["settings"]
+    return (f"Data: {kind}{warning}, {dataset['test_frames']} test frames of {len(dataset['test_specimens'])} "
+            f"held-out specimens; {settings['backbone']}, {settings['epochs']} "
+            f"epoch{'' if settings['epochs'] == 1 else 's'}")
+
+
+def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params, curves: pd.DataFrame,
+                  baseline_table: pd.DataFrame | None = None, *, source: str = "") -> dict[str, Any]:
+    """Every figure of the report, by file name (plots.py draws, this function picks the frames)."""
     from silr import plots
 
     losses, folds = list(params.study.losses), list(params.study.folds)
     showcase = metrics.showcase_frames(table)
     images = {s: data.specimens[s].images[f] for s, f in showcase.items()}
     shown_rows = table[[showcase.get(int(s)) == int(f) for s, f in zip(table["specimen"], table["frame"])]]
-    plots.save_png(plots.figure1(images, shown_rows, losses), plots_dir / "figure1.png")
     with_baselines = table if baseline_table is None else pd.concat([table, baseline_table], ignore_index=True)
-    plots.save_png(plots.per_specimen_errors(with_baselines, [*losses, *baselines.BASELINES]),
-                   plots_dir / "per_specimen_errors.png")
-    plots.save_png(plots.cumulative_errors(table, losses, data.pixel_spacing_mm, params.evaluate.success_mm),
-                   plots_dir / "cumulative_errors.png")
-    plots.save_png(plots.per_landmark_errors(table, losses), plots_dir / "per_landmark_errors.png")
-    plots.save_png(plots.training_curves(curves, losses, list(CURVE_FILES)), plots_dir / "training_curves.png")
+    named = [*losses, *(() if baseline_table is None else baselines.BASELINES)]
+    figures = {
+        "figure1.png": plots.figure1(images, shown_rows, losses, source=source),
+        "per_specimen_errors.png": plots.per_specimen_errors(with_baselines, named, source=source),
+        "cumulative_errors.png": plots.cumulative_errors(with_baselines, named, data.pixel_spacing_mm,
+                                                         params.evaluate.success_mm, source=source),
+        "per_landmark_errors.png": plots.per_landmark_errors(table, losses, source=source),
+        "training_curves.png": plots.training_curves(curves, losses, list(CURVE_FILES), source=source),
+    }
 
     # The segmentation figure shows the first loss of the study (the proposed one by default)
     # on the Figure 1 frames; only a loss with a segmentation term trains the masks.
@@ -309,13 +347,24 @@ def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Pa
                 truth.append(data.specimens[int(s)].labels[int(f)])
                 predicted.append(maps["labels"][index])
                 titles.append(f"specimen {int(s)}, frame {int(f)}")
-    plots.save_png(plots.segmentation_comparison(frames_shown, truth, predicted, titles,
-                                                 metrics.loss_title(seg_loss)), plots_dir / "segmentation.png")
+    figures["segmentation.png"] = plots.segmentation_comparison(frames_shown, truth, predicted, titles,
+                                                                metrics.loss_title(seg_loss), source=source)
+    return figures
+
+
+def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
+                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None, *, source: str = "") -> None:
+    """Every PNG of the report."""
+    from silr import plots
+
+    for name, figure in build_figures(table, data, metrics_dir, params, curves, baseline_table,
+                                      source=source).items():
+        plots.save_png(figure, plots_dir / name)
 
 
 def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_path: str | Path,
         live_dir: str | Path = DEFAULT_LIVE, folds_path: str | Path = DEFAULT_FOLDS) -> dict[str, Any]:
-    """Build and write the summary, Table 2, the per-specimen CSV and the plots; return the summary."""
+    """Build and write the summary, the details, Table 2, the per-specimen CSV and the plots; return the details."""
     from silr import deepfluoro
     from silr.splits import load_folds
 
@@ -328,7 +377,9 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     if missing:
         raise DataError(f"{folds_path}: no fold(s) {missing} (study.folds asks for them)")
     # Every output or none: a blocked location fails before the first one is written.
-    ensure_writable(*(metrics_dir / name for name in ("summary.json", "table2.md", "per_specimen.csv")),
+    ensure_writable(*(metrics_dir / name for name in ("details.json", "table2.md", "per_specimen.csv")),
+                    *(metrics_dir / SUMMARY_DIR / f"{name}.json"
+                      for name in [*losses, *(f"baseline_{b}" for b in baselines.BASELINES)]),
                     *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
                     *(plots_dir / name for name in PLOT_NAMES))
     no_presence = [loss for loss in losses if heatmap_kinds(metrics_dir, loss, folds) == {"shape"}]
@@ -341,14 +392,18 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     summary = metrics.rounded({
         "table2": result,
         "baselines": baseline_result,
-        "means": {**{loss: result[loss]["mean_px"] for loss in losses},
-                  **{f"baseline_{name}": baseline_result[name]["mean_px"] for name in baselines.BASELINES}},
         "not_beating_mean_shape": not_beating(result, baseline_result["mean_shape"]),
         "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
         "dataset": dataset,
         "paper_table2": metrics.PAPER_TABLE2,
     })
-    write_json(metrics_dir / "summary.json", summary)
+    write_json(metrics_dir / "details.json", summary)
+    compact = compact_summary(summary)
+    for name, entry in compact.items():
+        write_json(metrics_dir / SUMMARY_DIR / f"{name}.json", entry)
+    for stale in sorted((metrics_dir / SUMMARY_DIR).glob("*.json")):
+        if stale.stem not in compact:  # a loss no longer in the study
+            stale.unlink()
     write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"]))
     per_specimen = metrics.per_specimen_rows({**summary["table2"], **summary["baselines"]})
     write_with(metrics_dir / "per_specimen.csv",
@@ -360,7 +415,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         write_with(metrics_dir / "curves" / name,
                    lambda tmp, wide=wide: wide.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                      lineterminator="\n"))
-    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table)
+    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table, source=figure_source(dataset))
     return summary
 
 

@@ -1,7 +1,14 @@
-"""Resume state of a training run: what it is, whether a `last.pt` belongs to this run, and
-the random states that make a resumed run end where an uninterrupted one ends.
+"""Resume state of a training run: what it is, where it is kept, whether a state belongs to
+this run, and the random states that make a resumed run end where an uninterrupted one ends.
 
-A `last.pt` may be resumed only when it was written for the same params, data, code and
+The state of a run lives outside DVC's outputs, in a resume store: `.silr/resume/` in the
+workspace, or the folder `$SILR_RESUME_DIR` names (an absolute path shared by every
+workspace: queued experiments, other clones on one machine), as
+`<store>/<loss>/fold<k>/<run hash>.pt`. Outside the outputs, because DVC's run-cache skips
+every stage with a `persist` output; keyed by the run hash, so that runs of other params
+(a sweep in parallel workers) never overwrite each other's state.
+
+A state may be resumed only when it was written for the same params, data, code and
 device type (`RunIdentity`). The code part is the hash of the source of every `silr`
 module the training stage imports, directly or indirectly, found by reading the imports
 (`imported_modules`), so that an edit to any of them (say `silr.coords`) makes DVC rerun
@@ -13,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +35,8 @@ from silr.errors import CheckpointError
 from silr.params import stable_hash
 
 RESUME_FORMAT_VERSION = 1
+RESUME_DIR_ENV = "SILR_RESUME_DIR"
+DEFAULT_RESUME_DIR = ".silr/resume"
 TRAINING_ENTRY_MODULE = "silr.train"
 PACKAGE = "silr"
 
@@ -206,3 +216,53 @@ def read_resume_state(path: Path, identity: RunIdentity) -> tuple[dict[str, Any]
                       f"(run hash {resume.get('run_hash')}, this run {identity.run_hash}); starting from scratch")
     resume["model_state"] = payload["model_state"]
     return resume, ""
+
+
+# ------------------------------------------------------------------ the resume store
+
+def resume_root(explicit: str | Path | None = None) -> Path:
+    """The resume store: `explicit`, else $SILR_RESUME_DIR, else `.silr/resume` (relative to the workspace)."""
+    return Path(explicit or os.environ.get(RESUME_DIR_ENV) or DEFAULT_RESUME_DIR)
+
+
+def run_folder(root: str | Path, loss_name: str, fold: int) -> Path:
+    return Path(root) / loss_name / f"fold{fold}"
+
+
+def state_path(folder: Path, identity: RunIdentity) -> Path:
+    return folder / f"{identity.run_hash}.pt"
+
+
+def find_resume_state(folder: Path, identity: RunIdentity) -> tuple[dict[str, Any] | None, str]:
+    """The resume state of this run in `folder`, or (None, why there is none worth saying).
+
+    When only states of other runs of the same loss and fold are there, the message names the
+    newest one and what differs (params, data, code, device), so a rerun that starts from
+    scratch says why."""
+    own = state_path(folder, identity)
+    if own.exists():
+        return read_resume_state(own, identity)
+    others = sorted(folder.glob("*.pt"), key=lambda path: path.stat().st_mtime, reverse=True) \
+        if folder.is_dir() else []
+    for other in others:
+        _, message = read_resume_state(other, identity)
+        if message:
+            return None, message
+    return None, ""
+
+
+def prune_finished_states(folder: Path, keep: Path) -> list[Path]:
+    """Delete the finished states of other runs of this loss and fold (their results are in DVC's
+    run-cache); unfinished ones stay, since another worker may be resuming them. Returns the deleted."""
+    deleted = []
+    for other in folder.glob("*.pt") if folder.is_dir() else []:
+        if other == keep:
+            continue
+        try:
+            resume = checkpoint.read_checkpoint(other).get("resume")
+        except CheckpointError:
+            continue  # not ours to judge (or being written): leave it
+        if isinstance(resume, dict) and resume.get("finished"):
+            other.unlink(missing_ok=True)
+            deleted.append(other)
+    return deleted

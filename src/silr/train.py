@@ -1,7 +1,8 @@
 """Stage `train`: train one named loss on one fold.
 
   silr train --loss proposed --fold 1 [--params params.yaml] [--data PATH]
-             [--folds data/folds.json] [--out-dir models] [--live-dir dvclive] [--fresh]
+             [--folds data/folds.json] [--out-dir models] [--live-dir dvclive]
+             [--resume-dir DIR] [--fresh]
 
 AdamW (train.lr, train.weight_decay, constant rate as in the paper) on the fold's
 training frames with the paper's augmentation (silr.dataset), batch train.batch_size,
@@ -12,8 +13,9 @@ with the lowest validation error are `models/NAME/foldK/best.pt` (with the model
 silr.checkpoint). Every epoch's loss terms, validation error and learning rate go to
 dvclive (`dvclive/NAME/foldK/`).
 
-Resume: `models/NAME/foldK/last.pt` holds everything the run needs to continue exactly
-where it stopped (weights, optimiser, RNG states incl. the augmentation generator, epoch,
+Resume: the run's state ("last.pt") in the resume store (silr.resume:
+`.silr/resume/NAME/foldK/<run hash>.pt`, or under $SILR_RESUME_DIR) holds everything the
+run needs to continue exactly where it stopped (weights, optimiser, RNG states incl. the augmentation generator, epoch,
 best weights and score, the metric history) and the hash of the params, data and code it
 depends on. It is written atomically every train.checkpoint_every epochs. A rerun resumes
 from it and says so; a last.pt of other params, data, code or device is ignored (with a
@@ -41,7 +43,7 @@ import torch
 from silr import checkpoint
 from silr.card import ModelCard, codec_for_run, params_hash_of
 from silr.dataset import FrameSet, augment, batch_indices, draw_augmentation, frame_set
-from silr.device import DeviceSetup, select_device
+from silr.device import DeviceSetup, device_for_run
 from silr.errors import ConfigError, DataError, SilrError
 from silr.io import ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -49,10 +51,14 @@ from silr.resume import (
     RunIdentity,
     code_hash,
     data_hash_of,
-    read_resume_state,
+    find_resume_state,
+    prune_finished_states,
     restore_rng_states,
     resume_payload,
+    resume_root,
+    run_folder,
     seed_everything,
+    state_path,
 )
 from silr.types import Batch, ModelOutput
 
@@ -70,14 +76,17 @@ class TrainingInterrupted(SilrError):
 @dataclass
 class RunPaths:
     best: Path
-    last: Path
     live: Path
+    resume: Path  # this (loss, fold)'s folder in the resume store (silr.resume)
+    last: Path  # this run's state in it: <resume>/<run hash>.pt
 
     @staticmethod
-    def of(out_dir: str | Path, live_dir: str | Path, loss_name: str, fold: int) -> RunPaths:
+    def of(out_dir: str | Path, live_dir: str | Path, resume_dir: str | Path, loss_name: str, fold: int,
+           identity: RunIdentity) -> RunPaths:
         run = Path(loss_name) / f"fold{fold}"
-        return RunPaths(best=Path(out_dir) / run / "best.pt", last=Path(out_dir) / run / "last.pt",
-                        live=Path(live_dir) / run)
+        folder = run_folder(resume_dir, loss_name, fold)
+        return RunPaths(best=Path(out_dir) / run / "best.pt", live=Path(live_dir) / run, resume=folder,
+                        last=state_path(folder, identity))
 
 
 # ------------------------------------------------------------------ training state
@@ -216,7 +225,7 @@ class Setup:
 
 
 def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
-            out_dir: str | Path, live_dir: str | Path) -> Setup:
+            out_dir: str | Path, live_dir: str | Path, resume_dir: str | Path | None = None) -> Setup:
     """Check every argument and build the run; raises SilrError before anything is written."""
     from silr.deepfluoro import read_processed
     from silr.losses import build_loss
@@ -230,7 +239,7 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                          kl_reduction=params.losses.kl_reduction,
                          mse_foreground_weight=params.losses.mse_foreground_weight, key=f"losses.{loss_name}")
     check_backbone(params.model.backbone)  # the model registry's check, before any output is written
-    device = DeviceSetup(select_device(params.train.device))
+    device = DeviceSetup(device_for_run(params.train.device))
     data_path, folds_path = Path(data_path), Path(folds_path)
     data = read_processed(data_path)
     folds = load_folds(folds_path, data)
@@ -239,15 +248,15 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     split = folds[fold]
     if not split.train:
         raise DataError(f"{folds_path}: fold {fold} has no training frames")
-    paths = RunPaths.of(out_dir, live_dir, loss_name, fold)
-    # A blocked output location fails now, not after the first epoch (dvclive writes into live).
-    ensure_writable(paths.best, paths.last, paths.live / "metrics.json")
-    source = str(data_path)
-    train_frames = frame_set(data, split.train, device.device, source)
-    val_frames = frame_set(data, split.val, device.device, source) if split.val else None
     identity = RunIdentity(params_hash=params_hash_of(params, loss_name),
                            data_hash=data_hash_of(data_path, split), code_hash=code_hash(),
                            device=device.device.type)
+    paths = RunPaths.of(out_dir, live_dir, resume_root(resume_dir), loss_name, fold, identity)
+    # A blocked output location fails now, not after the first epoch (dvclive writes into live).
+    ensure_writable(paths.best, paths.live / "metrics.json", paths.last)
+    source = str(data_path)
+    train_frames = frame_set(data, split.train, device.device, source)
+    val_frames = frame_set(data, split.val, device.device, source) if split.val else None
     seed_everything(params.train.seed, torch.Generator())  # the network's initial weights
     model = build_model(params.model.backbone, params.model.decoder_channels,
                         init_checkpoint=params.model.init_checkpoint)
@@ -316,11 +325,11 @@ def _say(message: str) -> None:
 
 
 def run(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
-        out_dir: str | Path = "models", live_dir: str | Path = "dvclive", fresh: bool = False,
-        progress_bar: bool = True) -> Progress:
+        out_dir: str | Path = "models", live_dir: str | Path = "dvclive", resume_dir: str | Path | None = None,
+        fresh: bool = False, progress_bar: bool = True) -> Progress:
     """Train (or resume, or re-emit) one run; returns its final progress."""
     setup = prepare(params, loss_name=loss_name, fold=fold, data_path=data_path, folds_path=folds_path,
-                    out_dir=out_dir, live_dir=live_dir)
+                    out_dir=out_dir, live_dir=live_dir, resume_dir=resume_dir)
     with _deterministic(setup.device):
         return _train(setup, fresh=fresh, progress_bar=progress_bar)
 
@@ -341,7 +350,7 @@ def _deterministic(setup: DeviceSetup) -> Iterator[None]:
 
 
 def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
-    from tqdm import tqdm
+    from silr.progress import training_progress
 
     params, train = setup.params, setup.params.train
     generator = torch.Generator(device=setup.device.device)
@@ -349,7 +358,7 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
     optimizer = build_optimizer(setup.model, params)
     progress = Progress()
 
-    resume, why_not = (None, "") if fresh else read_resume_state(setup.paths.last, setup.identity)
+    resume, why_not = (None, "") if fresh else find_resume_state(setup.paths.resume, setup.identity)
     if why_not:
         _say(why_not)
     if resume is not None:
@@ -376,9 +385,9 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
     live = LiveLog(setup.paths.live, progress.history)
     steps_per_epoch = len(list(batch_indices(len(setup.train_frames), train.batch_size,
                                              torch.Generator().manual_seed(0), "cpu")))
-    bar = tqdm(total=train.epochs * steps_per_epoch, initial=progress.epoch * steps_per_epoch,
-               desc=f"train {setup.loss_name}/fold{setup.fold_number}", unit="step", file=sys.stderr,
-               disable=not progress_bar, mininterval=1.0, dynamic_ncols=True)
+    bar = training_progress(total=train.epochs * steps_per_epoch, initial=progress.epoch * steps_per_epoch,
+                            desc=f"train {setup.loss_name}/fold{setup.fold_number}", epochs=train.epochs,
+                            enabled=progress_bar)
     stop = StopRequest()
     # Showing the loss needs a host copy: every step on the CPU (free), every 10th on a GPU.
     show_every = 1 if not setup.device.is_cuda else 10
@@ -419,6 +428,7 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
                 progress.epoch = epoch
                 progress.history.append(entry)
                 live.log(entry)
+                bar.end_epoch(entry)
                 if epoch % train.checkpoint_every == 0 or epoch == train.epochs or stop.requested:
                     write_last(setup, optimizer, progress, generator, finished=epoch == train.epochs)
                 if improved:
@@ -429,6 +439,7 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
         bar.close()
     write_best(setup, progress)
     live.close(progress)
+    prune_finished_states(setup.paths.resume, keep=setup.paths.last)
     if progress.best_score is not None:
         _say(f"{run_name}: best validation error {progress.best_score:.2f} px at epoch {progress.best_epoch} "
              f"-> {setup.paths.best}")
@@ -459,13 +470,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", default="data/folds.json", help="folds file (default: %(default)s)")
     parser.add_argument("--out-dir", default="models", help="checkpoint root (default: %(default)s)")
     parser.add_argument("--live-dir", default="dvclive", help="dvclive root (default: %(default)s)")
-    parser.add_argument("--fresh", action="store_true", help="ignore a resumable last.pt and start from scratch")
+    parser.add_argument("--resume-dir", default=None, metavar="DIR",
+                        help="resume store (default: $SILR_RESUME_DIR, else .silr/resume)")
+    parser.add_argument("--fresh", action="store_true", help="ignore a resumable state and start from scratch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     run(params, loss_name=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
-        folds_path=args.folds, out_dir=args.out_dir, live_dir=args.live_dir, fresh=args.fresh,
-        progress_bar=not args.no_progress)
+        folds_path=args.folds, out_dir=args.out_dir, live_dir=args.live_dir, resume_dir=args.resume_dir,
+        fresh=args.fresh, progress_bar=not args.no_progress)
     return 0

@@ -1,0 +1,270 @@
+"""`silr parallel`: run the study with N workers through DVC's own machinery.
+
+  silr parallel --jobs 2                    (what `make repro-parallel JOBS=2` runs)
+  silr parallel --jobs 4 --gpus 0,1,2,3     (one GPU per worker)
+
+DVC has no parallel `repro`, but it has the pieces, and this command only strings them
+together (it schedules nothing itself):
+
+0. The data stages every experiment shares (synth, ingest, folds) run once, here.
+1. The study is split into queued experiments, one per fold (`--split fold`, the default),
+   per loss or per (loss, fold) run: `dvc exp run --queue -S 'study.folds=[k]' evaluate`.
+   Each trains and evaluates its part in a workspace of its own, and every stage it runs is
+   recorded in DVC's run-cache, which all workspaces share.
+2. `dvc queue start --jobs N` runs them, N at a time.
+3. A plain `dvc repro` of the whole study then restores every train and evaluate stage from
+   the run-cache (it retrains nothing) and runs the report: the same dvc.lock and metrics/
+   as a serial run with the same threads per training.
+4. The queued experiments are removed (their results live on in the run-cache).
+
+Placement, outside params.yaml so that it never changes a stage's run-cache key: each
+training process gets `SILR_THREADS` CPU threads (default: the cores divided among the
+workers) and, with `--gpus`, claims a GPU of the pool that no other worker holds
+(silr.device). Training state goes to one resume store shared by every workspace
+(`SILR_RESUME_DIR`, default `.silr/resume` of this workspace): a worker killed mid-run
+leaves its state there, and running `silr parallel` again resumes it.
+
+On the CPU, results are byte-identical only for the same threads per training: a serial
+`dvc repro` matches `silr parallel` when it runs with `SILR_THREADS` equal to the workers'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from silr.device import GPU_POOL_ENV, THREADS_ENV, parse_gpu_pool
+from silr.errors import ConfigError, SilrError
+from silr.io import open_lock_file
+from silr.params import DEFAULT_PARAMS_FILE, load_params
+from silr.resume import DEFAULT_RESUME_DIR, RESUME_DIR_ENV
+
+SPLITS = ("fold", "loss", "run")
+# The stage group each experiment reproduces: evaluate pulls in its train stages (and the
+# data stages, unchanged), but not the report, which runs once at the end on the whole study.
+TARGET = "evaluate"
+# The stages every experiment shares (synth, ingest, folds): run once here first. Run by
+# several workers at once, they would write the same run-cache entry at the same time,
+# which DVC does not survive (a worker fails on the other's temporary file).
+SHARED_UPSTREAM = "folds"
+POLL_S = 5.0
+
+
+class ParallelError(SilrError):
+    """A worker failed or DVC refused; the exit status is 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Part:
+    """One queued experiment: its name and the `-S` overrides that select its share of the study."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def split_study(losses: list[str], folds: list[int], split: str, tag: str) -> list[Part]:
+    """The study's (loss, fold) pairs divided into experiments."""
+    def listed(values) -> str:
+        return "[" + ",".join(str(v) for v in values) + "]"
+
+    if split == "fold":
+        return [Part(f"{tag}-fold{k}", (f"study.folds={listed([k])}",)) for k in folds]
+    if split == "loss":
+        return [Part(f"{tag}-{loss}", (f"study.losses={listed([loss])}",)) for loss in losses]
+    if split == "run":
+        return [Part(f"{tag}-{loss}-fold{k}", (f"study.losses={listed([loss])}", f"study.folds={listed([k])}"))
+                for loss in losses for k in folds]
+    raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_environment(base: dict[str, str], *, threads: int, resume_dir: Path, gpus: str | None) -> dict[str, str]:
+    """The environment every worker inherits: threads, the shared resume store, the GPU pool."""
+    env = dict(base)
+    for name in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    env[RESUME_DIR_ENV] = str(resume_dir.resolve())
+    if gpus:
+        env[GPU_POOL_ENV] = gpus
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def lock_holder(repo: Path) -> str | None:
+    """Who holds this workspace's DVC lock (pid and command), or None if it is free.
+
+    DVC takes an exclusive flock on .dvc/tmp/lock for the length of a command; a second
+    command in the same workspace waits a few seconds and fails. Probing it first gives one
+    line that says who is in the way."""
+    path = repo / ".dvc" / "tmp" / "lock"
+    if not path.exists():
+        return None
+    with open_lock_file(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            pid = handle.read().strip().split(" ")[0] or "?"
+            return f"pid {pid} ({_command_of(pid)})"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def _command_of(pid: str) -> str:
+    try:
+        return Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip() or "?"
+    except (OSError, ValueError):
+        return "command unknown"
+
+
+def _dvc(args: list[str], repo: Path, env: dict[str, str], *, echo: bool = False) -> subprocess.CompletedProcess:
+    """Run one dvc command in `repo`; a lock collision becomes one clear line."""
+    command = [_dvc_executable(), *args]
+    if echo:
+        print("$ dvc " + " ".join(args), file=sys.stderr, flush=True)
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    if done.returncode != 0 and "Unable to acquire lock" in done.stdout + done.stderr:
+        holder = lock_holder(repo) or "a DVC command that has since finished"
+        raise ParallelError(f"`dvc {' '.join(args)}` could not take this workspace's DVC lock: held by {holder}. "
+                            f"Wait for it to finish (or stop it), then run silr parallel again")
+    return done
+
+
+def _dvc_executable() -> str:
+    beside = Path(sys.executable).parent / "dvc"  # the venv's dvc, whatever PATH says
+    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
+
+
+def queue_status(repo: Path, env: dict[str, str]) -> dict[str, str]:
+    """{experiment name: status} from `dvc queue status` (Queued, Running, Success, Failed, ...)."""
+    done = _dvc(["queue", "status"], repo, env)
+    statuses = {}
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        # Task  Name  Created  Status: the time may hold a space ("08:04 PM").
+        if len(fields) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", fields[0]):
+            statuses[fields[1]] = fields[-1]
+    return statuses
+
+
+def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | None, resume_dir: Path | None,
+        keep: bool, params_file: str = DEFAULT_PARAMS_FILE) -> int:
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    params = load_params(repo / params_file)  # a bad params.yaml fails first, as in every command
+    if not (repo / "dvc.yaml").is_file() or not (repo / ".dvc").is_dir():
+        raise ConfigError(f"{repo}: not the root of a DVC project (no dvc.yaml and .dvc/ here)")
+    if gpus:
+        pool = parse_gpu_pool(gpus)
+        if len(pool) < jobs:
+            raise ConfigError(f"--gpus lists {len(pool)} GPU(s) for {jobs} workers: give at least one per worker")
+    holder = lock_holder(repo)
+    if holder:
+        raise ParallelError(f"another DVC command is running in {repo} ({holder}); wait for it to finish "
+                            f"(or stop it), then run silr parallel again")
+    threads = threads or max(1, available_cores() // jobs)
+    store = resume_dir or Path(os.environ.get(RESUME_DIR_ENV) or (repo / DEFAULT_RESUME_DIR))
+    env = worker_environment(dict(os.environ), threads=threads, resume_dir=store, gpus=gpus)
+    tag = "par" + time.strftime("%m%d%H%M%S")
+    parts = split_study(list(params.study.losses), list(params.study.folds), split, tag)
+
+    started = time.monotonic()
+    upstream = _dvc(["repro", SHARED_UPSTREAM], repo, env, echo=True)
+    if upstream.returncode != 0:
+        raise ParallelError(f"`dvc repro {SHARED_UPSTREAM}` (the data every experiment shares) failed: "
+                            f"{(upstream.stderr or upstream.stdout).strip()[-500:]}")
+    print(f"silr parallel: {len(parts)} experiments ({split} split of {len(params.study.losses)} losses x "
+          f"{len(params.study.folds)} folds), {jobs} workers x {threads} threads"
+          + (f", GPUs {gpus}" if gpus else "") + f"; resume store {store}", file=sys.stderr, flush=True)
+    for part in parts:
+        args = ["exp", "run", "--queue", "-n", part.name]
+        for override in part.overrides:
+            args += ["-S", override]
+        done = _dvc([*args, TARGET], repo, env, echo=True)
+        if done.returncode != 0:
+            raise ParallelError(f"could not queue {part.name}: {(done.stderr or done.stdout).strip()[-500:]}")
+
+    # Workers inherit this environment; `dvc queue start` returns once the queue is empty.
+    print(f"$ dvc queue start --jobs {jobs}", file=sys.stderr, flush=True)
+    subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(jobs)], cwd=repo, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = {part.name for part in parts}
+    statuses = _wait(repo, env, names)
+    queued_s = time.monotonic() - started
+    failed = sorted(name for name, status in statuses.items() if status != "Success")
+    if failed:
+        details = ", ".join(f"{name} ({statuses[name]})" for name in failed)
+        raise ParallelError(f"{len(failed)} of {len(parts)} experiments did not succeed: {details}. See "
+                            f"`dvc queue logs NAME`; the training state of an interrupted run is kept in {store}, "
+                            f"so running silr parallel again resumes it")
+    print(f"silr parallel: all {len(parts)} experiments done in {queued_s / 60:.1f} min; now `dvc repro` of the "
+          f"whole study (train and evaluate from the run-cache)", file=sys.stderr, flush=True)
+
+    repro = _dvc(["repro"], repo, env, echo=True)
+    sys.stdout.write(repro.stdout)
+    sys.stderr.write(repro.stderr)
+    if repro.returncode != 0:
+        raise ParallelError(f"the final `dvc repro` failed (exit {repro.returncode}); see its output above")
+    ran = re.findall(r"Running stage '((?:train|evaluate)@[^']+)'", repro.stdout)
+    restored = re.findall(r"Stage '((?:train|evaluate)@[^']+)' is cached", repro.stdout)
+    if not keep:
+        _dvc(["exp", "remove", *sorted(names)], repo, env)
+        _dvc(["queue", "remove", "--success"], repo, env)
+    total_s = time.monotonic() - started
+    print(f"silr parallel: {len(restored)} train/evaluate stages restored from the run-cache, {len(ran)} run again"
+          + (f" ({', '.join(ran)})" if ran else "") + f"; {total_s / 60:.1f} min in all", file=sys.stderr)
+    return 0
+
+
+def _wait(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
+    """Poll the queue until none of `names` is queued or running; their final statuses."""
+    last_line = ""
+    while True:
+        statuses = {name: status for name, status in queue_status(repo, env).items() if name in names}
+        pending = [name for name, status in statuses.items() if status in ("Queued", "Running")]
+        if not pending and len(statuses) == len(names):
+            return statuses
+        line = ", ".join(f"{status.lower()}: {sum(1 for s in statuses.values() if s == status)}"
+                         for status in sorted(set(statuses.values())))
+        if line != last_line:
+            print(f"silr parallel: {line}", file=sys.stderr, flush=True)
+            last_line = line
+        if not pending and len(statuses) < len(names):
+            missing = sorted(names - set(statuses))
+            return {**statuses, **{name: "Missing" for name in missing}}
+        time.sleep(POLL_S)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", "-j", type=int, default=2, help="workers (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="fold",
+                        help="one experiment per fold (default), per loss, or per (loss, fold) run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per training (default: the cores divided among the workers)")
+    parser.add_argument("--gpus", default=None, metavar="LIST",
+                        help="GPU indices, e.g. 0,1: each worker's training claims a free one")
+    parser.add_argument("--resume-dir", type=Path, default=None,
+                        help=f"shared resume store (default: ${RESUME_DIR_ENV}, else {DEFAULT_RESUME_DIR})")
+    parser.add_argument("--keep", action="store_true", help="keep the queued experiments afterwards")
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(Path.cwd(), jobs=args.jobs, split=args.split, threads=args.threads, gpus=args.gpus,
+               resume_dir=args.resume_dir, keep=args.keep, params_file=args.params)
