@@ -357,3 +357,18 @@ def test_figure1_draws_every_prediction_absent_ones_with_their_own_marker(report
     assert "predicted absent" in mse_axes.get_xlabel()
     labels = [text.get_text() for text in figure.legends[0].get_texts()]
     assert labels == ["ground truth (in frame)", "prediction, present", "prediction, absent (still scored)"]
+
+
+def test_figure1_says_presence_is_not_defined_for_shape_only_losses(reported):
+    from silr import plots
+
+    root, _, data_path, _ = reported
+    table = pd.concat([pd.read_csv(root / "metrics" / "predictions" / loss / "fold1.csv") for loss in LOSSES])
+    table = table[table["frame"] == 0].copy()
+    table.loc[table["loss"] == "mse", "pred_present"] = 0  # an NCC-like loss: its presence means nothing
+    images = {1: deepfluoro.read_processed(data_path).specimens[1].images[0]}
+    figure = plots.figure1(images, table, list(LOSSES), source="Data: x", no_presence=["mse"])
+    mse_axes = figure.axes[1]
+    hollow = sum(len(c.get_offsets()) for c in mse_axes.collections if len(c.get_facecolors()) == 0)
+    assert hollow == 0  # every prediction drawn as a cross, none as "absent"
+    assert "presence not defined" in mse_axes.get_xlabel() and "predicted absent" not in mse_axes.get_xlabel()

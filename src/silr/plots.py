@@ -71,13 +71,15 @@ def _in_frame_errors(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Sequence[str], *,
-            source: str = "") -> Figure:
+            source: str = "", no_presence: Sequence[str] = ()) -> Figure:
     """The paper's Figure 1: one row per specimen's frame, one column per loss.
 
     `images`: specimen -> (H, W) frame shown; `table`: predictions rows of exactly those
     frames (all losses). Ground truth inside the frame as green dots; every prediction is
     drawn: landmarks predicted present as red crosses, landmarks predicted absent (still
-    scored at their decoded position) as hollow yellow squares.
+    scored at their decoded position) as hollow yellow squares. For the losses in
+    `no_presence` (heatmaps without a presence rule, e.g. NCC) every prediction is a cross and
+    the panel says that presence is not defined.
     """
     specimens = sorted(images)
     rows, cols = len(specimens), len(losses)
@@ -90,7 +92,7 @@ def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Seque
             ax.imshow(image, cmap="gray", interpolation="nearest")
             rows_here = table[(table["specimen"] == specimen) & (table["loss"] == loss)]
             truth = rows_here[rows_here["gt_in_frame"].astype(bool)]
-            present = rows_here["pred_present"].astype(bool)
+            present = rows_here["pred_present"].astype(bool) | (loss in no_presence)
             shown, absent = rows_here[present], rows_here[~present]
             ax.scatter(truth["gt_x"], truth["gt_y"], s=22, c=GROUND_TRUTH_COLOR, edgecolors="black",
                        linewidths=0.4, zorder=3)
@@ -105,7 +107,9 @@ def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Seque
             error = truth["error_px"].mean()
             text = (f"mean error {error:.1f} px ({len(truth)} in frame)" if np.isfinite(error)
                     else "no landmark in frame")
-            if len(absent):
+            if loss in no_presence:
+                text += "\npresence not defined: all drawn"
+            elif len(absent):
                 text += f"\n{len(absent)} predicted absent"
             ax.set_xlabel(text, fontsize=10)
             if r == 0:

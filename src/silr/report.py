@@ -327,7 +327,9 @@ def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Par
     with_baselines = table if baseline_table is None else pd.concat([table, baseline_table], ignore_index=True)
     named = [*losses, *(() if baseline_table is None else baselines.BASELINES)]
     figures = {
-        "figure1.png": plots.figure1(images, shown_rows, losses, source=source),
+        "figure1.png": plots.figure1(images, shown_rows, losses, source=source,
+                                     no_presence=[loss for loss in losses
+                                                  if heatmap_kinds(metrics_dir, loss, folds) == {"shape"}]),
         "per_specimen_errors.png": plots.per_specimen_errors(with_baselines, named, source=source),
         "cumulative_errors.png": plots.cumulative_errors(with_baselines, named, data.pixel_spacing_mm,
                                                          params.evaluate.success_mm, source=source),
