@@ -316,7 +316,8 @@ def figure_source(dataset: Mapping[str, Any]) -> str:
 
 
 def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params, curves: pd.DataFrame,
-                  baseline_table: pd.DataFrame | None = None, *, source: str = "") -> dict[str, Any]:
+                  baseline_table: pd.DataFrame | None = None, *, source: str = "",
+                  no_presence: Sequence[str] = ()) -> dict[str, Any]:
     """Every figure of the report, by file name (plots.py draws, this function picks the frames)."""
     from silr import plots
 
@@ -327,9 +328,7 @@ def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Par
     with_baselines = table if baseline_table is None else pd.concat([table, baseline_table], ignore_index=True)
     named = [*losses, *(() if baseline_table is None else baselines.BASELINES)]
     figures = {
-        "figure1.png": plots.figure1(images, shown_rows, losses, source=source,
-                                     no_presence=[loss for loss in losses
-                                                  if heatmap_kinds(metrics_dir, loss, folds) == {"shape"}]),
+        "figure1.png": plots.figure1(images, shown_rows, losses, source=source, no_presence=no_presence),
         "per_specimen_errors.png": plots.per_specimen_errors(with_baselines, named, source=source),
         "cumulative_errors.png": plots.cumulative_errors(with_baselines, named, data.pixel_spacing_mm,
                                                          params.evaluate.success_mm, source=source),
@@ -355,12 +354,13 @@ def build_figures(table: pd.DataFrame, data: Any, metrics_dir: Path, params: Par
 
 
 def write_plots(plots_dir: Path, table: pd.DataFrame, data: Any, metrics_dir: Path, params: Params,
-                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None, *, source: str = "") -> None:
+                curves: pd.DataFrame, baseline_table: pd.DataFrame | None = None, *, source: str = "",
+                no_presence: Sequence[str] = ()) -> None:
     """Every PNG of the report."""
     from silr import plots
 
     for name, figure in build_figures(table, data, metrics_dir, params, curves, baseline_table,
-                                      source=source).items():
+                                      source=source, no_presence=no_presence).items():
         plots.save_png(figure, plots_dir / name)
 
 
@@ -417,7 +417,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         write_with(metrics_dir / "curves" / name,
                    lambda tmp, wide=wide: wide.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
                                                      lineterminator="\n"))
-    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table, source=figure_source(dataset))
+    write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table, source=figure_source(dataset),
+                no_presence=no_presence)
     return summary
 
 
