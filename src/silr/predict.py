@@ -82,7 +82,7 @@ import numpy as np
 
 from silr import coords
 from silr.anatomy import LABEL_COLORS, LABEL_NAMES
-from silr.errors import ConfigError, OutputError, SilrError
+from silr.errors import ConfigError, DataError, OutputError, SilrError
 from silr.inference import Ensemble, load_ensemble
 from silr.inputs import (
     Failure,
@@ -156,15 +156,13 @@ def data_kind(data_source: str) -> tuple[str, str]:
     path = Path(data_source)
     if path.is_file():
         try:
-            import h5py
-
-            with h5py.File(path, "r") as f:
+            with deepfluoro.open_hdf5(path) as f:
                 if deepfluoro.ATTR_DATA_KIND in f.attrs:
                     value = f.attrs[deepfluoro.ATTR_DATA_KIND]
                     value = value.decode() if isinstance(value, bytes) else str(value)
                     return value, f"{deepfluoro.ATTR_DATA_KIND} of {path}"
-        except (OSError, ValueError):
-            pass
+        except (DataError, OSError, ValueError):
+            pass  # unreadable here: fall back to the name, said to be a guess
     name = path.name.lower()
     if "synth" in name or "phantom" in name:
         return "synthetic", "guessed from the file name"
