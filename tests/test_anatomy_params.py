@@ -18,7 +18,7 @@ def test_landmark_bone_map_follows_the_format_notes():
 def test_committed_params_yaml_validates():
     params = load_params("params.yaml")
     assert params.loss_weights("proposed") == {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0}
-    assert params.study.losses == ("proposed", "mse", "ncc")
+    assert params.study.losses == ("proposed", "proposed_plus", "mse", "ncc")
 
 
 @pytest.mark.parametrize("raw, key", [

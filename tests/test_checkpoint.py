@@ -75,7 +75,8 @@ def test_params_hash_follows_only_the_run_sections():
     base = params_hash_of(PARAMS, "proposed")
     run = {"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"}}
     other_loss = params_from_dict({**run, "losses": {"proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
-                                                     "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}}})
+                                                     "mse": {"mse": 2.0}, "ncc": {"ncc": 1.0}},
+                                  "study": {"losses": ["proposed", "mse", "ncc"]}})
     assert params_hash_of(other_loss, "proposed") == base  # another loss's weights
     other_eval = params_from_dict({**run, "evaluate": {"success_mm": [1.0]}})
     assert params_hash_of(other_eval, "proposed") == base

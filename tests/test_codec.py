@@ -9,7 +9,6 @@ import torch
 
 from silr.codec import HeatmapCodec
 from silr.errors import ConfigError
-from silr.params import HeatmapParams
 
 
 def _logits_of(probabilities: torch.Tensor) -> torch.Tensor:
@@ -103,11 +102,15 @@ def test_decode_accepts_bfloat16_logits():
     assert decoded.xy[0, 0].tolist() == [6.0, 5.0]
 
 
-def test_from_params_and_config():
-    codec = HeatmapCodec.from_params(HeatmapParams(sigma=3.0, presence_threshold=0.4, refine="centroid"),
-                                     size=(32, 16), stride=2, frame=(30, 12), kind="logit")
+def test_config_rebuilds_the_codec():
+    codec = HeatmapCodec(sigma=3.0, presence_threshold=0.4, refine="centroid", size=(32, 16), stride=2,
+                         frame=(30, 12), kind="logit", presence="template", template_window=13.0)
     assert codec.config() == {"size": [32, 16], "sigma": 3.0, "presence_threshold": 0.4, "refine": "centroid",
-                              "stride": 2, "frame": [30, 12], "kind": "logit"}
+                              "stride": 2, "frame": [30, 12], "kind": "logit", "presence": "template",
+                              "presence_source": None, "calibration": [1.0, 0.0], "template_ncc": 0.9,
+                              "template_window": 13.0, "segmentation_trained": True}
+    config = codec.config()
+    assert HeatmapCodec(**{k: v for k, v in config.items()}).config() == config
     assert codec.heatmap_size == (16, 8) and codec.frame_origin == (2, 1)
     # Cards written before the refinement modes hold a bool.
     assert HeatmapCodec(refine=True).refine == "parabola" and HeatmapCodec(refine=False).refine == "none"

@@ -92,12 +92,15 @@ def test_predictions_table_layout_and_errors():
 def test_csv_and_label_maps_round_trip(tmp_path):
     table = pd.DataFrame([{"loss": "ncc", "fold": 2, "specimen": 2, "frame": 0, "landmark": "FH-l", "gt_x": 1.5,
                            "gt_y": 2.0, "gt_in_frame": 0, "pred_x": 3.0, "pred_y": 4.0, "pred_present": 1,
-                           "score": 0.5, "visibility_hat": 0.5, "error_px": np.nan}])
+                           "score": 0.5, "visibility_hat": 0.5, "error_px": np.nan, "threshold_score": 0.5,
+                           "template_ncc": 0.25, "presence_prob": np.nan, "bone_x": np.nan, "bone_y": np.nan,
+                           "error_bone_px": np.nan, "pred_on_bone": np.nan, "gt_on_bone": np.nan}])
     path = tmp_path / "p.csv"
     results.write_predictions_csv(path, table)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(metrics.PREDICTION_COLUMNS)
-    assert lines[1].endswith(",0.500000,")  # error_px empty for out-of-frame ground truth
+    # error_px empty for out-of-frame ground truth, as every value that does not apply
+    assert lines[1].endswith(",0.500000,0.500000,,0.500000,0.250000,,,,,,")
     assert results.read_predictions_csv(path).iloc[0]["landmark"] == "FH-l"
 
     labels = np.arange(2 * 180 * 180).reshape(2, 180, 180).astype(np.uint8) % 7

@@ -21,6 +21,7 @@ from silr.losses import (
     kl_loss,
     mse_loss,
     ncc_loss,
+    presence_source,
     soft_visibility,
     visibility_loss,
 )
@@ -250,8 +251,10 @@ def _batch_and_output(size: int = 16, all_absent: bool = False, seed: int = 0):
     labels = torch.randint(0, anatomy.NUM_CLASSES, (2, size, size), generator=generator)
     xy = torch.rand(2, L, 2, generator=generator) * (size - 1)
     present = torch.zeros(2, L, dtype=torch.bool) if all_absent else torch.rand(2, L, generator=generator) > 0.3
-    batch = Batch(torch.rand(2, 1, size, size), labels, xy, present)
-    return ModelOutput(heatmaps, segmentation), batch
+    presence = torch.randn(2, L, generator=generator).requires_grad_()
+    distance = torch.rand(2, len(anatomy.LANDMARK_BONE_LABELS), size, size, generator=generator) * 20
+    batch = Batch(torch.rand(2, 1, size, size), labels, xy, present, distance)
+    return ModelOutput(heatmaps, segmentation, presence), batch
 
 
 # The visibility mode changes only the visibility term.
@@ -262,12 +265,13 @@ TERM_CASES = [(term, "soft") for term in sorted(LOSS_TERMS)] + [("visibility", "
 @pytest.mark.parametrize("term, mode", TERM_CASES)
 def test_every_term_has_finite_value_and_gradient(term, mode, all_absent):
     output, batch = _batch_and_output(all_absent=all_absent)
-    loss = build_loss({term: 1.0}, codec=HeatmapCodec(size=(16, 16)), visibility_mode=mode)
+    codec = HeatmapCodec(size=(16, 16), presence_source=presence_source({term: 1.0}))
+    loss = build_loss({term: 1.0}, codec=codec, visibility_mode=mode)
     total, terms = loss(output, batch)
     assert set(terms) == {term}
     assert torch.isfinite(total) and total.requires_grad
     total.backward()
-    grads = [t.grad for t in output if t.grad is not None]
+    grads = [t.grad for t in output if t is not None and t.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
@@ -299,7 +303,8 @@ def test_a_user_defined_mix_is_the_weighted_sum_of_its_terms():
 
 @pytest.mark.parametrize("weights, message", [
     ({"dice_ce": 1.0, "kll": 0.1},
-     "losses.kl_only: unknown term 'kll' (known: dice_ce, kl, mse, ncc, visibility, visibility_soft)"),
+     "losses.kl_only: unknown term 'kll' (known: bone_distance, dice_ce, kl, kl_null, mse, ncc, presence_bce, "
+     "visibility, visibility_continuous, visibility_soft)"),
     ([("kl", 0.1)], "losses.kl_only: expected a mapping of term -> weight"),
 ])  # the weights themselves are checked by silr.params (tests/test_anatomy_params.py)
 def test_build_loss_errors_name_the_key(weights, message):

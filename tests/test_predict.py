@@ -317,22 +317,28 @@ def test_ensemble_averages_probabilities_exactly(fake_models, tmp_path):
     record = landmarks_json(out, "frame")
     assert record["ensemble"] == [str(p) for p in paths]
 
-    heat = (torch.sigmoid(first.heat.double()) + torch.sigmoid(second.heat.double())) / 2
+    # KL-style logit maps are averaged as the softmax over each map (their level is free).
+    def softmax_map(logits):
+        return torch.softmax(logits.double().flatten(2), -1).view_as(logits)
+
+    heat = (softmax_map(first.heat) + softmax_map(second.heat)) / 2
     seg = (torch.softmax(first.seg.double(), 1) + torch.softmax(second.seg.double(), 1)) / 2
     offset = pad_offset()
+    inside = (slice(offset, offset + FRAME_SIZE_PX),) * 2
     for i, row in enumerate(record["landmarks"]):
         # Decoding only considers the frame, not the padding around it.
-        channel = heat[0, i, offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
+        channel = heat[0, i][inside]
         flat = int(channel.argmax())
         row_px, col_px = divmod(flat, FRAME_SIZE_PX)
-        # The codec decodes in float32: the score is the mean probability to float32 precision.
-        assert row["score"] == pytest.approx(float(channel.max()), rel=1e-6)
+        # The threshold score is the mean of the models' own max sigmoid(H) over the frame.
+        score = (torch.sigmoid(first.heat[0, i][inside].max()) + torch.sigmoid(second.heat[0, i][inside].max())) / 2
+        assert row["score"] == pytest.approx(float(score), rel=1e-6)
         assert (row["frame_x"], row["frame_y"]) == (col_px, row_px)
-        assert row["present"] is (float(channel.max()) >= 0.5)
+        assert row["present"] is (float(score) >= 0.5)
     expected_labels = seg[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
     assert (np.asarray(Image.open(out / "frame_seg.png")) == expected_labels.numpy()).all()
     # The average differs from each member alone (the test would not notice a lost member otherwise).
-    assert not torch.equal(heat[0].flatten(1).argmax(1), torch.sigmoid(first.heat[0]).flatten(1).argmax(1))
+    assert not torch.equal(heat[0].flatten(1).argmax(1), first.heat[0].flatten(1).argmax(1))
 
 
 def test_mismatched_models_cannot_be_ensembled(fake_models, tmp_path, capsys):
@@ -433,12 +439,15 @@ def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_pat
         output = model(to_network_input(frame[None]))
     heat = torch.sigmoid(output.heatmaps[0].double())
     offset = pad_offset()
-    for i, row in enumerate(landmarks_json(out, "noise")["landmarks"]):
+    record = landmarks_json(out, "noise")
+    rule = record["presence_rule"]
+    for i, row in enumerate(record["landmarks"]):
         in_frame = heat[i, offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
         row_px, col_px = divmod(int(in_frame.argmax()), FRAME_SIZE_PX)
         assert (row["frame_x"], row["frame_y"]) == (col_px, row_px)
         assert (row["x"], row["y"]) == (row["frame_x"], row["frame_y"])  # same size: no resampling
-        assert row["score"] == pytest.approx(float(in_frame.max()), rel=1e-6)
+        assert record["presence_scores"]["threshold"][i] == pytest.approx(float(in_frame.max()), rel=1e-6)
+        assert row["score"] == pytest.approx(record["presence_scores"][rule][i], rel=1e-6)
     labels = output.segmentation[0].argmax(0)[offset:offset + FRAME_SIZE_PX, offset:offset + FRAME_SIZE_PX]
     assert (np.asarray(Image.open(out / "noise_seg.png")) == labels.numpy()).all()
 
@@ -678,3 +687,66 @@ def test_constant_frames_fail_and_are_not_reported_present(fake_models, tmp_path
     assert "zeros.png: constant frame (every pixel is 0): nothing to predict" in err
     assert "flat.npy: constant frame (every pixel is 7)" in err
     assert not (out / "zeros_landmarks.json").exists() and (out / "ok_landmarks.json").exists()
+
+
+# ------------------------------------------------------------------ presence you can trust
+
+class PresenceModel(MarkerModel):
+    """MarkerModel with a presence head: logits +6 for the landmarks in `present`, -6 for the rest."""
+
+    def __init__(self, present: set[str]):
+        super().__init__()
+        self.logits = torch.tensor([6.0 if name in present else -6.0 for name in LANDMARK_NAMES])
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        output = super().forward(images)
+        return ModelOutput(output.heatmaps, output.segmentation, self.logits.expand(images.shape[0], -1))
+
+
+def learned_card() -> ModelCard:
+    return card(model={"backbone": "marker", "decoder_channels": [4], "presence_head": True},
+                heatmap={"sigma": 2.5, "presence_threshold": 0.5, "refine": "none", "presence": "learned",
+                         "presence_source": "head"})
+
+
+def test_learned_presence_is_the_score_and_a_mostly_absent_frame_is_flagged(fake_models, tmp_path, capsys):
+    few = {"FH-l", "FH-r", "GSN-l"}
+    ckpt = fake_models("presence.pt", PresenceModel(few), learned_card())
+    Image.fromarray(dot_image(180, 180, slice(90, 91), slice(90, 91))).save(tmp_path / "frame.png")
+    out = tmp_path / "out"
+    assert run_predict("--model", ckpt, "--out", out, tmp_path / "frame.png") == 0
+    record = landmarks_json(out, "frame")
+    assert record["presence_rule"] == "learned"
+    for row in record["landmarks"]:
+        expected = 1 / (1 + np.exp(-6.0)) if row["name"] in few else 1 / (1 + np.exp(6.0))
+        assert row["score"] == pytest.approx(expected, rel=1e-5)
+        assert row["present"] is (row["name"] in few)
+    err = capsys.readouterr().err
+    assert "11 of 14 landmarks are called absent" in err and "unlike the training frames" in err
+    assert any("11 of 14 landmarks are called absent" in w for w in record["warnings"])
+
+
+def test_a_frame_with_most_landmarks_present_gets_no_presence_warning(fake_models, tmp_path, capsys):
+    ckpt = fake_models("presence.pt", PresenceModel(set(LANDMARK_NAMES) - {"ASIS-r"}), learned_card())
+    Image.fromarray(dot_image(180, 180, slice(90, 91), slice(90, 91))).save(tmp_path / "frame.png")
+    assert run_predict("--model", ckpt, "--out", tmp_path / "out", tmp_path / "frame.png") == 0
+    assert "called absent" not in capsys.readouterr().err
+
+
+def test_a_ct_or_mr_dicom_is_flagged_by_its_modality(fake_models, tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    ckpt = fake_models("marker.pt", MarkerModel())
+    out = tmp_path / "out"
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        assert run_predict("--model", ckpt, "--out", out, get_testdata_file(name)) == 0
+    err = capsys.readouterr().err
+    assert "DICOM Modality is CT, not a projection radiograph (XA, RF, DX, CR)" in err
+    assert "DICOM Modality is MR, not a projection radiograph" in err
+
+
+def test_a_table_of_coordinates_is_not_an_image(fake_models, tmp_path, capsys):
+    ckpt = fake_models("marker.pt", MarkerModel())
+    np.save(tmp_path / "landmarks.npy", np.random.default_rng(0).random((2, 14)))
+    assert run_predict("--model", ckpt, "--out", tmp_path / "out", tmp_path / "landmarks.npy") == 1
+    assert "14 x 2 px is too small for a frame (at least 32 px per side" in capsys.readouterr().err

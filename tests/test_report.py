@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silr import deepfluoro, inference, report, results
+from silr import deepfluoro, inference, metrics, report, results
 from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
 from silr.errors import DataError
 from silr.io import write_json
@@ -52,6 +52,7 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
                 xy=spec.landmarks_xy + offset_for(loss, fold),
                 present=np.ones((FRAMES, NUM_LANDMARKS), bool),
                 score=np.full((FRAMES, NUM_LANDMARKS), 0.9),
+                threshold_score=np.full((FRAMES, NUM_LANDMARKS), 0.9),
                 visibility_hat=np.ones((FRAMES, NUM_LANDMARKS)),
                 labels=predicted_labels)
             table = results.predictions_table(loss=loss, fold=fold, specimens=[fold] * FRAMES,
@@ -61,8 +62,12 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
             results.write_predictions_csv(paths.predictions, table)
             results.write_label_maps(paths.segmentation, specimens=[fold] * FRAMES,
                                       frame_indices=list(range(FRAMES)), labels=predicted_labels)
-            # What evaluate records of the heatmaps' meaning: here mse stands in for a shape-only (NCC) loss.
-            write_json(paths.fold_metrics, {"heatmap_kind": "shape" if loss == "mse" else "logit"})
+            # What evaluate records of the heatmaps' meaning and presence: here mse stands in for a
+            # shape-only (NCC) loss decoded by the threshold rule, which does not apply to it.
+            kind = "shape" if loss == "mse" else "logit"
+            rules = metrics.presence_rules_of({"kind": kind, "presence_threshold": 0.5, "template_ncc": 0.9})
+            write_json(paths.fold_metrics, {"heatmap_kind": kind, "presence_rule": "threshold",
+                                            "presence": {} if kind == "logit" else None, "presence_rules": rules})
 
 
 def write_dvclive(live_dir: Path) -> None:
@@ -207,10 +212,24 @@ def test_dataset_and_paper_keys(reported):
     assert summary["paper_table2"]["proposed"]["per_specimen_px"]["6"] == 18.28
 
 
+def test_presence_and_consistency_tables_follow_table2(reported):
+    root, _, _, summary = reported
+    text = (root / "metrics" / "table2.md").read_text()
+    presence = text.split("## Presence")[1].split("## Anatomical consistency")[0]
+    rows = [line for line in presence.splitlines() if line.startswith("| Proposed") or line.startswith("| MSE")]
+    # proposed: threshold (in force) and template; mse (a shape map here): template only.
+    assert [row.split("|")[2].strip() for row in rows] == ["threshold (in force)", "template", "template"]
+    assert summary["presence"]["proposed"]["rule"] == "threshold" and summary["presence"]["mse"]["rule"] is None
+    # Every prediction is called present at score 0.9: no absent landmark is found.
+    assert summary["presence"]["proposed"]["by_rule"]["threshold"]["absent_recall"] == 0.0
+    assert "## Anatomical consistency" in text and "| Proposed |" in text.split("## Anatomical consistency")[1]
+
+
 def test_table2_markdown_has_the_papers_layout(reported):
     root, _, _, _ = reported
     text = (root / "metrics" / "table2.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    table2 = text.split("## Presence")[0]
+    lines = [line for line in table2.splitlines() if line.startswith("|")]
     assert lines[0] == ("| Test specimen | Proposed (ours) | MSE (ours) | Frame centre (baseline) | "
                         "Mean shape (baseline) | Proposed (paper) | MSE (paper) |")
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["6", "5", "4", "3", "2", "1", "Mean ± Std"]

@@ -58,6 +58,9 @@ def _bone_of(name: str) -> int:
 LANDMARK_BONE: dict[str, int] = {name: _bone_of(name) for name in LANDMARK_NAMES}
 # The same map as a tuple in canonical landmark order, for tensor code.
 LANDMARK_BONE_INDEX: tuple[int, ...] = tuple(LANDMARK_BONE[n] for n in LANDMARK_NAMES)
+# The bones landmarks lie in (sorted label values), and each landmark's position among them.
+LANDMARK_BONE_LABELS: tuple[int, ...] = tuple(sorted(set(LANDMARK_BONE_INDEX)))
+LANDMARK_BONE_SLOT: tuple[int, ...] = tuple(LANDMARK_BONE_LABELS.index(b) for b in LANDMARK_BONE_INDEX)
 
 # Paper numbering (1..6, also the `01`..`06` groups of the preprocessed files) -> specimen id.
 SPECIMEN_IDS: dict[int, str] = {

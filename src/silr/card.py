@@ -13,6 +13,7 @@ form, key for key as stored, so that equal runs give byte-equal checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from silr.errors import CheckpointError, SilrError
 from silr.params import Params, stable_hash, to_dict
 
 CHECKPOINT_FORMAT = "silr-checkpoint"
+# heatmap.template_window is given in pixels of this downsampling factor (the authors' 8x files).
+TEMPLATE_REFERENCE_DOWNSAMPLE = 8
 CHECKPOINT_FORMAT_VERSION = 1
 INTENSITY_SCALING = "per-frame min-max to [0, 1]"
 PADDING = "zero padding, centred, frame -> input_size (no resizing)"
@@ -34,7 +37,8 @@ REQUIRED_CARD_KEYS = (
 )
 # What models must share to be averaged into one prediction (silr.inference.Ensemble).
 ENSEMBLE_FIELDS = ("landmark_names", "label_names", "input_size", "frame_size", "pad_offset", "preprocessing")
-ENSEMBLE_DECODE_FIELDS = ("presence_threshold", "refine", "stride", "kind")
+ENSEMBLE_DECODE_FIELDS = ("presence_threshold", "refine", "stride", "kind", "presence", "template_ncc",
+                          "template_window")
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,14 @@ class NetworkSpec:
     decoder_channels: tuple[int, ...]
     num_landmarks: int
     num_classes: int
+    presence_head: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "decoder_channels": list(self.decoder_channels),
+        spec = {"backbone": self.backbone, "decoder_channels": list(self.decoder_channels),
                 "num_landmarks": self.num_landmarks, "num_classes": self.num_classes}
+        if self.presence_head:  # only then: cards of networks without one keep their bytes
+            spec["presence_head"] = True
+        return spec
 
 
 @dataclass(frozen=True)
@@ -66,15 +74,35 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class HeatmapSpec:
+    """The codec's settings (silr.codec.HeatmapCodec); cards older than the presence rules
+    decode with the threshold rule and no learned presence."""
+
     sigma: float
     presence_threshold: float
     refine: str = "none"
     stride: int = 1
     kind: str = "logit"
+    presence: str = "threshold"
+    presence_source: str | None = None
+    calibration: tuple[float, float] = (1.0, 0.0)
+    template_ncc: float = 0.9
+    template_window: float = 25.0
+    segmentation_trained: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "presence_threshold": self.presence_threshold, "refine": self.refine,
-                "stride": self.stride, "kind": self.kind}
+                "stride": self.stride, "kind": self.kind, "presence": self.presence,
+                "presence_source": self.presence_source, "calibration": list(self.calibration),
+                "template_ncc": self.template_ncc, "template_window": self.template_window,
+                "segmentation_trained": self.segmentation_trained}
+
+    @classmethod
+    def of(cls, codec) -> HeatmapSpec:
+        return cls(sigma=codec.sigma, presence_threshold=codec.presence_threshold, refine=codec.refine,
+                   stride=codec.stride, kind=codec.kind, presence=codec.presence,
+                   presence_source=codec.presence_source, calibration=codec.calibration,
+                   template_ncc=codec.template_ncc, template_window=codec.template_window,
+                   segmentation_trained=codec.segmentation_trained)
 
 
 @dataclass(frozen=True)
@@ -125,14 +153,14 @@ class ModelCard:
             label_names=tuple(LABEL_NAMES[value] for value in sorted(LABEL_NAMES)),
             network=NetworkSpec(backbone=params.model.backbone,
                                 decoder_channels=tuple(params.model.decoder_channels),
-                                num_landmarks=len(LANDMARK_NAMES), num_classes=NUM_CLASSES),
+                                num_landmarks=len(LANDMARK_NAMES), num_classes=NUM_CLASSES,
+                                presence_head=codec.presence_source is not None),
             input_size=NETWORK_INPUT_PX,
             frame_size=FRAME_SIZE_PX,
             pad_offset=coords.pad_offset(FRAME_SIZE_PX, NETWORK_INPUT_PX),
             preprocessing=Preprocessing(crop=params.data.crop, i0=params.data.i0,
                                         downsample=params.data.downsample),
-            heatmap=HeatmapSpec(sigma=codec.sigma, presence_threshold=codec.presence_threshold,
-                                refine=codec.refine, stride=codec.stride, kind=codec.kind),
+            heatmap=HeatmapSpec.of(codec),
             loss=LossSpec(name=loss_name, weights=params.loss_weights(loss_name),
                           visibility_mode=losses.visibility_mode, detach_segmentation=losses.detach_segmentation,
                           kl_reduction=losses.kl_reduction, mse_foreground_weight=losses.mse_foreground_weight),
@@ -144,6 +172,11 @@ class ModelCard:
             val_score_px=val_score_px,
             epoch=epoch,
         )
+
+    def with_calibration(self, calibration: tuple[float, float]) -> ModelCard:
+        """The same card with the learned presence's Platt scaling (a, b)."""
+        return dataclasses.replace(self, heatmap=dataclasses.replace(
+            self.heatmap, calibration=(float(calibration[0]), float(calibration[1]))))
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form (plain values; the key order is part of the checkpoint's bytes)."""
@@ -201,13 +234,19 @@ class ModelCard:
         network = field("model", lambda v: NetworkSpec(
             backbone=str(v["backbone"]), decoder_channels=tuple(int(c) for c in v["decoder_channels"]),
             num_landmarks=int(v.get("num_landmarks", len(landmark_names))),
-            num_classes=int(v.get("num_classes", len(label_names)))))
+            num_classes=int(v.get("num_classes", len(label_names))),
+            presence_head=_as_bool(v.get("presence_head", False))))
         preprocessing = field("preprocessing", lambda v: Preprocessing(
             crop=int(v["crop"]), i0=float(v["i0"]), downsample=int(v["downsample"]),
             intensity=str(v.get("intensity", INTENSITY_SCALING)), padding=str(v.get("padding", PADDING))))
         heatmap = field("heatmap", lambda v: HeatmapSpec(
             sigma=float(v["sigma"]), presence_threshold=float(v["presence_threshold"]),
-            refine=str(v.get("refine", "none")), stride=int(v.get("stride", 1)), kind=str(v.get("kind", "logit"))))
+            refine=str(v.get("refine", "none")), stride=int(v.get("stride", 1)), kind=str(v.get("kind", "logit")),
+            presence=str(v.get("presence", "threshold")),
+            presence_source=None if v.get("presence_source") is None else str(v["presence_source"]),
+            calibration=tuple(float(c) for c in v.get("calibration", (1.0, 0.0))),
+            template_ncc=float(v.get("template_ncc", 0.9)), template_window=float(v.get("template_window", 25.0)),
+            segmentation_trained=_as_bool(v.get("segmentation_trained", True))))
         loss = None
         if raw.get("loss") is not None:
             loss = field("loss", lambda v: LossSpec(
@@ -237,6 +276,9 @@ class ModelCard:
             silr_version=str(raw.get("silr_version", "")),
         )
         card.codec(path)  # a codec that cannot exist fails here, naming the file
+        if (card.heatmap.presence_source is not None) != card.network.presence_head:
+            raise CheckpointError(f"{path}: model card's heatmap presence_source {card.heatmap.presence_source!r} "
+                                  f"does not fit its network (presence_head {card.network.presence_head})")
         return card
 
     # -------------------------------------------------------------- use
@@ -246,10 +288,14 @@ class ModelCard:
         from silr.codec import HeatmapCodec
 
         try:
-            return HeatmapCodec(size=(self.input_size, self.input_size), sigma=self.heatmap.sigma,
-                                presence_threshold=self.heatmap.presence_threshold, refine=self.heatmap.refine,
-                                stride=self.heatmap.stride, frame=(self.frame_size, self.frame_size),
-                                kind=self.heatmap.kind)
+            spec = self.heatmap
+            return HeatmapCodec(size=(self.input_size, self.input_size), sigma=spec.sigma,
+                                presence_threshold=spec.presence_threshold, refine=spec.refine,
+                                stride=spec.stride, frame=(self.frame_size, self.frame_size), kind=spec.kind,
+                                presence=spec.presence, presence_source=spec.presence_source,
+                                calibration=spec.calibration, template_ncc=spec.template_ncc,
+                                template_window=spec.template_window,
+                                segmentation_trained=spec.segmentation_trained)
         except SilrError as exc:
             raise CheckpointError(f"{path}: model card describes a heatmap codec that cannot exist: {exc}") from None
 
@@ -260,7 +306,8 @@ class ModelCard:
         spec = self.network
         try:
             return build_model(spec.backbone, spec.decoder_channels, num_landmarks=spec.num_landmarks,
-                               num_classes=spec.num_classes, init_checkpoint=None)
+                               num_classes=spec.num_classes, init_checkpoint=None,
+                               presence_head=spec.presence_head)
         except SilrError as exc:
             raise CheckpointError(f"{path}: cannot build the network its card describes: {exc}") from None
 
@@ -277,6 +324,12 @@ class ModelCard:
         lines = [f"model card of {path}"]
         _format_mapping(self.to_dict(), lines, indent=1)
         return "\n".join(lines)
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
 
 
 def _format_mapping(mapping: Mapping[str, Any], lines: list[str], indent: int) -> None:
@@ -318,10 +371,21 @@ def codec_for_run(params: Params, loss_name: str):
     """The HeatmapCodec a training run of `loss_name` uses: the heatmap params, the model's
     heatmap stride, the frame inside the padded input, and what the loss makes the maps mean."""
     from silr.codec import HeatmapCodec
-    from silr.losses import heatmap_kind
+    from silr.losses import heatmap_kind, presence_source, trains_segmentation
     from silr.model import heatmap_stride
 
-    return HeatmapCodec.from_params(params.heatmap, (NETWORK_INPUT_PX, NETWORK_INPUT_PX),
-                                    stride=heatmap_stride(params.model.decoder_channels),
-                                    frame=(FRAME_SIZE_PX, FRAME_SIZE_PX),
-                                    kind=heatmap_kind(params.loss_weights(loss_name), f"losses.{loss_name}"))
+    weights, key = params.loss_weights(loss_name), f"losses.{loss_name}"
+    source = presence_source(weights, key)
+    rule = params.heatmap.presence
+    if rule == "auto":
+        rule = "learned" if source is not None else "template"
+    heatmap = params.heatmap
+    return HeatmapCodec(size=(NETWORK_INPUT_PX, NETWORK_INPUT_PX), sigma=heatmap.sigma,
+                        presence_threshold=heatmap.presence_threshold, refine=heatmap.refine,
+                        stride=heatmap_stride(params.model.decoder_channels), frame=(FRAME_SIZE_PX, FRAME_SIZE_PX),
+                        kind=heatmap_kind(weights, key), presence=rule, presence_source=source,
+                        template_ncc=heatmap.template_ncc,
+                        # The authors' window is in 8x pixels: the same anatomy spans 8 / f times as many at f.
+                        template_window=heatmap.template_window * TEMPLATE_REFERENCE_DOWNSAMPLE
+                        / params.data.downsample,
+                        segmentation_trained=trains_segmentation(weights))

@@ -33,13 +33,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from silr import coords, frames
-from silr.anatomy import FRAME_SIZE_PX, NETWORK_INPUT_PX, NUM_LANDMARKS
+from silr.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_LABELS, NETWORK_INPUT_PX, NUM_LANDMARKS
 from silr.errors import DataError
 from silr.params import AugmentParams
 from silr.types import Batch
 
 # MONAI AdjustContrast's guard against a constant image.
 CONTRAST_EPSILON = 1e-7
+# The stand-in position of a landmark whose position the file does not give (input pixels).
+UNKNOWN_POSITION = 1.0e6
+# The distance map of a bone that is not in the frame: far beyond any frame (the term skips it).
+BONE_DISTANCE_ABSENT = 4096.0
 
 
 @dataclass
@@ -56,6 +60,8 @@ class FrameSet:
     landmarks_xy: Tensor
     present: Tensor
     keys: list[tuple[int, int]]
+    # (N, K, S, S) float16 distance to each landmark bone (`bone_distance_maps`), when a loss needs it.
+    bone_distance: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -66,12 +72,31 @@ class FrameSet:
 
     def batch(self, index: Tensor) -> Batch:
         """The rows `index` (a device tensor) as a Batch; labels as int64 for the losses."""
-        return Batch(self.images[index], self.labels[index].long(), self.landmarks_xy[index], self.present[index])
+        distance = self.bone_distance[index].float() if self.bone_distance is not None else None
+        return Batch(self.images[index], self.labels[index].long(), self.landmarks_xy[index], self.present[index],
+                     distance)
+
+
+def bone_distance_maps(labels: np.ndarray, bones: Sequence[int] = LANDMARK_BONE_LABELS) -> np.ndarray:
+    """(N, K, H, W) float32: the Euclidean distance (pixels) from every pixel to bone k of (N, H, W)
+    integer labels, 0 on the bone; BONE_DISTANCE_ABSENT everywhere when the bone is not in the frame."""
+    from scipy.ndimage import distance_transform_edt
+
+    labels = np.asarray(labels)
+    result = np.full((len(labels), len(bones), *labels.shape[1:]), BONE_DISTANCE_ABSENT, dtype=np.float32)
+    for n, frame in enumerate(labels):
+        for k, bone in enumerate(bones):
+            outside = frame != bone
+            if not outside.all():
+                result[n, k] = distance_transform_edt(outside)
+    return result
 
 
 def frame_set(data, keys: Sequence[tuple[int, int]], device: torch.device | str = "cpu",
-              source: str = "processed data") -> FrameSet:
-    """The frames `keys` of `data` (a silr.deepfluoro.ProcessedData) prepared for the network."""
+              source: str = "processed data", with_bone_distance: bool = False) -> FrameSet:
+    """The frames `keys` of `data` (a silr.deepfluoro.ProcessedData) prepared for the network;
+    `with_bone_distance` adds the distance maps of the bone_distance term (computed once here,
+    then moved by the augmentation with the labels)."""
     if not keys:
         raise DataError(f"{source}: no frames selected (an empty split)")
     images, labels, landmarks = [], [], []
@@ -94,14 +119,22 @@ def frame_set(data, keys: Sequence[tuple[int, int]], device: torch.device | str 
     if xy.shape[1:] != (NUM_LANDMARKS, 2):
         raise DataError(f"{source}: landmarks have shape {xy.shape[1:]}, expected ({NUM_LANDMARKS}, 2)")
     present = coords.in_frame(xy, width, height)
-    # Absent landmarks keep a finite stand-in position: they must not put NaN into any sum.
-    xy = np.where(np.isfinite(xy), xy, 0.0) + coords.pad_offset(FRAME_SIZE_PX, NETWORK_INPUT_PX)
+    # A landmark without a position (NaN in the file) gets a finite stand-in far outside every
+    # frame: it must not put NaN into any sum, and the presence head's position estimate must not
+    # learn it (losses.presence_bce skips positions beyond UNKNOWN_POSITION / 2).
+    xy = np.where(np.isfinite(xy), xy, UNKNOWN_POSITION) + coords.pad_offset(FRAME_SIZE_PX, NETWORK_INPUT_PX)
+    padded_labels = frames.pad_labels(np.stack(labels)).to(torch.uint8)
+    distance = None
+    if with_bone_distance:
+        # float16 halves the memory; distances up to 2048 px keep a step of at most 1 px.
+        distance = torch.from_numpy(bone_distance_maps(padded_labels.numpy())).to(torch.float16).to(device)
     return FrameSet(
         images=frames.to_network_input(image_stack).to(device),
-        labels=frames.pad_labels(np.stack(labels)).to(torch.uint8).to(device),
+        labels=padded_labels.to(device),
         landmarks_xy=torch.from_numpy(xy.astype(np.float32)).to(device),
         present=torch.from_numpy(present).to(device),
         keys=[(int(s), int(f)) for s, f in keys],
+        bone_distance=distance,
     )
 
 
@@ -238,7 +271,14 @@ def _resample_where(batch: Batch, apply: Tensor, matrices: Tensor) -> Batch:
                          batch.labels)
     forward = _invert(matrices)
     landmarks = torch.where(apply.view(-1, 1, 1), _map_points(forward, batch.landmarks_xy), batch.landmarks_xy)
-    return Batch(images, labels, landmarks, batch.present)
+    distance = batch.bone_distance
+    if distance is not None:
+        # The maps are similarity transforms (zoom, rotation): a distance of d input pixels
+        # spans d / scale output pixels, scale = the matrix's |determinant|^(1/2).
+        scale = (matrices[:, 0, 0] * matrices[:, 1, 1] - matrices[:, 0, 1] * matrices[:, 1, 0]).abs().sqrt()
+        moved = _sample(distance, matrices, "bilinear") / scale.view(-1, 1, 1, 1)
+        distance = torch.where(apply.view(-1, 1, 1, 1), moved, distance)
+    return Batch(images, labels, landmarks, batch.present, distance)
 
 
 def adjust_contrast(images: Tensor, gamma: Tensor) -> Tensor:
@@ -266,7 +306,7 @@ def augment(batch: Batch, draw: AugmentDraw) -> Batch:
     images = torch.where(draw.do_contrast.view(-1, 1, 1, 1), adjust_contrast(batch.images, draw.gamma),
                          batch.images)
     present = batch.present & in_frame_region(batch.landmarks_xy, FRAME_SIZE_PX, size)
-    return Batch(images, batch.labels, batch.landmarks_xy, present)
+    return Batch(images, batch.labels, batch.landmarks_xy, present, batch.bone_distance)
 
 
 def describe_augmentation(params: AugmentParams) -> str:

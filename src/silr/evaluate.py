@@ -7,11 +7,17 @@ Reads `models/<loss>/fold<k>/best.pt`, the processed data and the folds file, an
 - `metrics/predictions/<loss>/fold<k>.csv`: one row per (frame, landmark) in the 180x180
   frame: loss, fold, specimen, frame, landmark, gt_x, gt_y, gt_in_frame, pred_x, pred_y,
   pred_present, score, visibility_hat, error_px (empty where the ground truth lies
-  outside the frame). The predicted location is the heatmap argmax whether or not the
-  landmark is predicted present; presence is reported separately.
+  outside the frame), then every presence rule's score (threshold_score, template_ncc,
+  presence_prob; empty where a rule does not apply), the argmax restricted to the
+  landmark's own predicted bone (bone_x, bone_y, error_bone_px), and whether the
+  ground-truth label under the prediction and under the true position is the landmark's
+  own bone (pred_on_bone, gt_on_bone). The predicted location is the heatmap argmax
+  whether or not the landmark is predicted present; presence is reported separately.
 - `metrics/folds/<loss>/fold<k>.json`: mean / median error in px and mm, per-landmark
-  mean error, success rates, presence counts, discrete-visibility accuracy, Dice per
-  bone and counts (conventions in `silr.metrics`).
+  mean error, success rates, presence counts of the rule in force, every applicable
+  rule's presence metrics (`presence_by_rule`, with the rules' definitions), the
+  anatomical consistency (`consistency`), discrete-visibility accuracy, Dice per bone and
+  counts (conventions in `silr.metrics`).
 - `metrics/segmentation/<loss>/fold<k>.npz`: the predicted label maps (uint8, frame
   size) of the test frames, with their specimen and frame numbers, for the report's
   segmentation figure and for recomputing the Dice values.
@@ -115,16 +121,20 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     predicted = predict_frames(model, codec, images, device=next(model.parameters()).device,
                                batch_size=batch_size)
     table = predictions_table(loss=loss, fold=fold, specimens=specimens, frame_indices=frame_indices,
-                              gt_xy=gt_xy, predicted=predicted, frame_size=(images.shape[2], images.shape[1]))
+                              gt_xy=gt_xy, predicted=predicted, frame_size=(images.shape[2], images.shape[1]),
+                              true_labels=true_labels)
+    rules = metrics.presence_rules_of(codec.config())
     result = metrics.fold_metrics(table, mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm,
-                                  dice_per_frame=metrics.dice_per_bone(predicted.labels, true_labels))
-    if codec.kind == "shape":
+                                  dice_per_frame=metrics.dice_per_bone(predicted.labels, true_labels),
+                                  presence_rules=rules)
+    if codec.presence not in rules:
         # NCC trains only the heatmaps' shape (blind to their offset and scale): a score
-        # threshold means nothing for it, so presence and visibility are not reported.
+        # threshold means nothing for it, so that rule's presence and visibility are not reported.
         result["presence"] = None
         result["visibility_accuracy"] = None
     result.update({
         "heatmap_kind": codec.kind,
+        "presence_rule": codec.presence,
         "loss": loss,
         "fold": fold,
         "test_specimens": sorted(set(specimens)),

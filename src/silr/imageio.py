@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from silr.errors import DataError
+from silr.errors import DataError, SilrWarning
 
 PIL_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -37,6 +37,12 @@ SUPPORTED_SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + NPY_SUFFIXES + HDF5_SUFFIXE
 # full-resolution DeepFluoro frame is 1536 x 1536), 2 GiB of float32 per file.
 MAX_INPUT_PIXELS = 8192 * 8192
 MAX_INPUT_BYTES = 2 * 1024 ** 3
+# The smallest frame side predict accepts: the network's frame is 180 px; below 32 px an "image"
+# is more likely a table of numbers (say a 2 x 14 array of coordinates) than a projection.
+MIN_INPUT_SIDE = 32
+# DICOM modalities that are projection radiographs (X-ray angiography, radio fluoroscopy,
+# digital radiography, computed radiography); anything else (CT, MR, US, ...) gets a warning.
+PROJECTION_MODALITIES = ("XA", "RF", "DX", "CR")
 
 # Pillow modes of one grey channel that convert losslessly to numpy numbers.
 _GREY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -61,6 +67,9 @@ def check_size(path: Path, shape: tuple[int, ...]) -> None:
     """DataError when a declared (H, W) or (N, H, W) size is beyond what predict will decode."""
     height, width = int(shape[-2]), int(shape[-1])
     count = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
+    if min(height, width) < MIN_INPUT_SIDE:
+        raise DataError(f"{path}: {width} x {height} px is too small for a frame (at least {MIN_INPUT_SIDE} px "
+                        f"per side; the model's frame is 180 x 180)")
     if height * width > MAX_INPUT_PIXELS or 4 * height * width * count > MAX_INPUT_BYTES:
         raise DataError(f"{path}: declared size {width} x {height} px"
                         f"{f' x {count} frames' if count > 1 else ''} is beyond the limit of "
@@ -127,6 +136,13 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
             raise DataError(f"{path}: photometric interpretation {photometric} is not a grey image")
         spacing = getattr(dataset, "ImagerPixelSpacing", None) or getattr(dataset, "PixelSpacing", None)
         spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing else None
+        modality = str(getattr(dataset, "Modality", "") or "").strip().upper()
+        if modality and modality not in PROJECTION_MODALITIES:
+            import warnings
+
+            warnings.warn(SilrWarning(
+                f"DICOM Modality is {modality[:16]}, not a projection radiograph ({', '.join(PROJECTION_MODALITIES)}): "
+                f"the models were trained on X-ray projections, so their landmarks here mean nothing"), stacklevel=2)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except MemoryError:
@@ -145,14 +161,18 @@ def read_npy(path: Path) -> np.ndarray:
             version = np.lib.format.read_magic(stream)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read_header(stream)
-        if len(shape) >= 2:
-            check_size(path, tuple(shape))
+            shape, _, dtype = read_header(stream)
+        if len(shape) not in (2, 3) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+            raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, "
+                            f"got shape {tuple(shape)} of {dtype}")
+        check_size(path, tuple(shape))
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except MemoryError:
         raise DataError(f"{path}: too large to decode in memory") from None
+    except DataError:
+        raise
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from None
     if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):

@@ -11,7 +11,7 @@ one configured, and positions come back in frame pixels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,46 +21,71 @@ from torch import Tensor
 
 from silr import frames
 from silr.card import ModelCard
-from silr.codec import HeatmapCodec
+from silr.codec import HeatmapCodec, discrete_visibility
 from silr.errors import CheckpointError
-from silr.losses import discrete_visibility
-from silr.types import FramePredictions
+from silr.types import FramePredictions, ModelOutput
 
 
 class Decoded(NamedTuple):
-    """One batch, decoded. xy_frame (B, L, 2) frame pixels; present (B, L) bool; score (B, L);
-    visibility_hat (B, L) in {0, 0.5, 1}; labels (B, H_f, W_f) int64 (argmax of the segmentation)."""
+    """One batch, decoded. xy_frame (B, L, 2) frame pixels; present (B, L) bool; score (B, L) of the
+    presence rule in force; visibility_hat (B, L) in {0, 0.5, 1}; labels (B, H_f, W_f) int64 (argmax
+    of the segmentation); every rule's score (NaN where it does not apply): threshold_score,
+    template_ncc, presence_prob (B, L); xy_bone_frame (B, L, 2): the argmax restricted to the
+    landmark's own predicted bone, frame pixels (NaN where there is none)."""
 
     xy_frame: Tensor
     present: Tensor
     score: Tensor
     visibility_hat: Tensor
     labels: Tensor
+    threshold_score: Tensor
+    template_ncc: Tensor
+    presence_prob: Tensor
+    xy_bone_frame: Tensor
 
 
 def frame_predictions(decoded: Decoded) -> FramePredictions:
     """The NumPy form of a decoded batch (for files and metrics)."""
-    return FramePredictions(xy=decoded.xy_frame.detach().cpu().double().numpy(),
+    def as_float(tensor: Tensor) -> np.ndarray:
+        return tensor.detach().cpu().double().numpy()
+
+    return FramePredictions(xy=as_float(decoded.xy_frame),
                             present=decoded.present.detach().cpu().numpy().astype(bool),
-                            score=decoded.score.detach().cpu().double().numpy(),
-                            visibility_hat=decoded.visibility_hat.detach().cpu().double().numpy(),
-                            labels=decoded.labels.detach().cpu().numpy().astype(np.uint8))
+                            score=as_float(decoded.score),
+                            visibility_hat=as_float(decoded.visibility_hat),
+                            labels=decoded.labels.detach().cpu().numpy().astype(np.uint8),
+                            threshold_score=as_float(decoded.threshold_score),
+                            template_ncc=as_float(decoded.template_ncc),
+                            presence_prob=as_float(decoded.presence_prob),
+                            xy_bone=as_float(decoded.xy_bone_frame))
 
 
-def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec) -> Decoded:
+def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *, presence_prob: Tensor | None = None,
+           threshold_score: Tensor | None = None) -> Decoded:
     """Decode (B, L, h, w) heatmaps and (B, C, H, W) segmentation logits or probabilities
-    (the argmax is the same for both) of padded network inputs."""
+    (the argmax is the same for both) of padded network inputs; `presence_prob` and
+    `threshold_score` as silr.codec.HeatmapCodec.decode takes them."""
     if segmentation.ndim != 4 or tuple(segmentation.shape[-2:]) != codec.size \
             or segmentation.shape[0] != heatmaps.shape[0]:
         raise ValueError(f"segmentation must have shape ({heatmaps.shape[0]}, C, {codec.size[0]}, {codec.size[1]}) "
                          f"for heatmaps {tuple(heatmaps.shape)}, got {tuple(segmentation.shape)}")
     with torch.no_grad():
-        landmarks = codec.decode(heatmaps)
         seg_labels = segmentation.argmax(dim=1)
-        visibility = discrete_visibility(landmarks, seg_labels)
+        landmarks = codec.decode(heatmaps, labels=seg_labels, presence_prob=presence_prob,
+                                 threshold_score=threshold_score)
+        visibility = discrete_visibility(landmarks, seg_labels, codec.landmark_bones)
         (x0, y0), (height, width) = codec.frame_origin, codec.frame
         return Decoded(xy_frame=codec.to_frame(landmarks.xy), present=landmarks.present, score=landmarks.score,
-                       visibility_hat=visibility, labels=seg_labels[:, y0:y0 + height, x0:x0 + width])
+                       visibility_hat=visibility, labels=seg_labels[:, y0:y0 + height, x0:x0 + width],
+                       threshold_score=landmarks.threshold_score, template_ncc=landmarks.template_ncc,
+                       presence_prob=landmarks.presence_prob, xy_bone_frame=codec.to_frame(landmarks.xy_bone))
+
+
+def decode_output(output: ModelOutput, codec: HeatmapCodec) -> Decoded:
+    """Decode one network's output (its presence head's logits through the codec's calibration)."""
+    heatmaps = output.heatmaps.float()
+    return decode(heatmaps, output.segmentation.float(), codec,
+                  presence_prob=codec.presence_probability(heatmaps, output.presence))
 
 
 @torch.no_grad()
@@ -80,8 +105,7 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
     parts = []
     for start in range(0, len(images), batch_size):
         inputs = frames.to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
-        output = model(inputs)
-        parts.append(frame_predictions(decode(output.heatmaps.float(), output.segmentation.float(), codec)))
+        parts.append(frame_predictions(decode_output(model(inputs), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
 
@@ -98,6 +122,11 @@ class Ensemble:
     cards: list[ModelCard]
     codec: HeatmapCodec
     device: torch.device
+    codecs: list[HeatmapCodec] = field(default_factory=list)  # each model's own (its calibration)
+
+    def __post_init__(self) -> None:
+        if not self.codecs:
+            self.codecs = [card.codec(path) for card, path in zip(self.cards, self.paths)]
 
     @property
     def card(self) -> ModelCard:
@@ -112,35 +141,69 @@ class Ensemble:
         return self.card.frame_size
 
     @torch.no_grad()
-    def combined(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(heatmaps, segmentation probabilities) for (B,1,S,S) network inputs.
+    def combined(self, images: Tensor) -> CombinedOutput:
+        """What the models say about (B, 1, S, S) network inputs, averaged as each loss trained it.
 
-        One model: its own heatmaps. Several: the mean of the sigmoid probabilities, given
-        back as logits (float64, so that the decoder's sigmoid returns the mean itself and
-        its argmax and presence threshold act on the averaged probability); for maps that
-        regress the Gaussian's values (MSE), the mean of the values.
+        One model: its own heatmaps, softmax segmentation, threshold score and learned presence.
+        Several: maps averaged in the form the loss trained (`logit`: the softmax over pixels,
+        given back as its log, which the decoder treats as logits; `value`: the values; `shape`:
+        each map standardised to mean 0, sd 1, since NCC fixes neither level nor scale), the
+        segmentation softmax, each model's threshold score and each model's calibrated learned
+        presence (each fold model with its own calibration), all as plain means.
         """
-        average_values = self.codec.kind == "value"
         images = images.to(self.device)
-        heat_sum, seg_sum = None, None
-        for model in self.models:
+        parts = []
+        for model, codec in zip(self.models, self.codecs):
             output = model(images)
             heat = output.heatmaps.double()
-            seg = torch.softmax(output.segmentation.double(), dim=1)
-            if len(self.models) == 1:
-                return heat.cpu(), seg.cpu()
-            heat = heat if average_values else torch.sigmoid(heat)
-            heat_sum = heat if heat_sum is None else heat_sum + heat
-            seg_sum = seg if seg_sum is None else seg_sum + seg
-        count = len(self.models)
-        heat_mean = heat_sum / count
-        return (heat_mean if average_values else torch.logit(heat_mean)).cpu(), (seg_sum / count).cpu()
+            parts.append(CombinedOutput(
+                heatmaps=heat, segmentation=torch.softmax(output.segmentation.double(), dim=1),
+                threshold_score=codec.threshold_score(heat).double(),
+                presence_prob=_maybe_double(codec.presence_probability(heat, output.presence))))
+        if len(parts) == 1:
+            return CombinedOutput(*(None if t is None else t.cpu() for t in parts[0]))
+        kind = self.codec.kind
+        if kind == "logit":
+            maps = torch.log(torch.stack([torch.softmax(p.heatmaps.flatten(2), -1) for p in parts]).mean(0))
+            maps = maps.view_as(parts[0].heatmaps)
+        elif kind == "value":
+            maps = torch.stack([p.heatmaps for p in parts]).mean(0)
+        else:
+            maps = torch.stack([_standardised(p.heatmaps) for p in parts]).mean(0)
+        presence = (None if any(p.presence_prob is None for p in parts)
+                    else torch.stack([p.presence_prob for p in parts]).mean(0))
+        return CombinedOutput(
+            heatmaps=maps.cpu(), segmentation=torch.stack([p.segmentation for p in parts]).mean(0).cpu(),
+            threshold_score=torch.stack([p.threshold_score for p in parts]).mean(0).cpu(),
+            presence_prob=None if presence is None else presence.cpu())
 
     def decode(self, frames_np: np.ndarray) -> FramePredictions:
         """Run the ensemble on (N, H, W) line-integral frames of the model's frame size and decode them."""
         images = frames.to_network_input(np.asarray(frames_np, dtype=np.float32), self.card.input_size)
-        heatmaps, segmentation = self.combined(images)
-        return frame_predictions(decode(heatmaps, segmentation, self.codec))
+        combined = self.combined(images)
+        return frame_predictions(decode(combined.heatmaps, combined.segmentation, self.codec,
+                                        presence_prob=combined.presence_prob,
+                                        threshold_score=combined.threshold_score))
+
+
+class CombinedOutput(NamedTuple):
+    """An ensemble's (or one model's) output ready to decode: heatmaps (B, L, h, w), segmentation
+    probabilities (B, C, H, W), threshold score (B, L), calibrated learned presence (B, L) or None."""
+
+    heatmaps: Tensor
+    segmentation: Tensor
+    threshold_score: Tensor
+    presence_prob: Tensor | None
+
+
+def _maybe_double(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.double()
+
+
+def _standardised(maps: Tensor) -> Tensor:
+    flat = maps.flatten(2)
+    flat = (flat - flat.mean(-1, keepdim=True)) / flat.std(-1, keepdim=True).clamp_min(1e-12)
+    return flat.view_as(maps)
 
 
 def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:

@@ -17,6 +17,25 @@ Terms (registry `LOSS_TERMS`, the names used in `params.yaml` `losses.NAME: {ter
 - `visibility_soft`: the same MAE on a differentiable v_hat = sigmoid(max H) *
   (0.5 + 0.5 p_inside), an extension of ours (the paper's discussion asks for a
   continuous visibility), whatever `losses.visibility_mode` says.
+- `kl_null`: the KL term with a null cell (an extension of ours): the softmax runs over every
+  heatmap pixel and one more cell whose logit n is the presence head's output; an in-frame
+  landmark's target is the sum-1 Gaussian on the pixels (0 on the null cell), an absent
+  one's puts all its mass on the null cell, so absent landmarks get a training signal and
+  the map's level is trained: presence = 1 - p(null). Mean over every landmark.
+- `presence_bce`: binary cross-entropy between the presence head's logits and the in-frame
+  flags, mean over every landmark (mmpose's `VisPredictHead` pattern), plus the smooth-L1
+  error of the head's position estimate of every landmark whose position is known, absent
+  ones included (silr.model.PresenceHead).
+- `bone_distance`: the anatomical-consistency term the paper's discussion asks for, a
+  penalty growing with the distance to the bone: sum over pixels x of softmax(H_i)(x) d_i(x),
+  d_i the Euclidean distance (input pixels) from x to landmark i's bone in the ground-truth
+  labels (computed once per frame, moved with the labels by the augmentation, averaged over
+  each heatmap pixel's area); mean over in-frame landmarks whose bone is in view.
+  Differentiable everywhere the softmax has mass, unlike the paper's look-up at the argmax.
+- `visibility_continuous`: the paper's weighted MAE on a continuous v_hat = p_present *
+  (0.5 + 0.5 p_inside), p_present the learned presence sigmoid(z) (silr.codec.presence_logit),
+  p_inside = sum over pixels of softmax(H_i) times the predicted probability of landmark
+  i's bone (detached with `losses.detach_segmentation`).
 - `mse`: MSE between the raw heatmap H and the peak-1 Gaussian (zero maps out of frame),
   mean over every pixel, as HRNet-style heatmap regression trains it.
 - `ncc`: 1 - normalised cross-correlation between H and the peak-1 Gaussian, per in-frame
@@ -41,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from silr import anatomy
-from silr.codec import DecodedLandmarks, HeatmapCodec, HeatmapTargets
+from silr.codec import HeatmapCodec, HeatmapTargets, discrete_visibility, presence_logit
 from silr.errors import ConfigError
 from silr.params import LOSS_TERM_NAMES
 from silr.types import Batch, ModelOutput
@@ -145,6 +164,106 @@ def visibility_loss(v_hat: Tensor, v: Tensor) -> Tensor:
     return (weight * (v_hat - v).abs()).mean(-1).mean()
 
 
+def kl_null_loss(logits: Tensor, null_logits: Tensor, target_normalized: Tensor, present: Tensor) -> Tensor:
+    """Mean over every landmark of KL(target || softmax over [pixels, null cell]): in frame, the
+    sum-1 Gaussian on the pixels; absent, all mass on the null cell (-log p(null))."""
+    _check_maps("kl_null", logits, target_normalized)
+    _check_present("kl_null", logits, present)
+    if null_logits is None or null_logits.shape != logits.shape[:2]:
+        raise ValueError(f"kl_null: expected null-cell logits of shape {tuple(logits.shape[:2])} (B, L) from the "
+                         f"presence head, got {None if null_logits is None else tuple(null_logits.shape)}")
+    cells = torch.cat((logits.float().flatten(2), null_logits.float()[..., None]), dim=-1)
+    log_q = torch.log_softmax(cells, dim=-1)
+    target = target_normalized.float().flatten(2)
+    inside = present.float()
+    kl_present = (torch.xlogy(target, target) - target * log_q[..., :-1]).sum(-1)
+    return (inside * kl_present + (1.0 - inside) * -log_q[..., -1]).mean()
+
+
+def presence_bce_loss(presence_logits: Tensor, present: Tensor, presence_xy: Tensor | None = None,
+                      landmarks_xy: Tensor | None = None, size: int | None = None) -> Tensor:
+    """Mean binary cross-entropy of (B, L) presence logits against the (B, L) in-frame flags, plus,
+    when the head's position estimate `presence_xy` (B, L, 2, [-1, 1] over an input of `size`
+    pixels) is given, its smooth-L1 error against the true input-pixel positions `landmarks_xy`
+    of every landmark whose position is known (absent ones included)."""
+    if presence_logits is None or presence_logits.shape != present.shape:
+        raise ValueError(f"presence_bce: expected presence logits of shape {tuple(present.shape)} (B, L) from the "
+                         f"presence head, got {None if presence_logits is None else tuple(presence_logits.shape)}")
+    loss = F.binary_cross_entropy_with_logits(presence_logits.float(), present.float())
+    if presence_xy is None:
+        return loss
+    if landmarks_xy is None or size is None or presence_xy.shape != landmarks_xy.shape:
+        raise ValueError(f"presence_bce: expected true positions of shape {tuple(presence_xy.shape)} and the input "
+                         f"size with the position estimate")
+    target = (2.0 * landmarks_xy.float() + 1.0) / size - 1.0  # pixel centres -> [-1, 1], as the head's grid
+    known = (landmarks_xy.abs() < POSITION_KNOWN_LIMIT).all(-1).float()
+    error = F.smooth_l1_loss(presence_xy.float(), target, reduction="none", beta=POSITION_BETA).sum(-1)
+    return loss + _masked_mean(error, known)
+
+
+# presence_bce's position estimate: positions beyond this (input pixels) are stand-ins for unknown
+# ones (silr.dataset.UNKNOWN_POSITION); smooth-L1 is quadratic within POSITION_BETA (about 5 px on a
+# 192-px input in the [-1, 1] units of the head).
+POSITION_KNOWN_LIMIT = 1.0e5
+POSITION_BETA = 0.05
+
+
+def bone_distance_loss(logits: Tensor, bone_distance: Tensor, present: Tensor,
+                       landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX,
+                       bone_labels: Sequence[int] = anatomy.LANDMARK_BONE_LABELS) -> Tensor:
+    """Mean over in-frame landmarks whose bone is in view of E_softmax(H_i)[d_i] (input pixels).
+
+    bone_distance: (B, K, H, W) distance of every input pixel to bone k of `bone_labels`
+    (silr.dataset.bone_distance_maps, moved by the augmentation); a heatmap pixel's distance is
+    the mean over the input pixels it covers, so a cell half outside the bone costs half as much.
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"bone_distance: expected heatmap logits (B, L, h, w), got {tuple(logits.shape)}")
+    _check_present("bone_distance", logits, present)
+    if bone_distance is None:
+        raise ValueError("bone_distance: the batch carries no distance maps (build the frames with "
+                         "with_bone_distance=True)")
+    if (bone_distance.ndim != 4 or bone_distance.shape[:2] != (logits.shape[0], len(bone_labels))
+            or bone_distance.shape[-2] % logits.shape[-2] or bone_distance.shape[-1] % logits.shape[-1]):
+        raise ValueError(f"bone_distance: expected distance maps ({logits.shape[0]}, {len(bone_labels)}, H, W) "
+                         f"with H, W multiples of the heatmaps' {tuple(logits.shape[-2:])}, "
+                         f"got {tuple(bone_distance.shape)}")
+    if len(landmark_bones) != logits.shape[1]:
+        raise ValueError(f"bone_distance: expected one bone per landmark ({logits.shape[1]}), "
+                         f"got {len(landmark_bones)}")
+    stride = bone_distance.shape[-1] // logits.shape[-1]
+    distance = bone_distance.float()
+    if stride > 1:
+        distance = F.avg_pool2d(distance, stride)
+    slots = _bones_index(tuple(tuple(bone_labels).index(int(b)) for b in landmark_bones), distance.device)
+    distance = distance.index_select(1, slots).flatten(2)  # (B, L, hw)
+    # A bone nowhere near the frame (silr.dataset.BONE_DISTANCE_ABSENT) leaves its landmarks out.
+    in_view = distance.amin(-1) < BONE_DISTANCE_IN_VIEW
+    q = torch.softmax(logits.float().flatten(2), dim=-1)
+    expected = (q * distance).sum(-1)
+    return _masked_mean(expected, present.float() * in_view.float())
+
+
+# Distances this large mean the bone is not in the frame at all (the sentinel is 4096 px).
+BONE_DISTANCE_IN_VIEW = 1024.0
+
+
+@functools.lru_cache(maxsize=16)
+def _bones_index(slots: tuple[int, ...], device: torch.device) -> Tensor:
+    # Cached per device: a training step on a GPU makes no host-to-device copy for it.
+    return torch.tensor(slots, dtype=torch.long, device=device)
+
+
+def continuous_visibility(heatmap_logits: Tensor, presence_logits: Tensor, seg_logits: Tensor, *,
+                          source: str, detach_segmentation: bool = True,
+                          landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> Tensor:
+    """Differentiable v_hat (B, L) = sigmoid(z) * (0.5 + 0.5 * p_inside), z the learned presence logit."""
+    if presence_logits is None:
+        raise ValueError("visibility_continuous: the network has no presence head (the loss must train one)")
+    p_present = torch.sigmoid(presence_logit(heatmap_logits.float(), presence_logits.float(), source))
+    return p_present * (0.5 + 0.5 * _bone_mass(heatmap_logits, seg_logits, detach_segmentation, landmark_bones))
+
+
 def _bone_index(num_landmarks: int, landmark_bones: Sequence[int], device: torch.device) -> Tensor:
     if len(landmark_bones) != num_landmarks:
         raise ValueError(f"visibility: expected one bone label per landmark ({num_landmarks}), "
@@ -158,31 +277,6 @@ def _bone_tensor(landmark_bones: tuple[int, ...], device: torch.device) -> Tenso
     return torch.tensor(landmark_bones, dtype=torch.long, device=device)
 
 
-def discrete_visibility(decoded: DecodedLandmarks, seg_labels: Tensor,
-                        landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> Tensor:
-    """The paper's v_hat in {0, 0.5, 1}, (B, L) float.
-
-    0 where the landmark is predicted absent, 0.5 where it is predicted present but the
-    label at its (rounded) predicted pixel is not its bone, 1 where it is.
-    `seg_labels`: (B, H, W) integer labels, e.g. the argmax of the segmentation logits.
-    """
-    xy, present = decoded.xy, decoded.present
-    if xy.ndim != 3 or xy.shape[-1] != 2 or present.shape != xy.shape[:2]:
-        raise ValueError(f"discrete_visibility: expected decoded xy (B, L, 2) and present (B, L), "
-                         f"got {tuple(xy.shape)} and {tuple(present.shape)}")
-    if seg_labels.ndim != 3 or seg_labels.shape[0] != xy.shape[0] or seg_labels.is_floating_point():
-        raise ValueError(f"discrete_visibility: expected integer seg_labels of shape ({xy.shape[0]}, H, W), "
-                         f"got {tuple(seg_labels.shape)} {seg_labels.dtype}")
-    batch, num_landmarks = present.shape
-    height, width = seg_labels.shape[-2:]
-    bones = _bone_index(num_landmarks, landmark_bones, seg_labels.device)
-    col = torch.round(xy[..., 0]).long().clamp(0, width - 1).to(seg_labels.device)
-    row = torch.round(xy[..., 1]).long().clamp(0, height - 1).to(seg_labels.device)
-    label_at = seg_labels.reshape(batch, height * width).gather(1, row * width + col)
-    inside = (label_at == bones[None, :]).float()
-    return present.to(seg_labels.device).float() * (0.5 + 0.5 * inside)
-
-
 def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmentation: bool = True,
                     landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> Tensor:
     """Differentiable v_hat (B, L) = p_present * (0.5 + 0.5 * p_inside).
@@ -192,16 +286,24 @@ def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmen
     segmentation is a constant here, so the term cannot pull the masks to the landmarks.
     It tends to the discrete v_hat as the heatmap softmax and sigmoid sharpen.
     """
+    p_inside = _bone_mass(heatmap_logits, seg_logits, detach_segmentation, landmark_bones)
+    p_present = torch.sigmoid(heatmap_logits.float().flatten(2).amax(-1))
+    return p_present * (0.5 + 0.5 * p_inside)
+
+
+def _bone_mass(heatmap_logits: Tensor, seg_logits: Tensor, detach_segmentation: bool,
+               landmark_bones: Sequence[int]) -> Tensor:
+    """(B, L): sum over heatmap pixels of softmax(H_i) times the predicted probability of landmark i's bone."""
     if heatmap_logits.ndim != 4 or seg_logits.ndim != 4 or heatmap_logits.shape[0] != seg_logits.shape[0] \
             or seg_logits.shape[2] % heatmap_logits.shape[2] or seg_logits.shape[3] % heatmap_logits.shape[3] \
             or seg_logits.shape[2] // heatmap_logits.shape[2] != seg_logits.shape[3] // heatmap_logits.shape[3]:
-        raise ValueError(f"soft_visibility: expected heatmaps (B, L, h, w) and segmentation (B, C, H, W) of the "
+        raise ValueError(f"visibility: expected heatmaps (B, L, h, w) and segmentation (B, C, H, W) of the "
                          f"same B, with H, W the same multiple of h, w, got {tuple(heatmap_logits.shape)} and "
                          f"{tuple(seg_logits.shape)}")
     heatmaps = heatmap_logits.float().flatten(2)  # (B, L, HW)
     bones = _bone_index(heatmaps.shape[1], landmark_bones, heatmaps.device)
     if max(landmark_bones) >= seg_logits.shape[1]:
-        raise ValueError(f"soft_visibility: bone label {max(landmark_bones)} needs at least "
+        raise ValueError(f"visibility: bone label {max(landmark_bones)} needs at least "
                          f"{max(landmark_bones) + 1} segmentation classes, got {seg_logits.shape[1]}")
     seg_prob = torch.softmax(seg_logits.float(), dim=1)
     stride = seg_logits.shape[2] // heatmap_logits.shape[2]
@@ -211,9 +313,7 @@ def soft_visibility(heatmap_logits: Tensor, seg_logits: Tensor, *, detach_segmen
     if detach_segmentation:
         seg_prob = seg_prob.detach()
     bone_prob = seg_prob.index_select(1, bones)  # (B, L, HW)
-    p_inside = (torch.softmax(heatmaps, dim=-1) * bone_prob).sum(-1)
-    p_present = torch.sigmoid(heatmaps.amax(-1))
-    return p_present * (0.5 + 0.5 * p_inside)
+    return (torch.softmax(heatmaps, dim=-1) * bone_prob).sum(-1)
 
 
 # ------------------------------------------------------------------ terms (modules)
@@ -236,6 +336,11 @@ class LossTerm(nn.Module):
     needs_targets = True
     # What the term makes the heatmap values mean (silr.codec.HEATMAP_KINDS); None: it does not train them.
     heatmap_kind: str | None = "logit"
+    # Whether the term reads the batch's bone distance maps (the frames are built with them).
+    needs_bone_distance = False
+    # What the term makes the presence head's logits mean (silr.codec.PRESENCE_SOURCES); None: it
+    # does not train a presence output (a loss with such a term gets a network with the head).
+    presence_source: str | None = None
 
     def __init__(self, options: LossOptions) -> None:
         super().__init__()
@@ -281,8 +386,12 @@ def _soft_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
 
 
 def _hard_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
-    decoded = options.codec.decode(output.heatmaps)
-    return discrete_visibility(decoded, output.segmentation.detach().argmax(dim=1))
+    # The paper's v_hat from the same decoding as evaluation (silr.codec's presence rule in force).
+    codec = options.codec
+    labels = output.segmentation.detach().argmax(dim=1)
+    decoded = codec.decode(output.heatmaps, labels=labels,
+                           presence_prob=codec.presence_probability(output.heatmaps, output.presence))
+    return discrete_visibility(decoded, labels, codec.landmark_bones)
 
 
 # losses.visibility_mode -> how v_hat is computed from the network output.
@@ -310,6 +419,47 @@ class SoftVisibility(Visibility):
     mode = "soft"
 
 
+class HeatmapKLNull(LossTerm):
+    presence_source = "null_cell"
+
+    def forward(self, output, batch, targets):
+        return kl_null_loss(output.heatmaps, output.presence, targets.normalized, targets.present)
+
+
+class PresenceBCE(LossTerm):
+    needs_targets = False
+    heatmap_kind = None
+    presence_source = "head"
+
+    def forward(self, output, batch, targets):
+        device = output.heatmaps.device
+        return presence_bce_loss(output.presence, batch.present.to(device), output.presence_xy,
+                                 batch.landmarks_xy.to(device), self.options.codec.size[1])
+
+
+class BoneDistance(LossTerm):
+    needs_targets = False
+    needs_bone_distance = True
+
+    def forward(self, output, batch, targets):
+        return bone_distance_loss(output.heatmaps, batch.bone_distance, batch.present.to(output.heatmaps.device),
+                                  self.options.codec.landmark_bones)
+
+
+class ContinuousVisibility(LossTerm):
+    needs_targets = False
+    # It trains the presence output too (through p_present), as the head's logit unless a
+    # kl_null term of the same loss makes it a null cell.
+    presence_source = "head"
+
+    def forward(self, output, batch, targets):
+        source = self.options.codec.presence_source or "head"
+        v_hat = continuous_visibility(output.heatmaps, output.presence, output.segmentation, source=source,
+                                      detach_segmentation=self.options.detach_segmentation,
+                                      landmark_bones=self.options.codec.landmark_bones)
+        return visibility_loss(v_hat, batch.present.to(v_hat.device).float())
+
+
 _TERM_CLASSES: dict[str, type[LossTerm]] = {
     "dice_ce": DiceCE,
     "kl": HeatmapKL,
@@ -317,6 +467,10 @@ _TERM_CLASSES: dict[str, type[LossTerm]] = {
     "ncc": HeatmapNCC,
     "visibility": Visibility,
     "visibility_soft": SoftVisibility,
+    "kl_null": HeatmapKLNull,
+    "presence_bce": PresenceBCE,
+    "bone_distance": BoneDistance,
+    "visibility_continuous": ContinuousVisibility,
 }
 if set(_TERM_CLASSES) != set(LOSS_TERM_NAMES):
     # The names params.yaml may use are silr.params.LOSS_TERM_NAMES (checked when params are
@@ -344,6 +498,22 @@ def heatmap_kind(weights: Mapping[str, float], key: str = "losses.NAME") -> str:
     return "logit"
 
 
+def presence_source(weights: Mapping[str, float], key: str = "losses.NAME") -> str | None:
+    """What the network's presence logits mean for a named loss (silr.codec.PRESENCE_SOURCES), or
+    None when no term trains them: `null_cell` with a kl_null term, else `head`."""
+    sources = {LOSS_TERMS[n].presence_source for n, w in weights.items() if n in LOSS_TERMS and w > 0} - {None}
+    if "null_cell" in sources:
+        if weights.get("kl", 0) > 0:
+            raise ConfigError(f"{key}: kl and kl_null both train the heatmap softmax; use one of them")
+        return "null_cell"
+    return "head" if sources else None
+
+
+def trains_segmentation(weights: Mapping[str, float]) -> bool:
+    """Whether a named loss trains the segmentation head (its dice_ce term)."""
+    return weights.get("dice_ce", 0) > 0
+
+
 class WeightedLoss(nn.Module):
     """sum_term weight * term(output, batch); zero-weight terms are never computed.
 
@@ -358,6 +528,7 @@ class WeightedLoss(nn.Module):
         self.terms_needed: tuple[str, ...] = tuple(n for n, w in self.weights.items() if w > 0)
         self.terms = nn.ModuleDict({n: LOSS_TERMS[n](options) for n in self.terms_needed})
         self.needs_targets = any(term.needs_targets for term in self.terms.values())
+        self.needs_bone_distance = any(term.needs_bone_distance for term in self.terms.values())
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={w:g}" for n, w in self.weights.items()) + f", options={self.options}"
@@ -412,6 +583,10 @@ def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_
     if not isinstance(codec, HeatmapCodec):
         raise TypeError(f"build_loss: codec must be a HeatmapCodec, got {type(codec).__name__}")
     heatmap_kind(weights, key)
+    source = presence_source(weights, key)
+    if source != codec.presence_source:
+        raise ConfigError(f"{key}: its terms train presence as {source!r} but the codec decodes it as "
+                          f"{codec.presence_source!r}")
     options = LossOptions(codec=codec, visibility_mode=visibility_mode,
                           detach_segmentation=bool(detach_segmentation), kl_reduction=kl_reduction,
                           mse_foreground_weight=float(mse_foreground_weight))

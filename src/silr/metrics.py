@@ -37,7 +37,18 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "loss", "fold", "specimen", "frame", "landmark",
     "gt_x", "gt_y", "gt_in_frame",
     "pred_x", "pred_y", "pred_present", "score", "visibility_hat", "error_px",
+    # every presence rule's score (NaN where a rule does not apply; silr.codec)
+    "threshold_score", "template_ncc", "presence_prob",
+    # the argmax restricted to the landmark's own predicted bone, and its error
+    "bone_x", "bone_y", "error_bone_px",
+    # 1 where the ground-truth label under the (rounded) prediction / under the true position
+    # is the landmark's own bone, 0 where not, empty out of frame or without labels
+    "pred_on_bone", "gt_on_bone",
 )
+# The float columns of the predictions CSV (rounded to DECIMALS).
+PREDICTION_FLOAT_COLUMNS: tuple[str, ...] = (
+    "gt_x", "gt_y", "pred_x", "pred_y", "score", "visibility_hat", "error_px", "threshold_score",
+    "template_ncc", "presence_prob", "bone_x", "bone_y", "error_bone_px", "pred_on_bone", "gt_on_bone")
 # Decimal places of every float written to a metrics file (byte-stable across runs).
 DECIMALS = 6
 
@@ -53,7 +64,7 @@ PAPER_TABLE2: dict[str, dict[str, Any]] = {
 }
 # The paper's row order (test specimen 6 first) and column titles.
 PAPER_SPECIMEN_ORDER: tuple[int, ...] = (6, 5, 4, 3, 2, 1)
-LOSS_TITLES: dict[str, str] = {"proposed": "Proposed", "mse": "MSE", "ncc": "NCC",
+LOSS_TITLES: dict[str, str] = {"proposed": "Proposed", "proposed_plus": "Proposed+", "mse": "MSE", "ncc": "NCC",
                                "frame_centre": "Frame centre (baseline)", "mean_shape": "Mean shape (baseline)"}
 
 
@@ -113,6 +124,30 @@ def landmark_errors(gt_xy: np.ndarray, pred_xy: np.ndarray, gt_in_frame: np.ndar
     return np.where(gt_in_frame, distance, np.nan)
 
 
+def on_own_bone(xy: np.ndarray, labels: np.ndarray, landmark_bones: Sequence[int]) -> np.ndarray:
+    """(N, L) float: 1 where the label under each (rounded, clamped) position of (N, L, 2) `xy` in
+    (N, H, W) `labels` is the landmark's bone, 0 where it is not, NaN where `xy` is not finite."""
+    xy = np.asarray(xy, dtype=np.float64)
+    labels = np.asarray(labels)
+    if xy.ndim != 3 or xy.shape[-1] != 2 or labels.ndim != 3 or labels.shape[0] != xy.shape[0]:
+        raise ValueError(f"on_own_bone: expected xy (N, L, 2) and labels (N, H, W), got {xy.shape} and {labels.shape}")
+    height, width = labels.shape[1:]
+    finite = np.isfinite(xy).all(-1)
+    safe = np.where(np.isfinite(xy), xy, 0.0)
+    col = np.clip(np.round(safe[..., 0]).astype(np.int64), 0, width - 1)
+    row = np.clip(np.round(safe[..., 1]).astype(np.int64), 0, height - 1)
+    label_at = labels[np.arange(len(labels))[:, None], row, col]
+    result = (label_at == np.asarray(landmark_bones)[None, :]).astype(np.float64)
+    return np.where(finite, result, np.nan)
+
+
+def outside_own_bone_rate(table: pd.DataFrame) -> float:
+    """Share of in-frame landmarks whose predicted position is not on their own bone (ground-truth labels)."""
+    rows = table[table["gt_in_frame"].astype(bool)]["pred_on_bone"].to_numpy(dtype=np.float64)
+    rows = rows[np.isfinite(rows)]
+    return float(1.0 - rows.mean()) if rows.size else math.nan
+
+
 def success_rates(errors_mm: np.ndarray, thresholds_mm: Iterable[float]) -> dict[str, float]:
     """Fraction of (finite) errors <= each threshold; NaN when there are no errors."""
     errors_mm = np.asarray(errors_mm, dtype=np.float64)
@@ -142,6 +177,186 @@ def visibility_accuracy(gt_in_frame: np.ndarray, visibility_hat: np.ndarray) -> 
     if truth.shape != v_hat.shape:
         raise ValueError(f"visibility arrays differ in size: {truth.size} and {v_hat.size}")
     return float((v_hat == truth).mean()) if truth.size else math.nan
+
+
+# ------------------------------------------------------------------ presence
+
+ECE_BINS = 10
+# The order presence rules are listed in (silr.codec.PRESENCE_RULES, without importing torch).
+PRESENCE_RULE_ORDER = ("threshold", "template", "learned")
+DETECTION_HIT_MM = 4.0
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for the positive `labels` (ties count half: the
+    Mann-Whitney U statistic / (n+ n-)); NaN without both classes or with a non-finite score."""
+    labels = np.asarray(labels, dtype=bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"auroc: {labels.size} labels but {scores.size} scores")
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0 or not np.isfinite(scores).all():
+        return math.nan
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of presence probabilities: sum over `bins` equal-width bins of (share of samples) x
+    |mean predicted probability - observed frequency of presence|; NaN if any is not in [0, 1]."""
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"expected_calibration_error: {labels.size} labels but {probabilities.size} probabilities")
+    if not labels.size or not np.isfinite(probabilities).all() or probabilities.min() < 0 or probabilities.max() > 1:
+        return math.nan
+    # Bin i holds (i/bins, (i+1)/bins]; 0 goes to the first bin.
+    index = np.clip(np.ceil(probabilities * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.mean() * abs(probabilities[members].mean() - labels[members].mean())
+    return float(total)
+
+
+def platt_scaling(logits: np.ndarray, present: np.ndarray, iterations: int = 100) -> tuple[float, float] | None:
+    """(a, b) minimising the cross-entropy of sigmoid(a z + b) against the in-frame flags, with
+    Platt's smoothed targets ((n+ + 1) / (n+ + 2) and 1 / (n- + 2), which keep a separable set
+    finite), by Newton's method with a backtracking line search; None without both classes, or
+    when the fit leaves a outside (0, PLATT_MAX_SLOPE] (a few validation frames that cannot
+    support a calibration: the raw presence is kept)."""
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(present, dtype=bool).ravel()
+    if z.shape != y.shape:
+        raise ValueError(f"platt_scaling: {z.size} logits but {y.size} flags")
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0 or not np.isfinite(z).all():
+        return None
+    target = np.where(y, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
+    design = np.stack([z, np.ones_like(z)], axis=1)
+
+    def objective(params: np.ndarray) -> float:
+        t = design @ params
+        # cross-entropy of sigmoid(t) against the targets, written to stay finite for large |t|
+        return float(np.sum(np.logaddexp(0.0, t) - target * t))
+
+    params = np.array([1.0, 0.0])
+    value = objective(params)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        gradient = design.T @ (p - target)
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        scale = 1.0
+        while scale > 1e-8 and objective(params - scale * step) > value:
+            scale /= 2.0
+        params = params - scale * step
+        new_value = objective(params)
+        if abs(value - new_value) < 1e-12 * max(1.0, abs(value)):
+            break
+        value = new_value
+    a, b = float(params[0]), float(params[1])
+    if not (math.isfinite(a) and math.isfinite(b)) or not 0 < a <= PLATT_MAX_SLOPE:
+        return None
+    return a, b
+
+
+# A Platt slope beyond this sharpens the raw presence logits more than a handful of validation
+# landmarks can justify.
+PLATT_MAX_SLOPE = 20.0
+
+
+def presence_metrics(gt_in_frame: np.ndarray, pred_present: np.ndarray, score: np.ndarray,
+                     errors_mm: np.ndarray, *, probability: bool, hit_mm: float = DETECTION_HIT_MM,
+                     mm_per_px: float = 1.0) -> dict[str, Any]:
+    """Presence of one rule: counts; precision, recall and F1 of the *absent* class; balanced
+    accuracy; AUROC of the score; ECE when the score is a probability (`probability`); the mean
+    error (px) over in-frame landmarks called present beside that over all in-frame ones; and
+    detection F1, a hit being a landmark called present within `hit_mm` of its true position
+    (a present call that is not a hit is a false positive, an in-frame landmark without a hit a
+    false negative)."""
+    truth = np.asarray(gt_in_frame, dtype=bool).ravel()
+    called = np.asarray(pred_present, dtype=bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    errors_mm = np.asarray(errors_mm, dtype=np.float64).ravel()
+    counts = presence_counts(truth, called)
+    absent_called, absent_true = ~called, ~truth
+    tp_absent = int((absent_called & absent_true).sum())
+    precision = tp_absent / int(absent_called.sum()) if absent_called.any() else math.nan
+    recall = tp_absent / int(absent_true.sum()) if absent_true.any() else math.nan
+    f1 = (2 * precision * recall / (precision + recall)
+          if np.isfinite(precision) and np.isfinite(recall) and precision + recall > 0 else
+          (0.0 if absent_true.any() else math.nan))
+    tpr = counts["true_positive"] / int(truth.sum()) if truth.any() else math.nan
+    tnr = tp_absent / int(absent_true.sum()) if absent_true.any() else math.nan
+    hits = called & truth & (np.nan_to_num(errors_mm, nan=np.inf) <= hit_mm)
+    detections = int(called.sum())
+    hit_count = int(hits.sum())
+    misses = int(truth.sum()) - hit_count
+    false_calls = detections - hit_count
+    detection_f1 = 2 * hit_count / (2 * hit_count + false_calls + misses) if truth.any() or detections else math.nan
+    errors_px = errors_mm / mm_per_px
+    return {
+        **counts,
+        "absent_precision": precision,
+        "absent_recall": recall,
+        "absent_f1": f1,
+        "balanced_accuracy": (tpr + tnr) / 2 if np.isfinite(tpr) and np.isfinite(tnr) else math.nan,
+        "auroc": auroc(truth, score),
+        "ece": expected_calibration_error(truth, score) if probability else None,
+        "mean_px_called_present": _mean(errors_px[truth & called]),
+        "mean_px_in_frame": _mean(errors_px[truth]),
+        "detection_f1": detection_f1,
+        "detection_hit_mm": float(hit_mm),
+    }
+
+
+def presence_rules_of(codec_config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The presence rules that apply to a model, from its codec's config (silr.codec): per rule,
+    the predictions-CSV column of its score, the cut (present when score >= cut) and whether
+    the score is a probability (ECE is reported only then)."""
+    kind = codec_config["kind"]
+    rules: dict[str, dict[str, Any]] = {}
+    if kind != "shape":  # a threshold on a map of arbitrary level (NCC) means nothing
+        rules["threshold"] = {"column": "threshold_score", "cut": float(codec_config["presence_threshold"]),
+                              "probability": kind == "logit"}
+    rules["template"] = {"column": "template_ncc", "cut": float(codec_config["template_ncc"]), "probability": False}
+    if codec_config.get("presence_source") is not None:
+        rules["learned"] = {"column": "presence_prob", "cut": 0.5, "probability": True}
+    return rules
+
+
+def presence_by_rule(table: pd.DataFrame, rules: Mapping[str, Mapping[str, Any]],
+                     mm_per_px: float) -> dict[str, dict[str, Any]]:
+    """`presence_metrics` of every rule in `rules` (as `presence_rules_of` gives them) over a predictions table."""
+    truth = table["gt_in_frame"].to_numpy(dtype=bool)
+    errors_mm = table["error_px"].to_numpy(dtype=np.float64) * mm_per_px
+    result = {}
+    for name in sorted(rules, key=lambda n: PRESENCE_RULE_ORDER.index(n) if n in PRESENCE_RULE_ORDER else 99):
+        rule = rules[name]
+        score = table[rule["column"]].to_numpy(dtype=np.float64)
+        result[name] = presence_metrics(truth, score >= rule["cut"], score, errors_mm,
+                                        probability=bool(rule["probability"]), mm_per_px=mm_per_px)
+    return result
+
+
+def consistency_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Anatomical consistency of a predictions table: the share of in-frame landmarks predicted
+    off their own bone (ground-truth labels), the same for the true positions (the floor the
+    labels allow), and the error of the argmax restricted to the predicted own bone."""
+    in_frame = table[table["gt_in_frame"].astype(bool)]
+    gt_rows = in_frame["gt_on_bone"].to_numpy(dtype=np.float64)
+    gt_rows = gt_rows[np.isfinite(gt_rows)]
+    bone_errors = in_frame["error_bone_px"].to_numpy(dtype=np.float64)
+    return {
+        "outside_own_bone_rate": outside_own_bone_rate(table),
+        "gt_outside_own_bone_rate": float(1.0 - gt_rows.mean()) if gt_rows.size else math.nan,
+        "mean_px_bone_restricted": _mean(bone_errors[np.isfinite(bone_errors)]),
+        "mean_px_same_landmarks": _mean(in_frame["error_px"].to_numpy(dtype=np.float64)[np.isfinite(bone_errors)]),
+        "landmarks_without_bone": int((~np.isfinite(bone_errors)).sum()),
+    }
 
 
 # ------------------------------------------------------------------ segmentation
@@ -206,7 +421,8 @@ def per_landmark_mean_px(table: pd.DataFrame) -> dict[str, float]:
 
 
 def fold_metrics(table: pd.DataFrame, *, mm_per_px: float, success_mm: Iterable[float],
-                 dice_per_frame: np.ndarray | None = None) -> dict[str, Any]:
+                 dice_per_frame: np.ndarray | None = None,
+                 presence_rules: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Everything `metrics/folds/<loss>/fold<k>.json` holds, from one fold's predictions table."""
     check_predictions(table)
     success_mm = tuple(success_mm)
@@ -227,6 +443,10 @@ def fold_metrics(table: pd.DataFrame, *, mm_per_px: float, success_mm: Iterable[
     }
     if dice_per_frame is not None:
         result["dice"] = dice_summary(dice_per_frame)
+    if presence_rules is not None:
+        result["presence_rules"] = {name: dict(rule) for name, rule in presence_rules.items()}
+        result["presence_by_rule"] = presence_by_rule(table, presence_rules, mm_per_px)
+    result["consistency"] = consistency_summary(table)
     return result
 
 

@@ -13,6 +13,12 @@ is the number of 2x steps: 2 (the paper's design) ends at the input resolution; 
 on a CPU. The heatmaps stay at that stride (`heatmap_stride`; the codec decodes them with
 sub-pixel refinement); the segmentation logits are upsampled bilinearly to the input.
 
+Presence head (optional, `presence_head=True`; built when the loss trains it, silr.losses):
+one logit per landmark from the detached fused features and heatmaps (`PresenceHead`). It is
+built after the decoders and trains nothing but itself, so a network with it starts from the
+same random weights as one without, and (for the same loss otherwise) learns the same
+heatmaps and segmentation.
+
 Backbones are named in `BACKBONES` (a registry of builders). Weights are never downloaded;
 `init_checkpoint` may name a local state dict for the encoder or the whole network.
 """
@@ -93,6 +99,74 @@ class UpBlock(nn.Sequential):
         )
 
 
+class PresenceHead(nn.Module):
+    """Whether each landmark is in the frame: (fused features, heatmap logits) -> (B, L) logits.
+
+    Per landmark i, from what the network already computed, detached (the head reads the
+    features and heatmaps but never trains them, so localisation is exactly that of the same
+    loss without it):
+    - the features under the landmark's heatmap: sum over x of softmax(H_i)(x) F(x), F the fused
+      map reduced by a 1x1 conv + BN + ReLU;
+    - the frame's global average and max of F (max lets a channel act as a detector anywhere);
+    - the heatmap's geometry: its soft-argmax (x, y) in [-1, 1], the soft-argmax's distance to
+      the nearest border, its spread along x and y, max H_i and logsumexp H_i;
+    - every landmark's geometry (the shape context: the pelvis is nearly rigid, so where the
+      other landmarks are says where this one must be);
+    - which landmark it is (one-hot);
+    concatenated -> Linear, ReLU -> Linear -> one logit and a correction of the soft-argmax:
+    the head's estimate of the landmark's position, trained (losses.presence_bce) on every
+    landmark whose position is known, absent ones included, so that the hidden layer must place
+    a landmark past the border from the others. (mmpose's VisPredictHead pools the
+    features globally; the per-landmark attention and geometry are ours: an absent landmark is
+    one whose evidence points past the frame's border.)
+    """
+
+    GEOMETRY = 7
+
+    def __init__(self, in_channels: int, num_landmarks: int, width: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.num_landmarks = num_landmarks
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
+        # Each landmark also sees every landmark's geometry (the shape context: where the other
+        # landmarks are says where this one must be, inside the frame or past its border).
+        context = self.GEOMETRY * num_landmarks
+        self.classify = nn.Sequential(nn.Linear(3 * width + self.GEOMETRY + context + num_landmarks, hidden),
+                                      nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+
+    def forward(self, features: Tensor, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+        features, heatmaps = features.detach(), heatmaps.detach().float()
+        batch, num_landmarks, height, width = heatmaps.shape
+        reduced = self.reduce(features)
+        if tuple(reduced.shape[-2:]) != (height, width):
+            reduced = F.adaptive_avg_pool2d(reduced, (height, width))
+        reduced = reduced.float()
+        q = torch.softmax(heatmaps.flatten(2), dim=-1)  # (B, L, hw)
+        attended = torch.einsum("blx,bcx->blc", q, reduced.flatten(2))  # (B, L, C)
+        pooled = torch.cat((reduced.mean(dim=(-2, -1)), reduced.amax(dim=(-2, -1))), dim=1)  # (B, 2C)
+        # Heatmap pixel centres in [-1, 1] over the input (grid_sample's align_corners=False
+        # convention): the units of the position estimate, whatever the stride.
+        xs = (2.0 * torch.arange(width, device=heatmaps.device) + 1.0) / width - 1.0
+        ys = (2.0 * torch.arange(height, device=heatmaps.device) + 1.0) / height - 1.0
+        q_map = q.view(batch, num_landmarks, height, width)
+        px, py = q_map.sum(-2), q_map.sum(-1)  # marginals (B, L, w), (B, L, h)
+        mean_x, mean_y = (px * xs).sum(-1), (py * ys).sum(-1)
+        spread_x = ((px * (xs - mean_x[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
+        spread_y = ((py * (ys - mean_y[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
+        border = 1.0 - torch.maximum(mean_x.abs(), mean_y.abs())
+        flat = heatmaps.flatten(2)
+        geometry = torch.stack((mean_x, mean_y, border, spread_x, spread_y, flat.amax(-1) / 10.0,
+                                torch.logsumexp(flat, -1) / 10.0), dim=-1)
+        identity = torch.eye(num_landmarks, device=heatmaps.device).expand(batch, -1, -1)
+        context = geometry.reshape(batch, 1, -1).expand(-1, num_landmarks, -1)
+        inputs = torch.cat((attended, pooled[:, None, :].expand(-1, num_landmarks, -1), geometry, context, identity),
+                           dim=-1)
+        output = self.classify(inputs)
+        # The logit, and the soft-argmax moved by the head's correction: its estimate of where the
+        # landmark is, inside the frame or past its border.
+        return output[..., 0], torch.stack((mean_x, mean_y), dim=-1) + output[..., 1:]
+
+
 class Decoder(nn.Module):
     """Stride-4 features -> logits of `out_channels` maps at stride 4 / 2^len(channels)."""
 
@@ -116,15 +190,18 @@ class SILRNet(nn.Module):
     """HRNet encoder + landmark decoder + segmentation decoder.
 
     forward: (B, in_chans, H, W) float, H and W multiples of 32 ->
-    ModelOutput(heatmaps (B, num_landmarks, H, W), segmentation (B, num_classes, H, W)), logits.
+    ModelOutput(heatmaps (B, num_landmarks, H/s, W/s), segmentation (B, num_classes, H, W),
+    presence (B, num_landmarks) or None), logits.
     `config` holds the constructor arguments (plain values) so a checkpoint can rebuild it.
     """
 
     def __init__(self, backbone: str, decoder_channels: Sequence[int], *,
                  num_landmarks: int = anatomy.NUM_LANDMARKS, num_classes: int = anatomy.NUM_CLASSES,
-                 in_chans: int = 1) -> None:
+                 in_chans: int = 1, presence_head: bool = False) -> None:
         super().__init__()
         check_backbone(backbone)
+        if not isinstance(presence_head, bool):
+            raise ConfigError(f"model presence_head must be true or false, got {presence_head!r}")
         decoder_channels = _check_decoder_channels(decoder_channels)
         for key, value in (("num_landmarks", num_landmarks), ("num_classes", num_classes), ("in_chans", in_chans)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -133,6 +210,8 @@ class SILRNet(nn.Module):
             "backbone": backbone, "decoder_channels": list(decoder_channels),
             "num_landmarks": num_landmarks, "num_classes": num_classes, "in_chans": in_chans,
         }
+        if presence_head:  # only then, so that the config (and checkpoint) of other networks is unchanged
+            self.config["presence_head"] = True
         self.in_chans = in_chans
         self.encoder = BACKBONES[backbone](in_chans)
         reductions = tuple(self.encoder.feature_info.reduction())
@@ -141,6 +220,8 @@ class SILRNet(nn.Module):
         fused_channels = sum(self.encoder.feature_info.channels())
         self.heatmap_decoder = Decoder(fused_channels, decoder_channels, num_landmarks)
         self.segmentation_decoder = Decoder(fused_channels, decoder_channels, num_classes)
+        # Built last: the other modules draw the same random initial weights with or without it.
+        self.presence_head = PresenceHead(fused_channels, num_landmarks) if presence_head else None
         self.heatmap_stride = heatmap_stride(decoder_channels)
         # What init_checkpoint loaded, if anything (the CLI reports it; nothing here prints).
         self.init_report: dict[str, Any] | None = None
@@ -166,7 +247,11 @@ class SILRNet(nn.Module):
         segmentation = self.segmentation_decoder(features)
         if self.heatmap_stride > 1:
             segmentation = F.interpolate(segmentation, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return ModelOutput(heatmaps=self.heatmap_decoder(features), segmentation=segmentation)
+        heatmaps = self.heatmap_decoder(features)
+        presence = presence_xy = None
+        if self.presence_head is not None:
+            presence, presence_xy = self.presence_head(features, heatmaps)
+        return ModelOutput(heatmaps=heatmaps, segmentation=segmentation, presence=presence, presence_xy=presence_xy)
 
 
 def _check_decoder_channels(decoder_channels: Sequence[int]) -> tuple[int, ...]:
@@ -195,10 +280,10 @@ def model_config(model: SILRNet) -> dict[str, Any]:
 
 def build_model(backbone: str, decoder_channels: Sequence[int], *, num_landmarks: int = anatomy.NUM_LANDMARKS,
                 num_classes: int = anatomy.NUM_CLASSES, init_checkpoint: str | Path | None = None,
-                in_chans: int = 1) -> SILRNet:
+                in_chans: int = 1, presence_head: bool = False) -> SILRNet:
     """A SILRNet, randomly initialised (seed with torch.manual_seed), optionally from a local checkpoint."""
     model = SILRNet(backbone, decoder_channels, num_landmarks=num_landmarks, num_classes=num_classes,
-                    in_chans=in_chans)
+                    in_chans=in_chans, presence_head=presence_head)
     if init_checkpoint is not None:
         model.init_report = load_init_checkpoint(model, init_checkpoint)
     return model

@@ -31,7 +31,10 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 # two agree). One list, and every command that reads params rejects a misspelt term at load
 # time, without importing silr.losses: that would load torch and MONAI (about 2 s) in
 # `silr synth` and `silr folds`, and make losses.py a dependency of every stage.
-LOSS_TERM_NAMES: tuple[str, ...] = ("dice_ce", "kl", "mse", "ncc", "visibility", "visibility_soft")
+LOSS_TERM_NAMES: tuple[str, ...] = ("dice_ce", "kl", "mse", "ncc", "visibility", "visibility_soft", "kl_null",
+                                     "presence_bce", "bone_distance", "visibility_continuous")
+# heatmap.presence: `auto` = `learned` for a network whose loss trains a presence output, else `template`.
+PRESENCE_CHOICES: tuple[str, ...] = ("auto", "threshold", "template", "learned")
 
 
 # ---------------------------------------------------------------- checkers
@@ -268,6 +271,14 @@ class HeatmapParams(_Section):
     presence_threshold: float = _checked(0.5, _as_float, 0.0, 1.0)
     # none | parabola | centroid (silr.codec)
     refine: str = _checked("centroid", _as_str, ("none", "parabola", "centroid"))
+    # Which rule decides presence (silr.codec.PRESENCE_RULES, or auto).
+    presence: str = _checked("auto", _as_str, PRESENCE_CHOICES)
+    # The template rule (the data set authors'): NCC bar, and window in px at 8x (scaled by 8 / downsample).
+    template_ncc: float = _checked(0.9, _as_float, -1.0, 1.0)
+    template_window: float = _checked(25.0, _as_float, 3.0, 1000.0)
+    # Fit the learned presence's Platt scaling (a, b) on the fold's validation frames (off: measured
+    # worse on the phantom, whose folds hold 5 to 19 absent validation landmarks; docs/method.md).
+    calibrate: bool = _checked(False, _as_bool)
 
 
 @dataclass(frozen=True)
@@ -277,9 +288,14 @@ class LossesParams(_Section):
     # Term names (LOSS_TERM_NAMES) and weights are checked by _as_weights.
     named: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: {
         "proposed": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0},
+        "proposed_plus": {"dice_ce": 1.0, "kl": 0.1, "visibility": 10.0, "bone_distance": 0.05,
+                          "presence_bce": 1.0},
         "mse": {"mse": 1.0},
         "ncc": {"ncc": 1.0},
         "dice_ce_kl": {"dice_ce": 1.0, "kl": 0.1},
+        "dice_ce_kl_presence": {"dice_ce": 1.0, "kl": 0.1, "presence_bce": 1.0},
+        "dice_ce_kl_null": {"dice_ce": 1.0, "kl_null": 0.1},
+        "proposed_continuous": {"dice_ce": 1.0, "kl": 0.1, "visibility_continuous": 10.0},
         "proposed_soft": {"dice_ce": 1.0, "kl": 0.1, "visibility_soft": 10.0},
         "dice_ce_mse": {"dice_ce": 1.0, "mse": 1.0},
         "dice_ce_ncc": {"dice_ce": 1.0, "ncc": 1.0},
@@ -304,8 +320,8 @@ class LossesParams(_Section):
 class StudyParams(_Section):
     SECTION: ClassVar[str] = "study"
     # Each must name a loss under `losses` (checked by params_from_dict: it spans two sections).
-    losses: tuple[str, ...] = _checked(("proposed", "mse", "ncc"), _as_list, "a non-empty list of loss names",
-                                       _as_str)
+    losses: tuple[str, ...] = _checked(("proposed", "proposed_plus", "mse", "ncc"), _as_list,
+                                       "a non-empty list of loss names", _as_str)
     folds: tuple[int, ...] = _checked((1, 2, 3, 4, 5, 6), _as_list, "a non-empty list of fold numbers",
                                       _as_int, minimum=1)
 

@@ -25,14 +25,20 @@ mean when shrinking, bilinear otherwise; the scale is recorded), and every predi
 landmark is mapped back to the input image's own pixel coordinates. A landmark decoded
 outside the input image is reported absent (in_image false).
 
-Several --model files (e.g. the six fold models) are ensembled: their heatmap
-probabilities (sigmoid) and segmentation probabilities (softmax) are averaged, then
-decoded once.
+Several --model files (e.g. the six fold models) are ensembled: each averaged in the form
+its loss trained it (the heatmaps' softmax for KL-trained maps, their values for MSE, their
+standardised maps for NCC), with the segmentation softmax, the threshold scores and the
+learned presence probabilities, then decoded once (silr.inference.Ensemble).
+
+Presence: the model card's rule (silr.codec): `learned` for a model whose loss trained a
+presence output (then `score` is its presence probability), else the data set authors'
+`template` rule (score = the NCC of the peak's window with a Gaussian).
 
 Outputs in --out, per input (stem = file stem; HDF5 adds _sNN_fNNN, a stack _fNNN):
   <stem>_landmarks.csv/.json  name, x, y (input pixels), frame_x, frame_y (180x180
-                              frame), present, in_image, score, visibility (0 / 0.5 / 1);
-                              the json also: the models' card facts, warnings, timing
+                              frame), present, in_image, score (of the presence rule),
+                              visibility (0 / 0.5 / 1); the json also: every presence
+                              rule's score, the models' card facts, warnings, timing
   <stem>_seg.png              the label map on the input's own pixel grid, an indexed
                               (palette) PNG: pixel index = label value 0..6, palette =
                               the project's bone colours (silr.anatomy.LABEL_COLORS)
@@ -52,11 +58,16 @@ brighter than predicted background. So:
     POLARITY_MARGIN = 0.05, the input is most likely bone-dark (raw or inverted) given as a
     line integral. Also: predicted bone (labels 1..6, at least 1 % of the frame, as is
     background) darker on average than predicted background;
+  - presence: more than half of the landmarks called absent, or (learned presence) a mean
+    presence probability below 0.5: the frame is unlike the training frames (another
+    modality, an inverted image, little of the pelvis in view);
+  - DICOM: a Modality other than XA, RF, DX or CR (projection radiographs), e.g. CT or MR;
   - --raw on a frame whose largest value is below 1 % of the card's I0: most likely an
     already processed frame (raw detector frames reach close to I0 in air); intensities
     clipped before the log are reported the same way;
   - an ensemble whose models were trained with different losses.
-A constant frame (all pixels equal, e.g. all zero) is a failure: nothing to predict.
+A constant frame (all pixels equal, e.g. all zero) is a failure: nothing to predict, as is
+an image with a side below 32 px (e.g. a 2 x 14 array of coordinates given as .npy).
 Hostile inputs (decompression bombs, frames beyond silr.imageio's size limits, files
 that do not decode, out of memory) fail alone with a one-line reason; the batch goes on.
 
@@ -104,6 +115,10 @@ STAT_STD = (0.08, 0.32)
 POLARITY_MIN_FRACTION = 0.01
 RAW_MAX_FRACTION_OF_I0 = 0.01
 POLARITY_MARGIN = 0.05
+# The presence rule of the module docstring: more than this share of landmarks absent, or a mean
+# learned presence below PRESENCE_COLLAPSE, is a frame unlike the training frames.
+ABSENT_MAJORITY = 0.5
+PRESENCE_COLLAPSE = 0.5
 
 # ------------------------------------------------------------------ containers
 
@@ -114,12 +129,14 @@ class FramePrediction:
     xy_input: np.ndarray  # (L, 2) in the input image's own pixels
     present: np.ndarray  # (L,) bool: predicted present and inside the input image
     in_image: np.ndarray  # (L,) bool: the decoded position lies inside the input image
-    score: np.ndarray  # (L,) max heatmap probability
+    score: np.ndarray  # (L,) the presence rule's score (learned: presence probability; template: NCC)
     visibility: np.ndarray  # (L,) discrete visibility in {0, 0.5, 1}
     labels: np.ndarray  # uint8 (frame, frame)
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0  # this frame's share of reading, preparing and running the models
     inverted_score: float | None = None  # mean landmark score of the same frame inverted
+    # (L,) each presence rule's score, NaN where a rule does not apply (silr.codec)
+    rule_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ models and their cards
@@ -236,6 +253,22 @@ def inversion_warning(prediction: FramePrediction) -> list[str]:
             f"{'; a raw detector frame needs --raw' if not prediction.prepared.input.raw else ''}"]
 
 
+def presence_warning(prediction: FramePrediction, rule: str) -> list[str]:
+    """Most landmarks called absent, or a learned presence whose mean collapses: the frame is
+    unlike the training frames (another modality, an inverted or empty image, a frame that
+    shows little of the pelvis)."""
+    total = len(prediction.present)
+    absent = int(total - prediction.present.sum())
+    mean = float(np.mean(prediction.score))
+    collapsed = rule == "learned" and mean < PRESENCE_COLLAPSE
+    if absent <= ABSENT_MAJORITY * total and not collapsed:
+        return []
+    score = f"mean presence {mean:.2f}" if rule == "learned" else f"mean {rule} score {mean:.2f}"
+    return [f"{absent} of {total} landmarks are called absent ({score}, presence rule {rule}): the frame looks "
+            f"unlike the training frames (another modality, an inverted image, or little of the pelvis in view); "
+            f"do not trust its landmarks"]
+
+
 def _raw_warnings(spec_frame, preprocessing) -> list[str]:
     if not spec_frame.raw:
         return []
@@ -265,7 +298,9 @@ def predict_frames(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> lis
             prepared=item, xy_frame=decoded.xy[i], xy_input=xy_input,
             present=decoded.present[i] & in_image, in_image=in_image, score=decoded.score[i],
             visibility=np.where(in_image, decoded.visibility_hat[i], 0.0), labels=decoded.labels[i],
-            inverted_score=float(inverted_scores[i])))
+            inverted_score=float(inverted_scores[i]),
+            rule_scores={"threshold": decoded.threshold_score[i], "template": decoded.template_ncc[i],
+                         "learned": decoded.presence_prob[i]}))
     return results
 
 
@@ -360,12 +395,17 @@ def _json_record(prediction: FramePrediction, ensemble: Ensemble, rows: list[dic
         "models": models,
         "model_facts": list(facts),
         "ensemble": models if len(models) > 1 else None,
-        "ensemble_method": ("mean of heatmap sigmoid and segmentation softmax probabilities, then decoded"
+        "ensemble_method": ("mean of each model's heatmaps in the form its loss trained (KL: softmax), "
+                            "segmentation softmax, threshold scores and presence probabilities, then decoded"
                             if len(models) > 1 else None),
+        "presence_rule": ensemble.codec.presence,
         "warnings": list(prediction.warnings),
         "inverted_mean_score": prediction.inverted_score,
         "seconds": round(prediction.seconds, 4),
         "landmarks": rows,
+        # every rule's score per landmark (null where a rule does not apply to these models)
+        "presence_scores": {rule: [float(v) if np.isfinite(v) else None for v in values]
+                            for rule, values in prediction.rule_scores.items()},
         "segmentation": {"file": paths["seg"].name, "grid": f"input pixels, {width}x{height}",
                          "format": "indexed PNG: pixel index = label value, palette = the bone colours",
                          "resampling": "nearest frame pixel of each input pixel centre; 0 outside the frame",
@@ -542,7 +582,8 @@ def run(ensemble: Ensemble, specs: Sequence[InputSpec | Failure], out_dir: Path,
             for prediction, item_warnings, own in zip(predictions, found, seconds):
                 source = prediction.prepared.input.source
                 item_warnings = (item_warnings + inversion_warning(prediction)
-                                 + polarity_warning(prediction.prepared, prediction.labels))
+                                 + polarity_warning(prediction.prepared, prediction.labels)
+                                 + presence_warning(prediction, ensemble.codec.presence))
                 for message in item_warnings:
                     warn(f"{source}: {message}")
                 start = time.perf_counter()

@@ -91,11 +91,67 @@ def table2_with_extras(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px:
     return result
 
 
-def heatmap_kinds(metrics_dir: str | Path, loss: str, folds: Sequence[int]) -> set[str]:
-    """What the loss's heatmaps meant (silr.codec.HEATMAP_KINDS), as `silr evaluate` recorded
-    it in each fold's JSON (`logit` for files written before it did)."""
-    return {read_fold_metrics(output_paths(metrics_dir, loss, fold).fold_metrics, loss=loss, fold=fold)
-            .get("heatmap_kind", "logit") for fold in folds}
+def presence_rules(metrics_dir: str | Path, loss: str, folds: Sequence[int]) -> tuple[str | None, dict[str, Any]]:
+    """(the presence rule in force, the rules that apply with their score columns and cuts) of a
+    loss, as `silr evaluate` recorded them in its fold JSONs; DataError if the folds disagree."""
+    active, rules = set(), []
+    for fold in folds:
+        document = read_fold_metrics(output_paths(metrics_dir, loss, fold).fold_metrics, loss=loss, fold=fold)
+        active.add(document.get("presence_rule") if document.get("presence") is not None else None)
+        rules.append(document.get("presence_rules", {}))
+    if len(active) > 1 or any(r != rules[0] for r in rules):
+        raise DataError(f"{metrics_dir}: the folds of loss {loss!r} were decoded with different presence rules "
+                        f"({sorted(map(str, active))}); rerun their evaluations")
+    return active.pop(), rules[0]
+
+
+def presence_summary(metrics_dir: str | Path, table: pd.DataFrame, losses: Sequence[str], folds: Sequence[int],
+                     mm_per_px: float) -> dict[str, dict[str, Any]]:
+    """Per loss: the rule in force and every applicable rule's presence metrics, pooled over the folds."""
+    result = {}
+    for loss in losses:
+        active, rules = presence_rules(metrics_dir, loss, folds)
+        rows = table[table["loss"] == loss]
+        result[loss] = {"rule": active, "by_rule": metrics.presence_by_rule(rows, rules, mm_per_px)}
+    return result
+
+
+def presence_markdown(presence: Mapping[str, Mapping[str, Any]], consistency: Mapping[str, Mapping[str, Any]],
+                      losses: Sequence[str]) -> str:
+    """The presence table (every loss x applicable rule) and the anatomical-consistency table."""
+    lines = ["## Presence: is the landmark in the frame?", "",
+             "| Loss | Rule | Absent F1 | Absent precision | Absent recall | Balanced accuracy | AUROC | ECE | "
+             "Error if called present (px) | Error, all in frame (px) | Detection F1 (4 mm) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for loss in losses:
+        entry = presence[loss]
+        for rule, values in entry["by_rule"].items():
+            marker = " (in force)" if rule == entry["rule"] else ""
+            cells = [values[k] for k in ("absent_f1", "absent_precision", "absent_recall", "balanced_accuracy",
+                                          "auroc", "ece", "mean_px_called_present", "mean_px_in_frame",
+                                          "detection_f1")]
+            lines.append(f"| {metrics.loss_title(loss)} | {rule}{marker} | " + " | ".join(_cell(v) for v in cells)
+                         + " |")
+    lines += ["", "Absent class: the landmark's true position is outside the 180x180 frame. threshold: max "
+              "sigmoid(H) >= 0.5 (the paper's reading; max H for MSE); template: the data set authors' rule "
+              "(argmax on the landmark's own predicted bone, NCC of its window with a Gaussian >= 0.9; without "
+              "a trained segmentation the window at the frame argmax); learned: the presence output the loss "
+              "trains, Platt-calibrated on the validation frames. ECE (10 bins) only for probabilities; – where a "
+              "rule or value does not apply.", "",
+              "## Anatomical consistency", "",
+              "| Loss | Off own bone | Off own bone, ground truth | Error, argmax on own bone (px) | "
+              "Error, frame argmax, same landmarks (px) |", "|---|---:|---:|---:|---:|"]
+    for loss in losses:
+        values = consistency[loss]
+        cells = [values[k] for k in ("outside_own_bone_rate", "gt_outside_own_bone_rate",
+                                      "mean_px_bone_restricted", "mean_px_same_landmarks")]
+        lines.append(f"| {metrics.loss_title(loss)} | " + " | ".join(_cell(v, 3) for v in cells[:2]) + " | "
+                     + " | ".join(_cell(v) for v in cells[2:]) + " |")
+    lines += ["", "Off own bone: share of in-frame landmarks whose predicted pixel is not labelled as the "
+              "landmark's own bone in the ground-truth labels (femur for FH, hemipelvis for the rest). The "
+              "ground-truth row is the floor the labels allow. The argmax on the own bone is the authors' "
+              "location (restricted to the predicted bone), scored on the landmarks that have such a pixel.", ""]
+    return "\n".join(lines)
 
 
 def baseline_predictions(data: Any, folds: Mapping[int, Any], fold_numbers: Sequence[int]) -> pd.DataFrame:
@@ -180,8 +236,8 @@ def describe_data(dataset: Mapping[str, Any]) -> str:
             f"epoch{'' if settings['epochs'] == 1 else 's'}.")
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
+def _cell(value: float | None, decimals: int = 2) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{decimals}f}"
 
 
 def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Sequence[str],
@@ -384,7 +440,9 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
                       for name in [*losses, *(f"baseline_{b}" for b in baselines.BASELINES)]),
                     *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
                     *(plots_dir / name for name in PLOT_NAMES))
-    no_presence = [loss for loss in losses if heatmap_kinds(metrics_dir, loss, folds) == {"shape"}]
+    presence = presence_summary(metrics_dir, table, losses, folds, data.pixel_spacing_mm)
+    no_presence = [loss for loss in losses if presence[loss]["rule"] is None]
+    consistency = {loss: metrics.consistency_summary(table[table["loss"] == loss]) for loss in losses}
     result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
                                 success_mm=params.evaluate.success_mm, no_presence=no_presence)
     baseline_table = baseline_predictions(data, fold_splits, folds)
@@ -395,6 +453,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         "table2": result,
         "baselines": baseline_result,
         "not_beating_mean_shape": not_beating(result, baseline_result["mean_shape"]),
+        "presence": presence,
+        "consistency": consistency,
         "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
         "dataset": dataset,
         "paper_table2": metrics.PAPER_TABLE2,
@@ -406,7 +466,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     for stale in sorted((metrics_dir / SUMMARY_DIR).glob("*.json")):
         if stale.stem not in compact:  # a loss no longer in the study
             stale.unlink()
-    write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"]))
+    write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"])
+               + "\n" + presence_markdown(summary["presence"], summary["consistency"], losses))
     per_specimen = metrics.per_specimen_rows({**summary["table2"], **summary["baselines"]})
     write_with(metrics_dir / "per_specimen.csv",
                lambda tmp: per_specimen.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from silr import coords, metrics
-from silr.anatomy import LANDMARK_NAMES
+from silr.anatomy import LANDMARK_BONE_INDEX, LANDMARK_NAMES
 from silr.errors import DataError
 from silr.io import write_json, write_with
 from silr.types import FramePredictions
@@ -55,12 +55,13 @@ def checkpoint_path(models_dir: str | Path, loss: str, fold: int) -> Path:
 # ------------------------------------------------------------------ prediction
 
 def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_indices: Sequence[int],
-                      gt_xy: np.ndarray, predicted: FramePredictions,
-                      frame_size: tuple[int, int]) -> pd.DataFrame:
+                      gt_xy: np.ndarray, predicted: FramePredictions, frame_size: tuple[int, int],
+                      true_labels: np.ndarray | None = None) -> pd.DataFrame:
     """The predictions CSV's rows for N frames: frame-major, landmarks in canonical order.
 
-    Floats are rounded to `metrics.DECIMALS` here, so the fold metrics are computed from
-    exactly the numbers the CSV holds.
+    `true_labels` (N, H, W), the ground-truth label maps of the frames, give pred_on_bone and
+    gt_on_bone (NaN without them). Floats are rounded to `metrics.DECIMALS` here, so the fold
+    metrics are computed from exactly the numbers the CSV holds.
     """
     gt_xy = np.asarray(gt_xy, dtype=np.float64)
     count, num_landmarks = gt_xy.shape[:2]
@@ -72,6 +73,16 @@ def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_i
     width, height = frame_size
     gt_in_frame = coords.in_frame(gt_xy, width, height)
     errors = metrics.landmark_errors(gt_xy, predicted.xy, gt_in_frame)
+    bone_errors = metrics.landmark_errors(gt_xy, np.where(np.isfinite(predicted.xy_bone), predicted.xy_bone, np.inf),
+                                          gt_in_frame)
+    bone_errors = np.where(np.isfinite(bone_errors), bone_errors, np.nan)
+    if true_labels is not None:
+        pred_on_bone = metrics.on_own_bone(predicted.xy, true_labels, LANDMARK_BONE_INDEX)
+        gt_on_bone = metrics.on_own_bone(np.where(gt_in_frame[..., None], gt_xy, np.nan), true_labels,
+                                         LANDMARK_BONE_INDEX)
+        pred_on_bone = np.where(gt_in_frame, pred_on_bone, np.nan)
+    else:
+        pred_on_bone = gt_on_bone = np.full(gt_in_frame.shape, np.nan)
     repeat = lambda values: np.repeat(np.asarray(values), num_landmarks)  # noqa: E731 - per-row expansion
     table = pd.DataFrame({
         "loss": loss,
@@ -88,8 +99,16 @@ def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_i
         "score": predicted.score.ravel(),
         "visibility_hat": predicted.visibility_hat.ravel(),
         "error_px": errors.ravel(),
+        "threshold_score": predicted.threshold_score.ravel(),
+        "template_ncc": predicted.template_ncc.ravel(),
+        "presence_prob": predicted.presence_prob.ravel(),
+        "bone_x": predicted.xy_bone[..., 0].ravel(),
+        "bone_y": predicted.xy_bone[..., 1].ravel(),
+        "error_bone_px": bone_errors.ravel(),
+        "pred_on_bone": pred_on_bone.ravel(),
+        "gt_on_bone": gt_on_bone.ravel(),
     }, columns=list(metrics.PREDICTION_COLUMNS))
-    float_columns = ["gt_x", "gt_y", "pred_x", "pred_y", "score", "visibility_hat", "error_px"]
+    float_columns = list(metrics.PREDICTION_FLOAT_COLUMNS)
     table[float_columns] = table[float_columns].round(metrics.DECIMALS) + 0.0  # + 0.0: no "-0.0"
     return table
 

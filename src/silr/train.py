@@ -138,7 +138,10 @@ def loss_of(model: torch.nn.Module, loss_fn: torch.nn.Module, batch: Batch,
     with setup.autocast():
         output = model(images)
     # The losses (softmax over 36k pixels, Dice sums) run in float32 outside autocast.
-    output = ModelOutput(output.heatmaps.float(), output.segmentation.float())
+    def as_float(tensor):
+        return tensor.float() if tensor is not None else None
+
+    output = ModelOutput(*(as_float(t) for t in output))
     return loss_fn(output, batch)
 
 
@@ -158,7 +161,7 @@ def validation_error(model: torch.nn.Module, frames: FrameSet, codec, batch_size
         batch = frames.batch(index)
         with setup.autocast():
             output = model(batch.images.contiguous(memory_format=setup.memory_format))
-        decoded = inference.decode(output.heatmaps.float(), output.segmentation.float(), codec)
+        decoded = inference.decode_output(output, codec)
         distance = torch.linalg.vector_norm(decoded.xy_frame - codec.to_frame(batch.landmarks_xy), dim=-1)
         error_sum += (distance * batch.present).sum()
         counted += batch.present.sum()
@@ -255,11 +258,13 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     # A blocked output location fails now, not after the first epoch (dvclive writes into live).
     ensure_writable(paths.best, paths.live / "metrics.json", paths.last)
     source = str(data_path)
-    train_frames = frame_set(data, split.train, device.device, source)
+    train_frames = frame_set(data, split.train, device.device, source,
+                             with_bone_distance=loss_fn.needs_bone_distance)
     val_frames = frame_set(data, split.val, device.device, source) if split.val else None
     seed_everything(params.train.seed, torch.Generator())  # the network's initial weights
     model = build_model(params.model.backbone, params.model.decoder_channels,
-                        init_checkpoint=params.model.init_checkpoint)
+                        init_checkpoint=params.model.init_checkpoint,
+                        presence_head=codec.presence_source is not None)
     model = model.to(device.device, memory_format=device.memory_format)
     return Setup(params=params, loss_name=loss_name, fold_number=fold, data_path=data_path,
                  paths=paths, train_frames=train_frames,
@@ -271,10 +276,12 @@ def build_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optim
     return torch.optim.AdamW(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
 
 
-def card_of(setup: Setup, score: float | None, epoch: int) -> ModelCard:
-    return ModelCard.for_run(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
+def card_of(setup: Setup, score: float | None, epoch: int,
+            calibration: tuple[float, float] | None = None) -> ModelCard:
+    card = ModelCard.for_run(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
                              data_hash=setup.identity.data_hash, params_hash=setup.identity.params_hash,
                              val_score_px=score, epoch=epoch, data_source=setup.data_source)
+    return card.with_calibration(calibration) if calibration is not None else card
 
 
 def write_last(setup: Setup, optimizer: torch.optim.Optimizer, progress: Progress,
@@ -286,13 +293,50 @@ def write_last(setup: Setup, optimizer: torch.optim.Optimizer, progress: Progres
     checkpoint.save_checkpoint(setup.paths.last, setup.model, card_of(setup, score, progress.epoch), resume=resume)
 
 
-def write_best(setup: Setup, progress: Progress) -> None:
+def write_best(setup: Setup, progress: Progress, calibration: tuple[float, float] | None = None) -> None:
     """best.pt from the best weights seen so far (the last ones when nothing was validated)."""
     if progress.best_state is not None:
         checkpoint.save_checkpoint(setup.paths.best, progress.best_state,
-                                   card_of(setup, progress.best_score, progress.best_epoch))
+                                   card_of(setup, progress.best_score, progress.best_epoch, calibration))
     else:
-        checkpoint.save_checkpoint(setup.paths.best, setup.model, card_of(setup, None, progress.epoch))
+        checkpoint.save_checkpoint(setup.paths.best, setup.model, card_of(setup, None, progress.epoch, calibration))
+
+
+def presence_calibration(setup: Setup, progress: Progress) -> tuple[float, float] | None:
+    """Platt scaling (a, b) of the best weights' learned presence on the validation frames
+    (heatmap.calibrate), or None: no learned presence, calibration off, or nothing to fit on."""
+    from silr.codec import presence_logit
+    from silr.metrics import platt_scaling
+
+    codec = setup.codec
+    if codec.presence_source is None or not setup.params.heatmap.calibrate or setup.val_frames is None:
+        return None
+    model = setup.model
+    if progress.best_state is not None:
+        model = build_like(setup)
+        model.load_state_dict(progress.best_state)
+    model.eval()
+    logits, flags = [], []
+    with torch.no_grad():
+        for index in batch_indices(len(setup.val_frames), setup.params.train.batch_size, None,
+                                   setup.val_frames.device):
+            batch = setup.val_frames.batch(index)
+            with setup.device.autocast():
+                output = model(batch.images.contiguous(memory_format=setup.device.memory_format))
+            logits.append(presence_logit(output.heatmaps.float(), output.presence.float(), codec.presence_source))
+            flags.append(batch.present)
+    setup.model.train()
+    return platt_scaling(torch.cat(logits).double().cpu().numpy().ravel(),
+                         torch.cat(flags).cpu().numpy().ravel())
+
+
+def build_like(setup: Setup) -> torch.nn.Module:
+    """A fresh network of the run's configuration on its device (to hold the best weights)."""
+    from silr.model import build_model
+
+    model = build_model(setup.params.model.backbone, setup.params.model.decoder_channels,
+                        presence_head=setup.codec.presence_source is not None)
+    return model.to(setup.device.device, memory_format=setup.device.memory_format)
 
 
 class LiveLog:
@@ -437,7 +481,11 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
                     raise _interrupted(stop, setup, progress, mid_epoch=None)
     finally:
         bar.close()
-    write_best(setup, progress)
+    calibration = presence_calibration(setup, progress)
+    if calibration is not None:
+        _say(f"{run_name}: learned presence calibrated on the validation frames: "
+             f"sigmoid({calibration[0]:.3g} z {calibration[1]:+.3g})")
+    write_best(setup, progress, calibration)
     live.close(progress)
     prune_finished_states(setup.paths.resume, keep=setup.paths.last)
     if progress.best_score is not None:
