@@ -243,3 +243,52 @@ def test_presence_metrics_count_the_absent_class_and_detections():
 def test_presence_logit_of_a_null_cell():
     heatmaps = torch.zeros(1, 1, 2, 2)  # logsumexp = log 4
     assert presence_logit(heatmaps, torch.tensor([[math.log(4.0)]]), "null_cell").item() == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------ through the commands
+
+def test_a_presence_loss_trains_a_refitted_head_and_evaluates_every_rule(tmp_path, one_thread):
+    """`silr train` of a loss with presence_bce: the card decodes the learned rule, the refit changes
+    the head only and is deterministic, and `silr evaluate` reports every rule."""
+    import json
+
+    from conftest import train_argv, write_tiny_run
+    from silr import checkpoint, cli
+
+    losses = {"with_head": {"dice_ce": 1.0, "kl": 0.1, "presence_bce": 1.0, "bone_distance": 0.05},
+              "plain": {"dice_ce": 1.0, "kl": 0.1, "bone_distance": 0.05}}
+    run = write_tiny_run(tmp_path / "a", params={"losses": losses, "study": {"losses": ["with_head"]},
+                                                 "train": {"presence_refit_epochs": 2, "presence_refit_batch": 2}})
+    assert cli.main(train_argv(run, "with_head")) == 0
+    assert cli.main(train_argv(run, "plain")) == 0
+    with_head = checkpoint.read_checkpoint(run["models"] / "with_head" / "fold1" / "best.pt")
+    plain = checkpoint.read_checkpoint(run["models"] / "plain" / "fold1" / "best.pt")
+    card = with_head["card"]
+    assert card.heatmap.presence == "learned" and card.heatmap.presence_source == "head"
+    assert card.network.presence_head and plain["card"].heatmap.presence == "template"
+    # The head trains only itself: every other weight is that of the same loss without it.
+    for name, value in plain["model_state"].items():
+        assert torch.equal(value, with_head["model_state"][name]), name
+    # A second run from scratch gives the same refitted head, byte for byte.
+    again = write_tiny_run(tmp_path / "b", params={"losses": losses, "study": {"losses": ["with_head"]},
+                                                   "train": {"presence_refit_epochs": 2, "presence_refit_batch": 2}})
+    assert cli.main(train_argv(again, "with_head")) == 0
+    second = checkpoint.read_checkpoint(again["models"] / "with_head" / "fold1" / "best.pt")
+    for name, value in with_head["model_state"].items():
+        assert torch.equal(value, second["model_state"][name]), name
+    # Without the refit the head is the jointly trained one: the refit did change it.
+    unrefitted = write_tiny_run(tmp_path / "c", params={"losses": losses, "study": {"losses": ["with_head"]},
+                                                        "train": {"presence_refit_epochs": 0}})
+    assert cli.main(train_argv(unrefitted, "with_head")) == 0
+    joint = checkpoint.read_checkpoint(unrefitted["models"] / "with_head" / "fold1" / "best.pt")["model_state"]
+    head = [name for name in joint if name.startswith("presence_head.") and joint[name].is_floating_point()]
+    assert any(not torch.equal(joint[name], with_head["model_state"][name]) for name in head)
+
+    out = tmp_path / "metrics"
+    assert cli.main(["evaluate", "--loss", "with_head", "--fold", "1", "--params", str(run["params"]),
+                     "--data", str(run["processed"]), "--folds", str(run["folds"]),
+                     "--models", str(run["models"]), "--out", str(out)]) == 0
+    result = json.loads((out / "folds" / "with_head" / "fold1.json").read_text())
+    assert result["presence_rule"] == "learned"
+    assert set(result["presence_by_rule"]) == {"threshold", "template", "learned"}
+    assert 0.0 <= result["consistency"]["outside_own_bone_rate"] <= 1.0

@@ -253,6 +253,10 @@ class TrainParams(_Section):
     seed: int = _checked(0, _as_int, 0)
     device: str = _checked("auto", _as_str, ("auto", "cpu", "cuda", "mps"))
     checkpoint_every: int = _checked(1, _as_int, 1)
+    # After training, the presence head (if any) is refitted alone on the best weights, frozen and
+    # in eval mode, for this many epochs of batches of presence_refit_batch (0: no refit).
+    presence_refit_epochs: int = _checked(10, _as_int, 0)
+    presence_refit_batch: int = _checked(8, _as_int, 1)
 
 
 @dataclass(frozen=True)

@@ -302,6 +302,44 @@ def write_best(setup: Setup, progress: Progress, calibration: tuple[float, float
         checkpoint.save_checkpoint(setup.paths.best, setup.model, card_of(setup, None, progress.epoch, calibration))
 
 
+def refit_presence_head(setup: Setup, progress: Progress) -> dict[str, torch.Tensor] | None:
+    """The best weights with the presence head retrained alone (train.presence_refit_epochs) on the
+    augmented training frames, every other weight frozen and in eval mode, so that the head
+    learns from the features it will see at test time (in training, batch norm normalises with
+    the batch's own statistics); None when there is no head or no refit. Deterministic: its own
+    generator, seeded with train.seed."""
+    from silr.codec import presence_logit
+    from silr.losses import presence_bce_loss
+
+    train = setup.params.train
+    codec = setup.codec
+    if codec.presence_source is None or train.presence_refit_epochs == 0:
+        return None
+    model = build_like(setup)
+    model.load_state_dict(progress.best_state if progress.best_state is not None
+                          else checkpoint.model_state_cpu(setup.model))
+    model.eval()
+    head = model.presence_head
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    generator = torch.Generator(device=setup.device.device)
+    generator.manual_seed(train.seed)
+    frames = setup.train_frames
+    for _ in range(train.presence_refit_epochs):
+        for index in batch_indices(len(frames), train.presence_refit_batch, generator, frames.device):
+            batch = augment(frames.batch(index), draw_augmentation(setup.params.augment, len(index), generator))
+            with torch.no_grad(), setup.device.autocast():
+                features = model.encode(batch.images.contiguous(memory_format=setup.device.memory_format))
+                heatmaps = model.heatmap_decoder(features)
+            logits, position = head(features, heatmaps)
+            z = presence_logit(heatmaps.float(), logits.float(), codec.presence_source)
+            loss = presence_bce_loss(z, batch.present, position, batch.landmarks_xy, codec.size[1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return checkpoint.model_state_cpu(model)
+
+
 def presence_calibration(setup: Setup, progress: Progress) -> tuple[float, float] | None:
     """Platt scaling (a, b) of the best weights' learned presence on the validation frames
     (heatmap.calibrate), or None: no learned presence, calibration off, or nothing to fit on."""
@@ -481,6 +519,13 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
                     raise _interrupted(stop, setup, progress, mid_epoch=None)
     finally:
         bar.close()
+    refitted = refit_presence_head(setup, progress)
+    if refitted is not None:
+        _say(f"{run_name}: presence head refitted for {train.presence_refit_epochs} epochs on the frozen best weights")
+        if progress.best_state is not None:
+            progress.best_state = refitted
+        else:  # nothing was validated: best.pt holds the last weights, now with the refitted head
+            setup.model.load_state_dict(refitted)
     calibration = presence_calibration(setup, progress)
     if calibration is not None:
         _say(f"{run_name}: learned presence calibrated on the validation frames: "
