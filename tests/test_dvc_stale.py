@@ -1,4 +1,4 @@
-"""`dvc exp run -S losses.proposed.visibility=5` must make exactly the proposed stages stale.
+"""`dvc exp run -S losses.proposed_plus.bone_distance=0.1` must make exactly the proposed_plus stages stale.
 
 Each train stage declares only the params it uses (`losses.${item.loss}`, not all of
 `losses`), so changing one named loss's weights must leave the other losses' trained
@@ -76,6 +76,8 @@ def test_changing_one_loss_weight_stales_only_that_loss(locked_project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     folds = params["study"]["folds"]
 
+    stale = _stale_after(locked_project, lambda p: p["losses"]["proposed_plus"].update(bone_distance=0.1))
+    assert stale == {f"train@proposed_plus-{k}" for k in folds}
     stale = _stale_after(locked_project, lambda p: p["losses"]["proposed"].update(visibility=5.0))
     assert stale == {f"train@proposed-{k}" for k in folds}
 

@@ -136,8 +136,8 @@ def presence_markdown(presence: Mapping[str, Mapping[str, Any]], consistency: Ma
               "sigmoid(H) >= 0.5 (the paper's reading; max H for MSE); template: the data set authors' rule "
               "(argmax on the landmark's own predicted bone, NCC of its window with a Gaussian >= 0.9; without "
               "a trained segmentation the window at the frame argmax); learned: the presence output the loss "
-              "trains, Platt-calibrated on the validation frames. ECE (10 bins) only for probabilities; – where a "
-              "rule or value does not apply.", "",
+              "trains (its probability; Platt-calibrated on the validation frames only with heatmap.calibrate: "
+              "true). ECE (10 bins) only for probabilities; – where a rule or value does not apply.", "",
               "## Anatomical consistency", "",
               "| Loss | Off own bone | Off own bone, ground truth | Error, argmax on own bone (px) | "
               "Error, frame argmax, same landmarks (px) |", "|---|---:|---:|---:|---:|"]
