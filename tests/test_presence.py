@@ -193,6 +193,29 @@ def test_the_presence_head_trains_only_itself():
     assert touched and all(name.startswith("presence_head.") for name in touched)
 
 
+def test_outlier_frames_keep_the_padding_and_are_not_the_frame():
+    from silr.dataset import outlier_frames
+
+    images = torch.zeros(2, 1, 192, 192)
+    images[:, :, 6:186, 6:186] = torch.rand(2, 1, 180, 180, generator=torch.Generator().manual_seed(0))
+    made = outlier_frames(images, 6, torch.Generator().manual_seed(1))
+    assert made.shape == (6, 1, 192, 192)
+    border = torch.ones(192, 192, dtype=torch.bool)
+    border[6:186, 6:186] = False
+    assert (made[:, 0][:, border] == 0).all()  # the padding stays zero, as predict pads
+    assert made.min() >= 0 and made.max() <= 1
+    for outlier in made:
+        assert not any(torch.allclose(outlier, image) for image in images)
+
+
+def test_a_trained_frame_gate_multiplies_the_presence():
+    codec = HeatmapCodec(stride=4, presence="learned", presence_source="head")
+    heatmaps, logits = torch.zeros(2, L, 48, 48), torch.full((2, L), 3.0)
+    gated = codec.presence_probability(heatmaps, logits, torch.tensor([10.0, -10.0]))
+    assert torch.allclose(gated[0], torch.sigmoid(torch.tensor(3.0)).expand(L), atol=1e-4)
+    assert (gated[1] < 1e-4).all()  # a frame the gate rejects: every landmark absent
+
+
 # ------------------------------------------------------------------ metrics
 
 def test_auroc_equals_the_pairwise_definition():
@@ -265,6 +288,7 @@ def test_a_presence_loss_trains_a_refitted_head_and_evaluates_every_rule(tmp_pat
     plain = checkpoint.read_checkpoint(run["models"] / "plain" / "fold1" / "best.pt")
     card = with_head["card"]
     assert card.heatmap.presence == "learned" and card.heatmap.presence_source == "head"
+    assert bool(with_head["model_state"]["presence_head.frame_gate_trained"])  # the refit trained the gate
     assert card.network.presence_head and plain["card"].heatmap.presence == "template"
     # The head trains only itself: every other weight is that of the same loss without it.
     for name, value in plain["model_state"].items():

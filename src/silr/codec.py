@@ -44,7 +44,8 @@ and returned, the rule only says which one decides:
   presence head's logit z, `null_cell` = z = logsumexp(H) - n, n the head's logit of the
   null cell appended to the KL softmax (presence = 1 - p(null) = sigmoid(z)); score =
   sigmoid(a z + b), (a, b) = `calibration` (Platt scaling fitted on the validation frames,
-  or (1, 0)), present when score >= 0.5.
+  or (1, 0)), times the network's frame gate sigmoid(g) where it has a trained one (is this a
+  projection like the training frames at all?), present when score >= 0.5.
 
 Refinement (`refine`):
 - `none`: the argmax pixel (the paper);
@@ -326,9 +327,11 @@ class HeatmapCodec:
 
     # ------------------------------------------------------------------ decode
 
-    def presence_probability(self, heatmaps: Tensor, presence_logits: Tensor | None) -> Tensor | None:
-        """The calibrated learned presence sigmoid(a z + b) (B, L) of one network's output, or None
-        when the network has no trained presence output (`presence_source` None)."""
+    def presence_probability(self, heatmaps: Tensor, presence_logits: Tensor | None,
+                             frame_logits: Tensor | None = None) -> Tensor | None:
+        """The calibrated learned presence sigmoid(a z + b) (B, L) of one network's output, times the
+        frame gate sigmoid(g) (B,) where the network has a trained one; None when the network has no
+        trained presence output (`presence_source` None)."""
         if self.presence_source is None:
             return None
         if presence_logits is None:
@@ -340,7 +343,10 @@ class HeatmapCodec:
         with torch.no_grad():
             z = presence_logit(heatmaps.detach().float(), presence_logits.detach().float(), self.presence_source)
             a, b = self.calibration
-            return torch.sigmoid(a * z + b)
+            probability = torch.sigmoid(a * z + b)
+            if frame_logits is not None:
+                probability = probability * torch.sigmoid(frame_logits.detach().float())[:, None]
+            return probability
 
     def threshold_score(self, heatmaps: Tensor) -> Tensor:
         """The paper's presence score (B, L): max sigmoid(H) over the frame (max H for `value` maps)."""

@@ -309,6 +309,46 @@ def augment(batch: Batch, draw: AugmentDraw) -> Batch:
     return Batch(images, batch.labels, batch.landmarks_xy, present, batch.bone_distance)
 
 
+# Outlier frames for the presence head's frame gate (outlier exposure: Hendrycks et al., 2019):
+# images that are not line-integral projections of a pelvis, made from the training frames
+# themselves so that they work on any data set. `inverted`: the frame with bone dark;
+# `shuffled`: its 6 x 6 blocks permuted (local texture kept, anatomy destroyed); `smooth`:
+# smooth random intensities (bicubic upsampling of 12 x 12 uniform noise).
+OUTLIER_KINDS = ("inverted", "shuffled", "smooth")
+_OUTLIER_BLOCKS = 6
+
+
+def outlier_frames(images: Tensor, count: int, generator: torch.Generator,
+                   frame: int = FRAME_SIZE_PX) -> Tensor:
+    """(count, 1, S, S) outlier frames from the first `count` of (B, 1, S, S) network inputs (the
+    frame centred, zero padding around it; the padding stays zero), kinds drawn with `generator`."""
+    size = images.shape[-1]
+    origin = (size - frame) // 2
+    device = images.device
+    kinds = torch.randint(len(OUTLIER_KINDS), (count,), generator=generator, device=generator.device).tolist()
+    made = []
+    for i, kind in enumerate(kinds):
+        source = images[i % len(images), :, origin:origin + frame, origin:origin + frame]
+        name = OUTLIER_KINDS[kind]
+        if name == "inverted":
+            pixels = 1.0 - source
+        elif name == "shuffled":
+            side = frame // _OUTLIER_BLOCKS
+            blocks = source[:, :side * _OUTLIER_BLOCKS, :side * _OUTLIER_BLOCKS].reshape(
+                1, _OUTLIER_BLOCKS, side, _OUTLIER_BLOCKS, side).permute(0, 1, 3, 2, 4).reshape(1, -1, side, side)
+            order = torch.randperm(blocks.shape[1], generator=generator, device=generator.device).to(device)
+            pixels = torch.zeros_like(source)
+            pixels[:, :side * _OUTLIER_BLOCKS, :side * _OUTLIER_BLOCKS] = blocks[:, order].reshape(
+                1, _OUTLIER_BLOCKS, _OUTLIER_BLOCKS, side, side).permute(0, 1, 3, 2, 4).reshape(
+                1, side * _OUTLIER_BLOCKS, side * _OUTLIER_BLOCKS)
+        else:
+            noise = torch.rand((1, 1, 12, 12), generator=generator, device=generator.device).to(device)
+            pixels = F.interpolate(noise, size=(frame, frame), mode="bicubic", align_corners=False)[0]
+            pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-6)
+        made.append(F.pad(pixels, (origin, size - frame - origin, origin, size - frame - origin)))
+    return torch.stack(made)
+
+
 def describe_augmentation(params: AugmentParams) -> str:
     """One line for logs and the model card."""
     return (f"p={params.prob}: zoom {params.zoom[0]}-{params.zoom[1]}, rotate +-{params.rotate:.3g} rad "

@@ -85,7 +85,7 @@ def decode_output(output: ModelOutput, codec: HeatmapCodec) -> Decoded:
     """Decode one network's output (its presence head's logits through the codec's calibration)."""
     heatmaps = output.heatmaps.float()
     return decode(heatmaps, output.segmentation.float(), codec,
-                  presence_prob=codec.presence_probability(heatmaps, output.presence))
+                  presence_prob=codec.presence_probability(heatmaps, output.presence, output.presence_frame))
 
 
 @torch.no_grad()
@@ -159,7 +159,8 @@ class Ensemble:
             parts.append(CombinedOutput(
                 heatmaps=heat, segmentation=torch.softmax(output.segmentation.double(), dim=1),
                 threshold_score=codec.threshold_score(heat).double(),
-                presence_prob=_maybe_double(codec.presence_probability(heat, output.presence))))
+                presence_prob=_maybe_double(codec.presence_probability(heat, output.presence,
+                                                                       output.presence_frame))))
         if len(parts) == 1:
             return CombinedOutput(*(None if t is None else t.cpu() for t in parts[0]))
         kind = self.codec.kind

@@ -390,7 +390,8 @@ def _hard_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
     codec = options.codec
     labels = output.segmentation.detach().argmax(dim=1)
     decoded = codec.decode(output.heatmaps, labels=labels,
-                           presence_prob=codec.presence_probability(output.heatmaps, output.presence))
+                           presence_prob=codec.presence_probability(output.heatmaps, output.presence,
+                                                                    output.presence_frame))
     return discrete_visibility(decoded, labels, codec.landmark_bones)
 
 

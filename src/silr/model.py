@@ -116,7 +116,12 @@ class PresenceHead(nn.Module):
     concatenated -> Linear, ReLU -> Linear -> one logit and a correction of the soft-argmax:
     the head's estimate of the landmark's position, trained (losses.presence_bce) on every
     landmark whose position is known, absent ones included, so that the hidden layer must place
-    a landmark past the border from the others. (mmpose's VisPredictHead pools the
+    a landmark past the border from the others. A frame gate (a linear layer on the global
+    pooling) says whether the frame is a projection like the training frames at all; it is
+    trained with outlier frames (inverted, block-shuffled, smooth noise) when the head is
+    refitted after training, and the presence probability is then sigmoid(z) x sigmoid(gate):
+    P(present) = P(a projection like the training frames) x P(present | one). (mmpose's
+    VisPredictHead pools the
     features globally; the per-landmark attention and geometry are ours: an absent landmark is
     one whose evidence points past the frame's border.)
     """
@@ -133,8 +138,12 @@ class PresenceHead(nn.Module):
         context = self.GEOMETRY * num_landmarks
         self.classify = nn.Sequential(nn.Linear(3 * width + self.GEOMETRY + context + num_landmarks, hidden),
                                       nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+        # The frame gate: is this a projection like the training frames at all? Trained only when
+        # the head is refitted with outlier frames (silr.train); until then it is not used.
+        self.frame_classify = nn.Linear(2 * width, 1)
+        self.register_buffer("frame_gate_trained", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, features: Tensor, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         features, heatmaps = features.detach(), heatmaps.detach().float()
         batch, num_landmarks, height, width = heatmaps.shape
         reduced = self.reduce(features)
@@ -162,9 +171,10 @@ class PresenceHead(nn.Module):
         inputs = torch.cat((attended, pooled[:, None, :].expand(-1, num_landmarks, -1), geometry, context, identity),
                            dim=-1)
         output = self.classify(inputs)
-        # The logit, and the soft-argmax moved by the head's correction: its estimate of where the
-        # landmark is, inside the frame or past its border.
-        return output[..., 0], torch.stack((mean_x, mean_y), dim=-1) + output[..., 1:]
+        # The logit, the soft-argmax moved by the head's correction (its estimate of where the
+        # landmark is, inside the frame or past its border), and the frame gate's logit.
+        return (output[..., 0], torch.stack((mean_x, mean_y), dim=-1) + output[..., 1:],
+                self.frame_classify(pooled).squeeze(-1))
 
 
 class Decoder(nn.Module):
@@ -248,10 +258,13 @@ class SILRNet(nn.Module):
         if self.heatmap_stride > 1:
             segmentation = F.interpolate(segmentation, size=images.shape[-2:], mode="bilinear", align_corners=False)
         heatmaps = self.heatmap_decoder(features)
-        presence = presence_xy = None
+        presence = presence_xy = frame = None
         if self.presence_head is not None:
-            presence, presence_xy = self.presence_head(features, heatmaps)
-        return ModelOutput(heatmaps=heatmaps, segmentation=segmentation, presence=presence, presence_xy=presence_xy)
+            presence, presence_xy, frame = self.presence_head(features, heatmaps)
+            if not bool(self.presence_head.frame_gate_trained):
+                frame = None
+        return ModelOutput(heatmaps=heatmaps, segmentation=segmentation, presence=presence, presence_xy=presence_xy,
+                           presence_frame=frame)
 
 
 def _check_decoder_channels(decoder_channels: Sequence[int]) -> tuple[int, ...]:

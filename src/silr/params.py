@@ -257,6 +257,8 @@ class TrainParams(_Section):
     # in eval mode, for this many epochs of batches of presence_refit_batch (0: no refit).
     presence_refit_epochs: int = _checked(10, _as_int, 0)
     presence_refit_batch: int = _checked(8, _as_int, 1)
+    # Outlier frames added to each refit batch to train the head's frame gate (0: no gate).
+    presence_outliers: int = _checked(2, _as_int, 0)
 
 
 @dataclass(frozen=True)

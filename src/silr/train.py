@@ -304,11 +304,14 @@ def write_best(setup: Setup, progress: Progress, calibration: tuple[float, float
 
 def refit_presence_head(setup: Setup, progress: Progress) -> dict[str, torch.Tensor] | None:
     """The best weights with the presence head retrained alone (train.presence_refit_epochs) on the
-    augmented training frames, every other weight frozen and in eval mode, so that the head
-    learns from the features it will see at test time (in training, batch norm normalises with
-    the batch's own statistics); None when there is no head or no refit. Deterministic: its own
-    generator, seeded with train.seed."""
+    augmented training frames, every other weight frozen and every batch norm in eval mode, so that
+    the head learns from the features it will see at test time (in training, batch norm normalises
+    with the batch's own statistics). Each batch also holds train.presence_outliers outlier frames
+    (silr.dataset.outlier_frames), which train the head's frame gate (outlier frame -> 0, training
+    frame -> 1; the landmark logits learn from the training frames only). None when there is no
+    head or no refit. Deterministic: its own generator, seeded with train.seed."""
     from silr.codec import presence_logit
+    from silr.dataset import outlier_frames
     from silr.losses import presence_bce_loss
 
     train = setup.params.train
@@ -320,7 +323,6 @@ def refit_presence_head(setup: Setup, progress: Progress) -> dict[str, torch.Ten
                           else checkpoint.model_state_cpu(setup.model))
     model.eval()
     head = model.presence_head
-    head.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     generator = torch.Generator(device=setup.device.device)
     generator.manual_seed(train.seed)
@@ -328,15 +330,25 @@ def refit_presence_head(setup: Setup, progress: Progress) -> dict[str, torch.Ten
     for _ in range(train.presence_refit_epochs):
         for index in batch_indices(len(frames), train.presence_refit_batch, generator, frames.device):
             batch = augment(frames.batch(index), draw_augmentation(setup.params.augment, len(index), generator))
+            images = batch.images
+            if train.presence_outliers:
+                images = torch.cat((images, outlier_frames(images, train.presence_outliers, generator)))
             with torch.no_grad(), setup.device.autocast():
-                features = model.encode(batch.images.contiguous(memory_format=setup.device.memory_format))
+                features = model.encode(images.contiguous(memory_format=setup.device.memory_format))
                 heatmaps = model.heatmap_decoder(features)
-            logits, position = head(features, heatmaps)
-            z = presence_logit(heatmaps.float(), logits.float(), codec.presence_source)
-            loss = presence_bce_loss(z, batch.present, position, batch.landmarks_xy, codec.size[1])
+            logits, position, gate = head(features, heatmaps)
+            real = len(index)
+            z = presence_logit(heatmaps[:real].float(), logits[:real].float(), codec.presence_source)
+            loss = presence_bce_loss(z, batch.present, position[:real], batch.landmarks_xy, codec.size[1])
+            if train.presence_outliers:
+                in_domain = torch.zeros_like(gate, dtype=torch.float32)
+                in_domain[:real] = 1.0
+                loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(gate.float(), in_domain)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    if train.presence_outliers:
+        head.frame_gate_trained.fill_(True)
     return checkpoint.model_state_cpu(model)
 
 

@@ -32,12 +32,15 @@ class ModelOutput(NamedTuple):
     presence: (B, L) logits of the presence head, or None for a network without one
     (what they mean is the codec's `presence_source`: silr.codec); presence_xy: (B, L, 2) the
     head's estimate of every landmark's position, in or out of the frame (x, y in [-1, 1]
-    over the input; silr.model.PresenceHead), or None."""
+    over the input; silr.model.PresenceHead), or None; presence_frame: (B,) logit that the
+    frame is a projection like the training frames at all (the head's frame gate, trained with
+    outlier frames when the head is refitted), or None before that."""
 
     heatmaps: Tensor
     segmentation: Tensor
     presence: Tensor | None = None
     presence_xy: Tensor | None = None
+    presence_frame: Tensor | None = None
 
 
 @dataclass(frozen=True)
