@@ -161,9 +161,9 @@ def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) ->
             "--resume-dir", str(run["resume"]), "--no-progress", *extra]
 
 
-def resume_state(run: dict, loss: str = "proposed", fold: int = 1) -> Path:
-    """The one training state of (loss, fold) in the run's resume store (silr.resume)."""
-    states = sorted((Path(run["resume"]) / loss / f"fold{fold}").glob("*.pt"))
+def resume_state(run: dict, loss: str = "proposed", fold: int = 1, seed: int = 0) -> Path:
+    """The one training state of (loss, fold, seed) in the run's resume store (silr.resume)."""
+    states = sorted((Path(run["resume"]) / loss / f"fold{fold}" / f"seed{seed}").glob("*.pt"))
     assert len(states) == 1, f"expected one resume state, found {states}"
     return states[0]
 

@@ -331,9 +331,9 @@ def folds_non_numeric_val_fraction(w: World) -> Case:
 
 
 def train_unknown_loss(w: World) -> Case:
-    return train_case(w, "losses.focal: no such loss in params.yaml",
-                      "defined: dice_ce_kl, dice_ce_kl_null, dice_ce_kl_presence, dice_ce_mse, dice_ce_ncc, mse, "
-                      "ncc, proposed", loss="focal")
+    defined = sorted(load_params(w.project.params).losses.named)
+    return train_case(w, "losses.focal: no such loss in params.yaml", "defined: " + ", ".join(defined),
+                      loss="focal")
 
 
 def train_unknown_term(w: World) -> Case:

@@ -82,7 +82,7 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
     assert plots_a and [n for n in plots_a if plots_a[n] != plots_b.get(n)] == []
 
     # The metrics are rounded; the weights themselves must agree to the bit.
-    states = [(root / "models/proposed/fold1/best.pt", *(root / ".silr/resume/proposed/fold1").glob("*.pt"))
+    states = [(root / "models/proposed/fold1/best.pt", *(root / ".silr/resume/proposed/fold1/seed0").glob("*.pt"))
               for root in (first.root, second)]
     assert [len(s) for s in states] == [2, 2] and states[0][1].name == states[1][1].name  # same run hash
     for path_a, path_b in zip(*states):

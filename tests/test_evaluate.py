@@ -90,8 +90,8 @@ def test_predictions_table_layout_and_errors():
 
 
 def test_csv_and_label_maps_round_trip(tmp_path):
-    table = pd.DataFrame([{"loss": "ncc", "fold": 2, "specimen": 2, "frame": 0, "landmark": "FH-l", "gt_x": 1.5,
-                           "gt_y": 2.0, "gt_in_frame": 0, "pred_x": 3.0, "pred_y": 4.0, "pred_present": 1,
+    table = pd.DataFrame([{"loss": "ncc", "fold": 2, "seed": 0, "specimen": 2, "frame": 0, "landmark": "FH-l",
+                           "gt_x": 1.5, "gt_y": 2.0, "gt_in_frame": 0, "pred_x": 3.0, "pred_y": 4.0, "pred_present": 1,
                            "score": 0.5, "visibility_hat": 0.5, "error_px": np.nan, "threshold_score": 0.5,
                            "template_ncc": 0.25, "presence_prob": np.nan, "bone_x": np.nan, "bone_y": np.nan,
                            "error_bone_px": np.nan, "pred_on_bone": np.nan, "gt_on_bone": np.nan}])

@@ -322,3 +322,29 @@ def test_heatmaps_of_another_size_than_the_codec_are_refused():
     output, batch = _batch_and_output(size=16)
     with pytest.raises(ValueError, match=r"expected heatmaps \(B, L, 192, 192\) matching the codec"):
         build_loss({"kl": 1.0}, codec=HeatmapCodec())(output, batch)
+
+
+# ------------------------------------------------------------------ the field's MSE
+
+def test_mse_with_target_weights_leaves_absent_maps_out():
+    codec = HeatmapCodec(size=(16, 16), sigma=4.0, kind="value")
+    present = torch.tensor([[True, False]])
+    targets = codec.encode(torch.tensor([[[8.0, 8.0], [3.0, 3.0]]]), present)
+    logits = targets.peak.clone()
+    logits[0, 1] = 5.0  # the absent landmark's map is wildly wrong
+    assert mse_loss(logits, targets.peak, present=targets.present).item() == pytest.approx(0.0)
+    assert mse_loss(logits, targets.peak).item() > 1.0  # without target weights it counts
+
+
+def test_named_loss_options_reach_the_loss_and_the_codec():
+    from silr.card import codec_for_run
+    from silr.params import params_from_dict
+
+    params = params_from_dict({"losses": {"m": {"mse": 1.0, "sigma": 8.0},
+                                          "w": {"mse": 1.0, "mse_foreground_weight": 1000, "mse_target_weight": False}},
+                               "study": {"losses": ["m", "w"]}})
+    assert codec_for_run(params, "m").sigma == 8.0 and codec_for_run(params, "w").sigma == 2.5
+    assert params.loss_options("w") == {"sigma": None, "mse_foreground_weight": 1000.0, "mse_target_weight": False}
+    assert params.loss_weights("m") == {"mse": 1.0}
+    with pytest.raises(ConfigError, match=r"losses\.m\.sigma must be > 0"):
+        params_from_dict({"losses": {"m": {"mse": 1.0, "sigma": 0}}, "study": {"losses": ["m"]}})

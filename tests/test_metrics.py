@@ -14,7 +14,7 @@ from silr.anatomy import LANDMARK_NAMES
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
     """A predictions table from partial rows (unspecified columns get neutral values)."""
-    defaults = {"loss": "proposed", "fold": 1, "specimen": 1, "frame": 0, "landmark": "FH-l",
+    defaults = {"loss": "proposed", "fold": 1, "seed": 0, "specimen": 1, "frame": 0, "landmark": "FH-l",
                 "gt_x": 0.0, "gt_y": 0.0, "gt_in_frame": 1, "pred_x": 0.0, "pred_y": 0.0,
                 "pred_present": 1, "score": 0.9, "visibility_hat": 1.0, "error_px": 0.0}
     return pd.DataFrame([{**defaults, **row} for row in rows], columns=list(metrics.PREDICTION_COLUMNS))

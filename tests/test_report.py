@@ -136,15 +136,18 @@ def test_dvc_metrics_are_one_small_file_per_loss_and_baseline(reported):
     files = sorted((root / "metrics" / "summary").glob("*.json"))
     assert [f.stem for f in files] == ["baseline_frame_centre", "baseline_mean_shape", "mse", "proposed"]
     compact = {f.stem: json.loads(f.read_text()) for f in files}
+    # What each number covers: 3 folds, 1 training seed, 6 test frames.
+    coverage = {"n_folds": 3, "n_seeds": 1, "n_frames": 6}
     assert compact["proposed"] == {"mean_px": 5.0, "std_px": 0.0, "mean_mm": pytest.approx(5.0 * 8 * 0.194),
-                                   "dice": 1.0}
+                                   "dice": 1.0, **coverage}
     # Dice: the mean over the bones that any frame defines (here only the left hemipelvis).
     assert compact["mse"]["dice"] == 0.0 and compact["mse"]["mean_px"] == 2.0
-    assert compact["baseline_mean_shape"] == {"mean_px": 0.0, "std_px": 0.0, "mean_mm": 0.0}
+    assert compact["baseline_mean_shape"] == {"mean_px": 0.0, "std_px": 0.0, "mean_mm": 0.0, **coverage}
     assert compact["baseline_frame_centre"]["mean_px"] == details["baselines"]["frame_centre"]["mean_px"]
     # `dvc metrics show` prints one row per file and one column per key: a screen, not 160 columns.
-    assert {key for entry in compact.values() for key in entry} == {"mean_px", "std_px", "mean_mm", "dice"}
-    assert sum(len(entry) for entry in compact.values()) <= 4 * 5
+    assert {key for entry in compact.values() for key in entry} == {"mean_px", "std_px", "mean_mm", "dice",
+                                                                     *coverage}
+    assert sum(len(entry) for entry in compact.values()) <= 4 * 8
     # The rest, the paper's numbers included, is in details.json, which is not a DVC metric.
     assert json.loads((root / "metrics" / "details.json").read_text())["paper_table2"]["ncc"]["mean_px"] == 38.43
     dvc_yaml = (Path(__file__).parents[1] / "dvc.yaml").read_text()
@@ -228,7 +231,7 @@ def test_presence_and_consistency_tables_follow_table2(reported):
 def test_table2_markdown_has_the_papers_layout(reported):
     root, _, _, _ = reported
     text = (root / "metrics" / "table2.md").read_text()
-    table2 = text.split("## Presence")[0]
+    table2 = text.split("## Paired differences")[0]
     lines = [line for line in table2.splitlines() if line.startswith("|")]
     assert lines[0] == ("| Test specimen | Proposed (ours) | MSE (ours) | Frame centre (baseline) | "
                         "Mean shape (baseline) | Proposed (paper) | MSE (paper) |")

@@ -34,7 +34,7 @@ class RunFiles(dict):
     def __init__(self, run: dict, loss: str, fold: int) -> None:
         base = run["models"] / loss / f"fold{fold}"
         super().__init__(best=base / "best.pt", live=run["live"] / loss / f"fold{fold}",
-                         resume=run["resume"] / loss / f"fold{fold}")
+                         resume=run["resume"] / loss / f"fold{fold}" / "seed0")
         self.run, self.loss, self.fold = run, loss, fold
 
     def __missing__(self, key: str) -> Path:
@@ -265,7 +265,7 @@ def test_states_live_in_the_store_keyed_by_run_hash(trained_tiny_run, tmp_path):
     state = resume_state(trained_tiny_run)
     identity = resume.RunIdentity(**{f"{k}_hash" if k != "device" else k: v for k, v in
                                      checkpoint.read_checkpoint(state)["resume"]["identity"].items()})
-    assert state == resume.state_path(trained_tiny_run["resume"] / "proposed" / "fold1", identity)
+    assert state == resume.state_path(trained_tiny_run["resume"] / "proposed" / "fold1" / "seed0", identity)
     assert state.name == f"{identity.run_hash}.pt"
     # Nothing in the DVC output folder but best.pt: the run-cache can record the stage.
     assert [p.name for p in (trained_tiny_run["models"] / "proposed" / "fold1").iterdir()] == ["best.pt"]

@@ -112,12 +112,12 @@ class LossSpec:
     visibility_mode: str
     detach_segmentation: bool
     kl_reduction: str
-    mse_foreground_weight: float
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # silr.params.LOSS_OPTION_DEFAULTS
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "weights": dict(self.weights), "visibility_mode": self.visibility_mode,
                 "detach_segmentation": self.detach_segmentation, "kl_reduction": self.kl_reduction,
-                "mse_foreground_weight": self.mse_foreground_weight}
+                "options": dict(self.options)}
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class ModelCard:
             heatmap=HeatmapSpec.of(codec),
             loss=LossSpec(name=loss_name, weights=params.loss_weights(loss_name),
                           visibility_mode=losses.visibility_mode, detach_segmentation=losses.detach_segmentation,
-                          kl_reduction=losses.kl_reduction, mse_foreground_weight=losses.mse_foreground_weight),
+                          kl_reduction=losses.kl_reduction, options=params.loss_options(loss_name)),
             fold=fold,
             data_source=data_source,
             params=run_params(params, loss_name),
@@ -254,7 +254,8 @@ class ModelCard:
                 visibility_mode=str(v.get("visibility_mode", "soft")),
                 detach_segmentation=bool(v.get("detach_segmentation", True)),
                 kl_reduction=str(v.get("kl_reduction", "landmark")),
-                mse_foreground_weight=float(v.get("mse_foreground_weight", 0.0))))
+                # cards before per-loss options held the mse foreground weight at this level
+                options=dict(v.get("options", {"mse_foreground_weight": float(v.get("mse_foreground_weight", 0.0))}))))
         score = raw.get("val_score_px")
         card = cls(
             landmark_names=landmark_names,
@@ -356,7 +357,7 @@ def run_params(params: Params, loss_name: str) -> dict[str, Any]:
             "visibility_mode": params.losses.visibility_mode,
             "detach_segmentation": params.losses.detach_segmentation,
             "kl_reduction": params.losses.kl_reduction,
-            "mse_foreground_weight": params.losses.mse_foreground_weight,
+            "options": params.loss_options(loss_name),
         },
         # The ingestion values are part of what the model expects as input.
         "data": {"crop": params.data.crop, "i0": params.data.i0, "downsample": params.data.downsample},
@@ -380,7 +381,9 @@ def codec_for_run(params: Params, loss_name: str):
     if rule == "auto":
         rule = "learned" if source is not None else "template"
     heatmap = params.heatmap
-    return HeatmapCodec(size=(NETWORK_INPUT_PX, NETWORK_INPUT_PX), sigma=heatmap.sigma,
+    # A named loss may carry its own target width (the field's MSE: 2 heatmap pixels at stride 4).
+    sigma = params.loss_options(loss_name)["sigma"] or heatmap.sigma
+    return HeatmapCodec(size=(NETWORK_INPUT_PX, NETWORK_INPUT_PX), sigma=sigma,
                         presence_threshold=heatmap.presence_threshold, refine=heatmap.refine,
                         stride=heatmap_stride(params.model.decoder_channels), frame=(FRAME_SIZE_PX, FRAME_SIZE_PX),
                         kind=heatmap_kind(weights, key), presence=rule, presence_source=source,

@@ -83,8 +83,9 @@ def _how_to_train(params: Params, loss: str, fold: int) -> str:
 
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
         models_dir: str | Path, out_dir: str | Path, device: str | None = None,
-        batch_size: int = 16) -> OutputPaths:
-    """Evaluate one (loss, fold): read model, data and split; write predictions, metrics and label maps."""
+        batch_size: int = 16, seed: int | None = None) -> OutputPaths:
+    """Evaluate one (loss, fold) and, with `seed`, one extra training seed of the study: read model,
+    data and split; write predictions, metrics and label maps."""
     from silr import checkpoint, deepfluoro
     from silr.splits import check_against_data, load_folds
 
@@ -93,7 +94,7 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     if fold not in folds:
         raise ConfigError(f"{folds_path}: no fold {fold} (folds: {_numbers(folds)}; "
                           f"study.folds: {_numbers(params.study.folds)})")
-    ckpt = checkpoint_path(models_dir, loss, fold)
+    ckpt = checkpoint_path(models_dir, loss, fold, seed)
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: no trained model for loss {loss!r} fold {fold}; "
                               f"{_how_to_train(params, loss, fold)}")
@@ -107,8 +108,11 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     torch_device = select_device(device, key="--device") if device else device_for_run(params.train.device)
     model, card = checkpoint.load_model(ckpt, torch_device)
     _check_card(ckpt, card, loss, fold)
+    trained_seed = int((card.params or {}).get("train", {}).get("seed", params.train.seed))
+    if seed is not None and trained_seed != seed:
+        raise CheckpointError(f"{ckpt}: holds the model of training seed {trained_seed}, expected seed {seed}")
     codec = card.codec(ckpt)
-    paths = output_paths(out_dir, loss, fold)
+    paths = output_paths(out_dir, loss, fold, seed)
     # All three outputs or none: a blocked location fails before the first one is written.
     ensure_writable(paths.predictions, paths.fold_metrics, paths.segmentation)
 
@@ -122,7 +126,7 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
                                batch_size=batch_size)
     table = predictions_table(loss=loss, fold=fold, specimens=specimens, frame_indices=frame_indices,
                               gt_xy=gt_xy, predicted=predicted, frame_size=(images.shape[2], images.shape[1]),
-                              true_labels=true_labels)
+                              true_labels=true_labels, seed=trained_seed)
     rules = metrics.presence_rules_of(codec.config())
     result = metrics.fold_metrics(table, mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm,
                                   dice_per_frame=metrics.dice_per_bone(predicted.labels, true_labels),
@@ -137,6 +141,7 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
         "presence_rule": codec.presence,
         "loss": loss,
         "fold": fold,
+        "seed": trained_seed,
         "test_specimens": sorted(set(specimens)),
         "model": {"epoch": card.epoch, "val_score_px": card.val_score_px},
     })
@@ -157,6 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help="metrics directory (default: %(default)s)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: train.device)")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="an extra training seed of the study (study.seeds): reads <models>/<loss>/fold<k>_seed<S>/"
+                             "best.pt and writes <out>/*/<loss>/fold<k>_seed<S>.*")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -166,11 +174,12 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
                 folds_path=args.folds, models_dir=args.models, out_dir=args.out,
-                device=args.device, batch_size=args.batch_size)
+                device=args.device, batch_size=args.batch_size, seed=args.seed)
     result = read_fold_metrics(paths.fold_metrics, loss=args.loss, fold=args.fold)
     error, counts = result["error"], result["counts"]
     px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–" for k in ("mean_px", "mean_mm"))
-    print(f"evaluate {args.loss} fold {args.fold}: mean error {px} px ({mm} mm) "
+    seed = f" seed {args.seed}" if args.seed is not None else ""
+    print(f"evaluate {args.loss} fold {args.fold}{seed}: mean error {px} px ({mm} mm) "
           f"over {counts['landmarks_in_frame']} in-frame landmarks of {counts['frames']} frames -> "
           f"{paths.fold_metrics}", flush=True)
     return 0

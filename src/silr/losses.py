@@ -36,8 +36,11 @@ Terms (registry `LOSS_TERMS`, the names used in `params.yaml` `losses.NAME: {ter
   (0.5 + 0.5 p_inside), p_present the learned presence sigmoid(z) (silr.codec.presence_logit),
   p_inside = sum over pixels of softmax(H_i) times the predicted probability of landmark
   i's bone (detached with `losses.detach_segmentation`).
-- `mse`: MSE between the raw heatmap H and the peak-1 Gaussian (zero maps out of frame),
-  mean over every pixel, as HRNet-style heatmap regression trains it.
+- `mse`: MSE between the raw heatmap H and the peak-1 Gaussian, mean over the pixels of the
+  in-frame landmarks' maps (target weights, as mmpose's `KeypointMSELoss(use_target_weight=True)`;
+  option `mse_target_weight: false` trains absent maps towards zero), optionally with the
+  foreground weight 1 + w g (option `mse_foreground_weight`), as HRNet-style heatmap
+  regression trains it; its target width is the named loss's `sigma` option.
 - `ncc`: 1 - normalised cross-correlation between H and the peak-1 Gaussian, per in-frame
   landmark, mean over them.
 
@@ -130,16 +133,22 @@ def kl_loss(logits: Tensor, target_normalized: Tensor, present: Tensor, reductio
     return per_pixel.mean()
 
 
-def mse_loss(logits: Tensor, target_peak: Tensor, foreground_weight: float = 0.0) -> Tensor:
-    """Mean over every pixel of every map of w (H - g)^2, g the peak-1 Gaussian (zero maps out of
-    frame) and w = 1 + foreground_weight * g: the pixels under the Gaussian weigh more, so that
-    the few of them are not drowned by the background (0: plain MSE)."""
+def mse_loss(logits: Tensor, target_peak: Tensor, foreground_weight: float = 0.0,
+             present: Tensor | None = None) -> Tensor:
+    """Mean over pixels of w (H - g)^2, g the peak-1 Gaussian (zero maps out of frame) and
+    w = 1 + foreground_weight * g (0: plain MSE; > 0 weighs the few pixels under the Gaussian up
+    so that the background does not drown them). With `present` (B, L) the maps of absent
+    landmarks are left out (target weights, as mmpose's KeypointMSELoss(use_target_weight=True));
+    without it every map counts, the absent ones trained towards zero."""
     _check_maps("mse", logits, target_peak)
     target = target_peak.float()
     squared = (logits.float() - target) ** 2
     if foreground_weight:
         squared = squared * (1.0 + foreground_weight * target)
-    return squared.mean()
+    if present is None:
+        return squared.mean()
+    _check_present("mse", logits, present)
+    return _masked_mean(squared.mean(dim=(-2, -1)), present)
 
 
 def ncc_loss(logits: Tensor, target_peak: Tensor, present: Tensor) -> Tensor:
@@ -327,6 +336,7 @@ class LossOptions:
     detach_segmentation: bool = True
     kl_reduction: str = "landmark"
     mse_foreground_weight: float = 0.0
+    mse_target_weight: bool = True
 
 
 class LossTerm(nn.Module):
@@ -371,7 +381,8 @@ class HeatmapMSE(LossTerm):
     heatmap_kind = "value"
 
     def forward(self, output, batch, targets):
-        return mse_loss(output.heatmaps, targets.peak, self.options.mse_foreground_weight)
+        return mse_loss(output.heatmaps, targets.peak, self.options.mse_foreground_weight,
+                        targets.present if self.options.mse_target_weight else None)
 
 
 class HeatmapNCC(LossTerm):
@@ -563,7 +574,8 @@ class WeightedLoss(nn.Module):
 
 def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_mode: str = "hard",
                detach_segmentation: bool = True, kl_reduction: str = "landmark",
-               mse_foreground_weight: float = 0.0, key: str = "losses.NAME") -> WeightedLoss:
+               mse_foreground_weight: float = 0.0, mse_target_weight: bool = True,
+               key: str = "losses.NAME") -> WeightedLoss:
     """A WeightedLoss from {term: weight}; ConfigError naming `key` for an unknown term.
 
     The weights themselves (numbers >= 0, not all 0) are checked once, by silr.params; the term
@@ -590,5 +602,6 @@ def build_loss(weights: Mapping[str, float], *, codec: HeatmapCodec, visibility_
                           f"{codec.presence_source!r}")
     options = LossOptions(codec=codec, visibility_mode=visibility_mode,
                           detach_segmentation=bool(detach_segmentation), kl_reduction=kl_reduction,
-                          mse_foreground_weight=float(mse_foreground_weight))
+                          mse_foreground_weight=float(mse_foreground_weight),
+                          mse_target_weight=bool(mse_target_weight))
     return WeightedLoss({n: float(w) for n, w in weights.items()}, options)

@@ -34,7 +34,7 @@ from silr.anatomy import BONE_LABELS, LABEL_NAMES, LANDMARK_NAMES
 
 # The predictions CSV, one row per (frame, landmark), in this column order.
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "loss", "fold", "specimen", "frame", "landmark",
+    "loss", "fold", "seed", "specimen", "frame", "landmark",
     "gt_x", "gt_y", "gt_in_frame",
     "pred_x", "pred_y", "pred_present", "score", "visibility_hat", "error_px",
     # every presence rule's score (NaN where a rule does not apply; silr.codec)
@@ -49,6 +49,8 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 PREDICTION_FLOAT_COLUMNS: tuple[str, ...] = (
     "gt_x", "gt_y", "pred_x", "pred_y", "score", "visibility_hat", "error_px", "threshold_score",
     "template_ncc", "presence_prob", "bone_x", "bone_y", "error_bone_px", "pred_on_bone", "gt_on_bone")
+# An error beyond this many mm is an outlier (the outlier rate of error_summary).
+OUTLIER_MM = 10.0
 # Decimal places of every float written to a metrics file (byte-stable across runs).
 DECIMALS = 6
 
@@ -409,6 +411,8 @@ def error_summary(table: pd.DataFrame, mm_per_px: float, success_mm: Iterable[fl
         "mean_mm": _mean(errors_mm),
         "median_mm": _median(errors_mm),
         "success_rate": success_rates(errors_mm, success_mm),
+        # an outlier: more than OUTLIER_MM from the true position
+        "outlier_rate": float((errors_mm > OUTLIER_MM).mean()) if errors_mm.size else math.nan,
         "landmarks_in_frame": int(errors_px.size),
     }
 
@@ -471,13 +475,17 @@ def table2(table: pd.DataFrame, *, losses: Sequence[str], mm_per_px: float,
         result[loss] = {
             "per_specimen_px": {int(s): float(v) for s, v in per_specimen.items()},
             "mean_px": _mean(specimen_means),
-            "std_px": float(np.std(specimen_means, ddof=0)) if specimen_means.size else math.nan,
+            # A spread over one specimen is undefined, not zero.
+            "std_px": float(np.std(specimen_means, ddof=0)) if specimen_means.size > 1 else math.nan,
             "per_specimen_mm": {int(s): float(v) * mm_per_px for s, v in per_specimen.items()},
             "mean_mm": _mean(specimen_means) * mm_per_px,
-            "std_mm": (float(np.std(specimen_means, ddof=0)) * mm_per_px if specimen_means.size else math.nan),
+            "std_mm": (float(np.std(specimen_means, ddof=0)) * mm_per_px if specimen_means.size > 1 else math.nan),
             "specimens": int(specimen_means.size),
             "folds": sorted(int(k) for k in rows["fold"].unique()),
+            "seeds": sorted(int(k) for k in rows["seed"].unique()) if "seed" in rows else [0],
+            "frames": int(len(rows[["fold", "specimen", "frame"]].drop_duplicates())),
             "pooled": error_summary(rows, mm_per_px, success_mm),
+            "per_landmark_mean_mm": {name: value * mm_per_px for name, value in per_landmark_mean_px(rows).items()},
         }
     return result
 

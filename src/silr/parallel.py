@@ -51,6 +51,8 @@ SPLITS = ("fold", "loss", "run")
 # The stage group each experiment reproduces: evaluate pulls in its train stages (and the
 # data stages, unchanged), but not the report, which runs once at the end on the whole study.
 TARGET = "evaluate"
+# With extra training seeds (study.seeds), their evaluations too (a stage group of no stages is an error).
+SEED_TARGET = "evaluate_seed"
 # The stages every experiment shares (synth, ingest, folds): run once here first. Run by
 # several workers at once, they would write the same run-cache entry at the same time,
 # which DVC does not survive (a worker fails on the other's temporary file).
@@ -196,7 +198,8 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
         args = ["exp", "run", "--queue", "-n", part.name]
         for override in part.overrides:
             args += ["-S", override]
-        done = _dvc([*args, TARGET], repo, env, echo=True)
+        targets = [TARGET, *([SEED_TARGET] if params.study.seeds else [])]
+        done = _dvc([*args, *targets], repo, env, echo=True)
         if done.returncode != 0:
             raise ParallelError(f"could not queue {part.name}: {(done.stderr or done.stdout).strip()[-500:]}")
 

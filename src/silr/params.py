@@ -33,6 +33,12 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 # `silr synth` and `silr folds`, and make losses.py a dependency of every stage.
 LOSS_TERM_NAMES: tuple[str, ...] = ("dice_ce", "kl", "mse", "ncc", "visibility", "visibility_soft", "kl_null",
                                      "presence_bce", "bone_distance", "visibility_continuous")
+# Options a named loss may carry beside its term weights (`losses.NAME: {term: weight, option: value}`),
+# with their defaults: `sigma`, the width (px, 180x180 frame) of this loss's target Gaussians (None:
+# heatmap.sigma); `mse_foreground_weight`, w of the mse term's pixel weight 1 + w g (0: plain MSE);
+# `mse_target_weight`, whether the mse term leaves absent landmarks' maps out (mmpose's
+# use_target_weight) or trains them towards zero.
+LOSS_OPTION_DEFAULTS: dict[str, Any] = {"sigma": None, "mse_foreground_weight": 0.0, "mse_target_weight": True}
 # heatmap.presence: `auto` = `learned` for a network whose loss trains a presence output, else `template`.
 PRESENCE_CHOICES: tuple[str, ...] = ("auto", "threshold", "template", "learned")
 
@@ -103,6 +109,15 @@ def _as_counts(key: str, value: Any) -> tuple[int, ...]:
     return tuple(_as_int(f"{key}[{i}]", count, 1) for i, count in enumerate(value))
 
 
+def _as_seeds(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _fail(key, "a list of training seeds (e.g. [1, 2]; [] for train.seed alone)", value)
+    seeds = tuple(_as_int(f"{key}[{i}]", v, 0) for i, v in enumerate(value))
+    if len(set(seeds)) != len(seeds):
+        raise _fail(key, "a list of distinct seeds", list(value))
+    return seeds
+
+
 def _as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(key, "true or false", value)
@@ -154,11 +169,25 @@ def _as_weights(key: str, terms: Any) -> dict[str, float]:
         raise ConfigError(f"{key}: a loss needs at least one term")
     for term in terms:
         if term not in LOSS_TERM_NAMES:
-            raise ConfigError(f"{key}: unknown term {term!r} (known: {', '.join(sorted(LOSS_TERM_NAMES))})")
+            raise ConfigError(f"{key}: unknown term {term!r} (known: {', '.join(sorted(LOSS_TERM_NAMES))}; "
+                              f"options: {', '.join(LOSS_OPTION_DEFAULTS)})")
     weights = {str(term): _as_float(f"{key}.{term}", weight, minimum=0.0) for term, weight in terms.items()}
     if all(w == 0 for w in weights.values()):
         raise ConfigError(f"{key}: every term weight is 0; a loss needs a positive weight")
     return weights
+
+
+def _as_loss_options(key: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a named loss (LOSS_OPTION_DEFAULTS), each checked."""
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "sigma":
+            checked[name] = _as_float(f"{key}.sigma", value, 0.0, 1000.0, strict_min=True)
+        elif name == "mse_foreground_weight":
+            checked[name] = _as_float(f"{key}.mse_foreground_weight", value, 0.0, 1.0e6)
+        else:
+            checked[name] = _as_bool(f"{key}.{name}", value)
+    return checked
 
 
 def _checked(default: Any, check: Callable[..., Any], *options: Any, **kw_options: Any) -> Any:
@@ -298,6 +327,7 @@ class LossesParams(_Section):
                           "presence_bce": 1.0},
         "mse": {"mse": 1.0},
         "ncc": {"ncc": 1.0},
+        "mse_weighted": {"mse": 1.0},
         "dice_ce_kl": {"dice_ce": 1.0, "kl": 0.1},
         "dice_ce_kl_presence": {"dice_ce": 1.0, "kl": 0.1, "presence_bce": 1.0},
         "dice_ce_kl_null": {"dice_ce": 1.0, "kl_null": 0.1},
@@ -306,9 +336,13 @@ class LossesParams(_Section):
         "dice_ce_mse": {"dice_ce": 1.0, "mse": 1.0},
         "dice_ce_ncc": {"dice_ce": 1.0, "ncc": 1.0},
     })
+    # Named loss -> its options (LOSS_OPTION_DEFAULTS), only those it sets.
+    named_options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {
+        "mse": {"sigma": 16.0},
+        "mse_weighted": {"mse_foreground_weight": 1000.0, "mse_target_weight": False},
+    })
     visibility_mode: str = _checked("hard", _as_str, ("soft", "hard"))
     kl_reduction: str = _checked("landmark", _as_str, ("landmark", "batchmean", "mean"))
-    mse_foreground_weight: float = _checked(1000.0, _as_float, 0.0)
     detach_segmentation: bool = _checked(True, _as_bool)
 
     @classmethod
@@ -317,9 +351,16 @@ class LossesParams(_Section):
         values = _section_values(key, section, None)  # any key that is not an option names a loss
         options = {f.name: f.metadata["check"](f"{key}.{f.name}", values.pop(f.name))
                    for f in dataclasses.fields(cls) if "check" in f.metadata and f.name in values}
-        named = {str(name): _as_weights(f"{key}.{name}", terms) for name, terms in values.items()}
+        named, named_options = {}, {}
+        for name, entry in values.items():
+            if not isinstance(entry, Mapping):
+                raise _fail(f"{key}.{name}", "a mapping of term -> weight (and loss options)", entry)
+            given = {k: v for k, v in entry.items() if k in LOSS_OPTION_DEFAULTS}
+            named[str(name)] = _as_weights(f"{key}.{name}", {k: v for k, v in entry.items() if k not in given})
+            if given:
+                named_options[str(name)] = _as_loss_options(f"{key}.{name}", given)
         # A section that names no loss keeps the default ones.
-        return cls(**options, **({"named": named} if named else {}))
+        return cls(**options, **({"named": named, "named_options": named_options} if named else {}))
 
 
 @dataclass(frozen=True)
@@ -330,6 +371,9 @@ class StudyParams(_Section):
                                        "a non-empty list of loss names", _as_str)
     folds: tuple[int, ...] = _checked((1, 2, 3, 4, 5, 6), _as_list, "a non-empty list of fold numbers",
                                       _as_int, minimum=1)
+    # Training seeds run besides train.seed, each (loss, fold, seed) its own train_seed / evaluate_seed
+    # stage (train.seed itself, if listed, is re-emitted from the resume store, not trained again).
+    seeds: tuple[int, ...] = _checked((), _as_seeds)
 
 
 @dataclass(frozen=True)
@@ -359,6 +403,11 @@ class Params:
                 f"losses.{name}: no such loss in params.yaml (defined: {', '.join(sorted(self.losses.named))})"
             )
         return dict(self.losses.named[name])
+
+    def loss_options(self, name: str) -> dict[str, Any]:
+        """The options of the named loss (LOSS_OPTION_DEFAULTS, then what it sets)."""
+        self.loss_weights(name)
+        return {**LOSS_OPTION_DEFAULTS, **self.losses.named_options.get(name, {})}
 
 
 # The sections of params.yaml, in order: (name, class); each class validates its own section.

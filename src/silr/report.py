@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from silr import baselines, metrics
+from silr.comparisons import compare
 from silr.errors import DataError
 from silr.io import ensure_writable, write_json, write_text, write_with
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -60,14 +61,22 @@ CURVE_FILES = {"train/loss": "train_loss.csv", "val/error_px": "val_error_px.csv
 
 # ------------------------------------------------------------------ pure logic
 
-def load_predictions(metrics_dir: str | Path, losses: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
-    """Every (loss, fold) predictions CSV, concatenated; DataError naming the missing evaluation."""
+def study_seeds(params: Params) -> list[int | None]:
+    """The seeds of the study as evaluation names: None for train.seed (the default runs), then
+    every extra seed of study.seeds that is not train.seed again (that one is the default run)."""
+    return [None, *(seed for seed in params.study.seeds if seed != params.train.seed)]
+
+
+def load_predictions(metrics_dir: str | Path, losses: Sequence[str], folds: Sequence[int],
+                     seeds: Sequence[int | None] = (None,)) -> pd.DataFrame:
+    """Every (loss, fold, seed) predictions CSV, concatenated; DataError naming the missing evaluation."""
     tables = []
     for loss in losses:
-        for fold in folds:
-            path = output_paths(metrics_dir, loss, fold).predictions
+        for fold, seed in ((f, s) for f in folds for s in seeds):
+            path = output_paths(metrics_dir, loss, fold, seed).predictions
             if not path.is_file():
-                raise DataError(f"{path}: missing; run `dvc repro evaluate@{loss}-{fold}` first")
+                stage = f"evaluate@{loss}-{fold}" if seed is None else f"evaluate_seed@{loss}-{fold}-{seed}"
+                raise DataError(f"{path}: missing; run `dvc repro {stage}` first")
             table = read_predictions_csv(path)
             if set(table["loss"]) != {loss} or set(table["fold"]) != {fold}:
                 raise DataError(f"{path}: holds loss {sorted(set(table['loss']))} fold {sorted(set(table['fold']))}, "
@@ -116,6 +125,38 @@ def presence_summary(metrics_dir: str | Path, table: pd.DataFrame, losses: Seque
     return result
 
 
+# The losses every other one is compared with: the paper's, and the working method.
+REFERENCES = ("proposed", "proposed_plus")
+
+
+def comparisons_markdown(comparisons: Mapping[str, Mapping[str, Any]], spread: Mapping[str, Any]) -> str:
+    """The paired differences with their bootstrap intervals, and the spread over training seeds."""
+    lines = ["## Paired differences (hierarchical bootstrap)", "",
+             "| Loss | against | Mean difference (px) | 95% interval (px) | Order flips in |",
+             "|---|---|---:|---:|---:|"]
+    for reference, rows in comparisons.items():
+        for loss, result in rows.items():
+            interval = f"[{result['ci_low_px']:+.2f}, {result['ci_high_px']:+.2f}]"
+            lines.append(f"| {metrics.loss_title(loss)} | {metrics.loss_title(reference)} | "
+                         f"{result['mean_difference_px']:+.2f} | {interval} | "
+                         f"{100 * result['flip_share']:.1f}% of draws |")
+    draws = next((r["draws"] for rows in comparisons.values() for r in rows.values()), 0)
+    lines += ["", f"Difference of Table-2 means (loss minus the reference; negative: the loss is better) on the "
+              f"same landmarks. The interval is the 2.5-97.5 percentile range over {draws} draws of a two-level "
+              f"bootstrap: the test specimens with replacement, then each drawn specimen's frames with "
+              f"replacement; training seeds are pooled. 'Order flips in' is the share of draws whose "
+              f"difference has the other sign (silr.comparisons).", "",
+              "## Spread over training seeds", "", "| Loss | Seeds | Table-2 mean per seed (px) | Mean | Std |",
+              "|---|---|---|---:|---:|"]
+    for loss, entry in spread.items():
+        lines.append(f"| {metrics.loss_title(loss)} | {', '.join(map(str, entry['seeds']))} | "
+                     f"{' / '.join(_cell(v) for v in entry['mean_px'])} | {_cell(entry['mean_over_seeds_px'])} | "
+                     f"{_cell(entry['std_over_seeds_px'])} |")
+    lines += ["", "Std over seeds: the sample std (ddof = 1) of the per-seed Table-2 means; – for a single seed "
+              "(add seeds with `dvc exp run -S 'study.seeds=[1,2]'`).", ""]
+    return "\n".join(lines)
+
+
 def presence_markdown(presence: Mapping[str, Mapping[str, Any]], consistency: Mapping[str, Mapping[str, Any]],
                       losses: Sequence[str]) -> str:
     """The presence table (every loss x applicable rule) and the anatomical-consistency table."""
@@ -152,6 +193,27 @@ def presence_markdown(presence: Mapping[str, Mapping[str, Any]], consistency: Ma
               "ground-truth row is the floor the labels allow. The argmax on the own bone is the authors' "
               "location (restricted to the predicted bone), scored on the landmarks that have such a pixel.", ""]
     return "\n".join(lines)
+
+
+def seed_spread(table: pd.DataFrame, losses: Sequence[str], mm_per_px: float) -> dict[str, dict[str, Any]]:
+    """Per loss: the Table-2 mean of each training seed, and their mean and sample std (None for one seed)."""
+    result = {}
+    for loss in losses:
+        rows = table[table["loss"] == loss]
+        seeds = sorted(int(s) for s in rows["seed"].unique())
+        in_frame = rows[rows["gt_in_frame"].astype(bool)]
+        # the Table-2 statistic of each seed: the mean over specimens of each specimen's mean error
+        means = [float(in_frame[in_frame["seed"] == seed].groupby("specimen")["error_px"].mean().mean())
+                 for seed in seeds]
+        result[loss] = {"seeds": seeds, "mean_px": means, "mean_over_seeds_px": float(np.mean(means)),
+                        "std_over_seeds_px": float(np.std(means, ddof=1)) if len(means) > 1 else None}
+    return result
+
+
+def with_seeds(table: pd.DataFrame, seeds: Sequence[int]) -> pd.DataFrame:
+    """A baseline's predictions repeated for every training seed of the study (a baseline has no
+    seed; the repetition lets it be paired with every seed of a loss)."""
+    return pd.concat([table.assign(seed=int(seed)) for seed in seeds], ignore_index=True)
 
 
 def baseline_predictions(data: Any, folds: Mapping[int, Any], fold_numbers: Sequence[int]) -> pd.DataFrame:
@@ -199,11 +261,17 @@ def compact_summary(details: Mapping[str, Any]) -> dict[str, dict[str, float | N
         bones = [bone["mean"] for bone in details["segmentation_dice"].get(loss, {}).values()
                  if bone["mean"] is not None]
         compact[loss] = {"mean_px": entry["mean_px"], "std_px": entry["std_px"], "mean_mm": entry["mean_mm"],
-                         "dice": float(np.mean(bones)) if bones else None}
+                         "dice": float(np.mean(bones)) if bones else None, **_coverage(entry)}
     for name, entry in details["baselines"].items():
         compact[f"baseline_{name}"] = {"mean_px": entry["mean_px"], "std_px": entry["std_px"],
-                                       "mean_mm": entry["mean_mm"]}
+                                       "mean_mm": entry["mean_mm"], **_coverage(entry)}
     return metrics.rounded(compact)
+
+
+def _coverage(entry: Mapping[str, Any]) -> dict[str, int]:
+    # What a number covers, so that a one-fold experiment cannot pass for the six-fold record.
+    # (one test specimen per fold: n_folds is also the number of specimens behind std_px)
+    return {"n_folds": len(entry["folds"]), "n_seeds": len(entry.get("seeds", [0])), "n_frames": entry.get("frames", 0)}
 
 
 def dataset_description(data: Any, table: pd.DataFrame, params: Params) -> dict[str, Any]:
@@ -286,13 +354,19 @@ def table2_markdown(summary_table2: Mapping[str, Mapping[str, Any]], losses: Seq
         lines += ["", (f"**Not better than the mean-shape baseline ({bar} px): "
                        f"{', '.join(metrics.loss_title(name) for name in weak)}.**" if weak else
                        f"Every loss beats the mean-shape baseline ({bar} px).")]
+    first = summary_table2[losses[0]]
+    covered = (f"{len(first['folds'])} fold(s), {len(first.get('seeds', [0]))} training seed(s) "
+               f"({', '.join(map(str, first.get('seeds', [0])))}), {first.get('frames', 0)} test frames")
     lines += [
         "",
-        "Mean ± Std are over the per-specimen means (population std, ddof = 0); – marks a specimen "
-        "whose fold was not evaluated. Errors are measured in the 180x180 (8x) frame over "
-        "ground-truth landmarks inside the frame. Baselines: every landmark at the frame centre; "
-        "every landmark at its mean in-frame position over the fold's training frames (mean shape). "
-        "Paper: its Table 2, as published.",
+        f"Covers {covered}. Mean ± Std are over the per-specimen means (population std, ddof = 0; – for a "
+        "single specimen, whose spread is undefined); with several seeds each specimen's mean pools them. "
+        "– marks a specimen whose fold was not evaluated. Errors are measured in the 180x180 (8x) frame over "
+        "ground-truth landmarks inside the frame. mm are at the detector plane (its pixel spacing times "
+        f"the downsampling: {dataset['mm_per_px']:g} mm per pixel); anatomy at the isocentre is smaller by the "
+        "C-arm's magnification (1.13 to 1.46 over the synthetic phantom's poses). Baselines: every landmark at "
+        "the frame centre; every landmark at its mean in-frame position over the fold's training frames "
+        "(mean shape). Paper: its Table 2, as published.",
         "",
     ]
     return "\n".join(lines)
@@ -428,7 +502,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
 
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
     losses, folds = list(params.study.losses), list(params.study.folds)
-    table = load_predictions(metrics_dir, losses, folds)
+    seeds = study_seeds(params)
+    table = load_predictions(metrics_dir, losses, folds, seeds)
     data = deepfluoro.read_processed(data_path)
     fold_splits = load_folds(folds_path, data)
     missing = [k for k in folds if k not in fold_splits]
@@ -446,6 +521,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
     result = table2_with_extras(table, losses=losses, mm_per_px=data.pixel_spacing_mm,
                                 success_mm=params.evaluate.success_mm, no_presence=no_presence)
     baseline_table = baseline_predictions(data, fold_splits, folds)
+    paired = pd.concat([table, with_seeds(baseline_table, sorted(table["seed"].unique()))], ignore_index=True)
+    comparisons = compare(paired, [*losses, *baselines.BASELINES], REFERENCES)
     baseline_result = metrics.table2(baseline_table, losses=list(baselines.BASELINES),
                                      mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm)
     dataset = dataset_description(data, table, params)
@@ -455,6 +532,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         "not_beating_mean_shape": not_beating(result, baseline_result["mean_shape"]),
         "presence": presence,
         "consistency": consistency,
+        "seed_spread": seed_spread(table, losses, data.pixel_spacing_mm),
+        "comparisons": comparisons,
         "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
         "dataset": dataset,
         "paper_table2": metrics.PAPER_TABLE2,
@@ -467,6 +546,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         if stale.stem not in compact:  # a loss no longer in the study
             stale.unlink()
     write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"])
+               + "\n" + comparisons_markdown(summary["comparisons"], summary["seed_spread"])
                + "\n" + presence_markdown(summary["presence"], summary["consistency"], losses))
     per_specimen = metrics.per_specimen_rows({**summary["table2"], **summary["baselines"]})
     write_with(metrics_dir / "per_specimen.csv",

@@ -39,24 +39,37 @@ class OutputPaths:
     segmentation: Path
 
 
-def output_paths(out_dir: str | Path, loss: str, fold: int) -> OutputPaths:
-    """Where `silr evaluate --loss loss --fold fold` writes (the report reads the same names)."""
+def run_name(fold: int, seed: int | None = None) -> str:
+    """`fold<k>` for the study's default seed (train.seed), `fold<k>_seed<s>` for an extra one
+    (study.seeds): the default run keeps the paths every command and doc names."""
+    return f"fold{fold}" if seed is None else f"fold{fold}_seed{seed}"
+
+
+def output_paths(out_dir: str | Path, loss: str, fold: int, seed: int | None = None) -> OutputPaths:
+    """Where `silr evaluate --loss loss --fold fold [--seed s]` writes (the report reads the same names)."""
     out_dir = Path(out_dir)
-    name = f"fold{fold}"
+    name = run_name(fold, seed)
     return OutputPaths(predictions=out_dir / "predictions" / loss / f"{name}.csv",
                        fold_metrics=out_dir / "folds" / loss / f"{name}.json",
                        segmentation=out_dir / "segmentation" / loss / f"{name}.npz")
 
 
-def checkpoint_path(models_dir: str | Path, loss: str, fold: int) -> Path:
-    return Path(models_dir) / loss / f"fold{fold}" / "best.pt"
+def run_dir(root: str | Path, loss: str, fold: int, seed: int | None = None) -> Path:
+    """`<root>/<loss>/fold<k>` (default seed) or `<root>/<loss>/fold<k>_seed<s>`: a run's models
+    folder (best.pt) or dvclive folder (beside the default run's, not inside it: DVC outputs may
+    not nest)."""
+    return Path(root) / loss / run_name(fold, seed)
+
+
+def checkpoint_path(models_dir: str | Path, loss: str, fold: int, seed: int | None = None) -> Path:
+    return run_dir(models_dir, loss, fold, seed) / "best.pt"
 
 
 # ------------------------------------------------------------------ prediction
 
 def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_indices: Sequence[int],
                       gt_xy: np.ndarray, predicted: FramePredictions, frame_size: tuple[int, int],
-                      true_labels: np.ndarray | None = None) -> pd.DataFrame:
+                      true_labels: np.ndarray | None = None, seed: int = 0) -> pd.DataFrame:
     """The predictions CSV's rows for N frames: frame-major, landmarks in canonical order.
 
     `true_labels` (N, H, W), the ground-truth label maps of the frames, give pred_on_bone and
@@ -87,6 +100,7 @@ def predictions_table(*, loss: str, fold: int, specimens: Sequence[int], frame_i
     table = pd.DataFrame({
         "loss": loss,
         "fold": int(fold),
+        "seed": int(seed),
         "specimen": repeat(specimens).astype(int),
         "frame": repeat(frame_indices).astype(int),
         "landmark": np.tile(np.array(LANDMARK_NAMES), count),

@@ -4,7 +4,7 @@ this run, and the random states that make a resumed run end where an uninterrupt
 The state of a run lives outside DVC's outputs, in a resume store: `.silr/resume/` in the
 workspace, or the folder `$SILR_RESUME_DIR` names (an absolute path shared by every
 workspace: queued experiments, other clones on one machine), as
-`<store>/<loss>/fold<k>/<run hash>.pt`. Outside the outputs, because DVC's run-cache skips
+`<store>/<loss>/fold<k>/seed<s>/<run hash>.pt`. Outside the outputs, because DVC's run-cache skips
 every stage with a `persist` output; keyed by the run hash, so that runs of other params
 (a sweep in parallel workers) never overwrite each other's state.
 
@@ -225,8 +225,11 @@ def resume_root(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get(RESUME_DIR_ENV) or DEFAULT_RESUME_DIR)
 
 
-def run_folder(root: str | Path, loss_name: str, fold: int) -> Path:
-    return Path(root) / loss_name / f"fold{fold}"
+def run_folder(root: str | Path, loss_name: str, fold: int, seed: int) -> Path:
+    """The store's folder of (loss, fold, training seed): runs of other seeds never prune each
+    other's states, and the same seed asked for twice (train.seed again in study.seeds) finds the
+    finished state and re-emits it instead of training again."""
+    return Path(root) / loss_name / f"fold{fold}" / f"seed{seed}"
 
 
 def state_path(folder: Path, identity: RunIdentity) -> Path:

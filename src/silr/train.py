@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -82,10 +83,14 @@ class RunPaths:
 
     @staticmethod
     def of(out_dir: str | Path, live_dir: str | Path, resume_dir: str | Path, loss_name: str, fold: int,
-           identity: RunIdentity) -> RunPaths:
-        run = Path(loss_name) / f"fold{fold}"
-        folder = run_folder(resume_dir, loss_name, fold)
-        return RunPaths(best=Path(out_dir) / run / "best.pt", live=Path(live_dir) / run, resume=folder,
+           identity: RunIdentity, seed: int, extra_seed: bool = False) -> RunPaths:
+        """The run's paths; an extra seed of the study (`--seed`) writes to `.../fold<k>_seed<s>/`."""
+        from silr.results import run_dir
+
+        folder = run_folder(resume_dir, loss_name, fold, seed)
+        named = seed if extra_seed else None
+        return RunPaths(best=run_dir(out_dir, loss_name, fold, named) / "best.pt",
+                        live=run_dir(live_dir, loss_name, fold, named), resume=folder,
                         last=state_path(folder, identity))
 
 
@@ -228,8 +233,12 @@ class Setup:
 
 
 def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
-            out_dir: str | Path, live_dir: str | Path, resume_dir: str | Path | None = None) -> Setup:
-    """Check every argument and build the run; raises SilrError before anything is written."""
+            out_dir: str | Path, live_dir: str | Path, resume_dir: str | Path | None = None,
+            seed: int | None = None) -> Setup:
+    """Check every argument and build the run; raises SilrError before anything is written.
+    `seed` (an extra seed of the study, `--seed`) replaces train.seed and the output paths."""
+    if seed is not None:
+        params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
     from silr.deepfluoro import read_processed
     from silr.losses import build_loss
     from silr.model import build_model, check_backbone
@@ -240,7 +249,9 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     loss_fn = build_loss(weights, codec=codec, visibility_mode=params.losses.visibility_mode,
                          detach_segmentation=params.losses.detach_segmentation,
                          kl_reduction=params.losses.kl_reduction,
-                         mse_foreground_weight=params.losses.mse_foreground_weight, key=f"losses.{loss_name}")
+                         mse_foreground_weight=params.loss_options(loss_name)["mse_foreground_weight"],
+                         mse_target_weight=params.loss_options(loss_name)["mse_target_weight"],
+                         key=f"losses.{loss_name}")
     check_backbone(params.model.backbone)  # the model registry's check, before any output is written
     device = DeviceSetup(device_for_run(params.train.device))
     data_path, folds_path = Path(data_path), Path(folds_path)
@@ -254,7 +265,8 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     identity = RunIdentity(params_hash=params_hash_of(params, loss_name),
                            data_hash=data_hash_of(data_path, split), code_hash=code_hash(),
                            device=device.device.type)
-    paths = RunPaths.of(out_dir, live_dir, resume_root(resume_dir), loss_name, fold, identity)
+    paths = RunPaths.of(out_dir, live_dir, resume_root(resume_dir), loss_name, fold, identity,
+                        seed=params.train.seed, extra_seed=seed is not None)
     # A blocked output location fails now, not after the first epoch (dvclive writes into live).
     ensure_writable(paths.best, paths.live / "metrics.json", paths.last)
     source = str(data_path)
@@ -420,10 +432,10 @@ def _say(message: str) -> None:
 
 def run(params: Params, *, loss_name: str, fold: int, data_path: str | Path, folds_path: str | Path,
         out_dir: str | Path = "models", live_dir: str | Path = "dvclive", resume_dir: str | Path | None = None,
-        fresh: bool = False, progress_bar: bool = True) -> Progress:
+        fresh: bool = False, progress_bar: bool = True, seed: int | None = None) -> Progress:
     """Train (or resume, or re-emit) one run; returns its final progress."""
     setup = prepare(params, loss_name=loss_name, fold=fold, data_path=data_path, folds_path=folds_path,
-                    out_dir=out_dir, live_dir=live_dir, resume_dir=resume_dir)
+                    out_dir=out_dir, live_dir=live_dir, resume_dir=resume_dir, seed=seed)
     with _deterministic(setup.device):
         return _train(setup, fresh=fresh, progress_bar=progress_bar)
 
@@ -462,7 +474,8 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
         progress = Progress(epoch=int(resume["epoch"]), best_score=resume["best_score"],
                             best_epoch=int(resume["best_epoch"]), best_state=resume["best_state"],
                             history=list(resume["history"]))
-    run_name = f"{setup.loss_name} fold {setup.fold_number}"
+    run_name = f"{setup.loss_name} fold {setup.fold_number}" + (
+        f" seed {train.seed}" if "_seed" in setup.paths.live.name else "")
     if resume is not None and progress.epoch >= train.epochs:
         _say(f"{run_name} already trained ({progress.epoch} epochs, {setup.paths.last}); "
              f"re-emitting {setup.paths.best} and the dvclive logs")
@@ -578,6 +591,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume-dir", default=None, metavar="DIR",
                         help="resume store (default: $SILR_RESUME_DIR, else .silr/resume)")
     parser.add_argument("--fresh", action="store_true", help="ignore a resumable state and start from scratch")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="an extra training seed of the study (study.seeds): replaces train.seed and writes "
+                             "to <out-dir>/<loss>/fold<k>_seed<S>/ and <live-dir>/<loss>/fold<k>_seed<S>/")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -585,5 +601,5 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     run(params, loss_name=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
         folds_path=args.folds, out_dir=args.out_dir, live_dir=args.live_dir, resume_dir=args.resume_dir,
-        fresh=args.fresh, progress_bar=not args.no_progress)
+        fresh=args.fresh, progress_bar=not args.no_progress, seed=args.seed)
     return 0
