@@ -106,6 +106,10 @@ def _evaluate(p: TinyProject, tmp: Path) -> Case:
     return Case(p.argv("evaluate"), evaluate_outputs(p), [])
 
 
+def _robustness(p: TinyProject, tmp: Path) -> Case:
+    return Case(p.argv("robustness"), [p.metrics / "robustness" / "proposed" / "fold1.json"], [])
+
+
 def _report(p: TinyProject, tmp: Path) -> Case:
     return Case(p.argv("report"), [p.metrics / "summary.json", p.metrics / "table2.md"], [])
 
@@ -115,7 +119,7 @@ def _parallel(p: TinyProject, tmp: Path) -> Case:
 
 
 PARAMS_COMMANDS = {"synth": _synth, "folds": _folds, "train": _train, "evaluate": _evaluate, "report": _report,
-                   "parallel": _parallel}
+                   "parallel": _parallel, "robustness": _robustness}
 
 
 def test_every_command_that_reads_params_is_checked_here():

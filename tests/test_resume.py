@@ -216,7 +216,7 @@ def test_code_identity_covers_every_module_the_training_stage_imports():
     assert resume.code_hash() == resume.code_hash(modules.items())
 
 
-@pytest.mark.parametrize("stage", ["synth", "ingest", "folds", "train", "evaluate", "report"])
+@pytest.mark.parametrize("stage", ["synth", "ingest", "folds", "train", "evaluate", "robustness", "report"])
 def test_dvc_yaml_lists_every_module_a_stage_imports(stage):
     """DVC reruns a stage when a dependency changes: every silr module the stage's code imports
     (as the resume identity finds them) must be a dependency, a file or a folder above it."""

@@ -90,6 +90,10 @@ class TinyProject:
             return ["evaluate", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
                     "--folds", str(self.folds), "--models", str(self.models), "--out", str(self.metrics),
                     "--device", "cpu"]
+        if stage == "robustness":
+            return ["robustness", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
+                    "--folds", str(self.folds), "--models", str(self.models), "--out", str(self.metrics),
+                    "--device", "cpu"]
         if stage == "report":
             return ["report", "--metrics", str(self.metrics), "--out-plots", str(self.plots), *common,
                     "--data", str(self.processed), "--live", str(self.live), "--folds", str(self.folds)]

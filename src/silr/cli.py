@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "folds": ("silr.folds", "leave-one-specimen-out train/validation/test splits"),
     "train": ("silr.train", "train one named loss on one fold"),
     "evaluate": ("silr.evaluate", "predict a fold's test specimen and write its metrics"),
+    "robustness": ("silr.robustness", "score a fold's test specimen under the corruption suite"),
     "report": ("silr.report", "Table 2, Figure 1 and the summary plots"),
     "predict": ("silr.predict", "apply trained models to new frames"),
     "parallel": ("silr.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),

@@ -26,22 +26,15 @@ Reads `models/<loss>/fold<k>/best.pt`, the processed data and the folds file, an
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
-from silr import metrics
-from silr.anatomy import LANDMARK_NAMES
-from silr.card import ModelCard
-from silr.device import device_for_run, select_device
-from silr.errors import CheckpointError, ConfigError, DataError
+from silr import heldout, metrics
+from silr.errors import ConfigError
 from silr.inference import predict_frames
 from silr.io import ensure_writable
 from silr.params import DEFAULT_PARAMS_FILE, Params, load_params
 from silr.results import (
     OutputPaths,
-    checkpoint_path,
     output_paths,
     predictions_table,
     read_fold_metrics,
@@ -50,77 +43,23 @@ from silr.results import (
     write_predictions_csv,
 )
 
-DEFAULT_FOLDS = "data/folds.json"
-DEFAULT_MODELS = "models"
-DEFAULT_OUT = "metrics"
-
-
-def _check_card(path: Path, card: ModelCard, loss: str, fold: int) -> None:
-    # A best.pt copied between folders would silently score the wrong model.
-    trained_loss = card.loss.name if card.loss is not None else None
-    if trained_loss not in (None, loss) or card.fold not in (None, fold):
-        raise CheckpointError(f"{path}: holds the model of loss {trained_loss!r} fold {card.fold!r}, "
-                              f"expected loss {loss!r} fold {fold}")
-    if list(card.landmark_names) != list(LANDMARK_NAMES):
-        raise CheckpointError(f"{path}: model predicts landmarks {list(card.landmark_names)}, "
-                              f"expected {list(LANDMARK_NAMES)}")
-
-
-def _numbers(values: Iterable[int]) -> str:
-    return ", ".join(map(str, sorted(values)))
-
-
-def _how_to_train(params: Params, loss: str, fold: int) -> str:
-    """The command that makes the missing checkpoint: a dvc.yaml stage only where the study has one."""
-    if loss in params.study.losses and fold in params.study.folds:
-        return f"train it first with `dvc repro train@{loss}-{fold}`"
-    missing = [f"study.losses ({', '.join(params.study.losses)})" if loss not in params.study.losses else "",
-               f"study.folds ({_numbers(params.study.folds)})" if fold not in params.study.folds else ""]
-    return (f"dvc.yaml has no stage train@{loss}-{fold}, as it is not in {' and '.join(m for m in missing if m)}: "
-            f"add it there to run it with the pipeline, or train it first with "
-            f"`silr train --loss {loss} --fold {fold}`")
-
 
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
         models_dir: str | Path, out_dir: str | Path, device: str | None = None,
         batch_size: int = 16, seed: int | None = None) -> OutputPaths:
     """Evaluate one (loss, fold) and, with `seed`, one extra training seed of the study: read model,
     data and split; write predictions, metrics and label maps."""
-    from silr import checkpoint, deepfluoro
-    from silr.splits import check_against_data, load_folds
-
-    # The fold first: for a fold the folds file lacks, no training would help.
-    folds = load_folds(folds_path)
-    if fold not in folds:
-        raise ConfigError(f"{folds_path}: no fold {fold} (folds: {_numbers(folds)}; "
-                          f"study.folds: {_numbers(params.study.folds)})")
-    ckpt = checkpoint_path(models_dir, loss, fold, seed)
-    if not ckpt.is_file():
-        raise CheckpointError(f"{ckpt}: no trained model for loss {loss!r} fold {fold}; "
-                              f"{_how_to_train(params, loss, fold)}")
-    data = deepfluoro.read_processed(data_path)
-    check_against_data(folds, data, Path(folds_path))
-    test = sorted(folds[fold].test)
-    if not test:
-        raise DataError(f"{folds_path}: fold {fold} has no test frames")
-
-    # --device wins; else train.device, with the placement of silr.device ($SILR_DEVICE, $SILR_THREADS).
-    torch_device = select_device(device, key="--device") if device else device_for_run(params.train.device)
-    model, card = checkpoint.load_model(ckpt, torch_device)
-    _check_card(ckpt, card, loss, fold)
-    trained_seed = int((card.params or {}).get("train", {}).get("seed", params.train.seed))
-    if seed is not None and trained_seed != seed:
-        raise CheckpointError(f"{ckpt}: holds the model of training seed {trained_seed}, expected seed {seed}")
-    codec = card.codec(ckpt)
+    run_ = heldout.load_fold_model(params, loss=loss, fold=fold, data_path=data_path, folds_path=folds_path,
+                           models_dir=models_dir, device=device, seed=seed)
+    data, test, model, card, codec, trained_seed = (run_.data, run_.test, run_.model, run_.card, run_.codec,
+                                                    run_.trained_seed)
     paths = output_paths(out_dir, loss, fold, seed)
     # All three outputs or none: a blocked location fails before the first one is written.
     ensure_writable(paths.predictions, paths.fold_metrics, paths.segmentation)
 
     specimens = [specimen for specimen, _ in test]
     frame_indices = [index for _, index in test]
-    images = np.stack([data.specimens[s].images[i] for s, i in test])
-    true_labels = np.stack([data.specimens[s].labels[i] for s, i in test])
-    gt_xy = np.stack([data.specimens[s].landmarks_xy[i] for s, i in test])
+    images, true_labels, gt_xy = (run_.stacked(name) for name in ("images", "labels", "landmarks_xy"))
 
     predicted = predict_frames(model, codec, images, device=next(model.parameters()).device,
                                batch_size=batch_size)
@@ -157,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", required=True, type=int, help="fold number k (tests specimen k)")
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--data", default=None, help="processed HDF5 file (default: data.processed in params)")
-    parser.add_argument("--folds", default=DEFAULT_FOLDS, help="folds file (default: %(default)s)")
-    parser.add_argument("--models", default=DEFAULT_MODELS, help="models directory (default: %(default)s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="metrics directory (default: %(default)s)")
+    parser.add_argument("--folds", default=heldout.DEFAULT_FOLDS, help="folds file (default: %(default)s)")
+    parser.add_argument("--models", default=heldout.DEFAULT_MODELS, help="models directory (default: %(default)s)")
+    parser.add_argument("--out", default=heldout.DEFAULT_OUT, help="metrics directory (default: %(default)s)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: train.device)")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, metavar="S",

@@ -51,6 +51,8 @@ SPLITS = ("fold", "loss", "run")
 # The stage group each experiment reproduces: evaluate pulls in its train stages (and the
 # data stages, unchanged), but not the report, which runs once at the end on the whole study.
 TARGET = "evaluate"
+# The corruption benchmark of every (loss, fold): in the workers too, so that it runs in parallel.
+ROBUSTNESS_TARGET = "robustness"
 # With extra training seeds (study.seeds), their evaluations too (a stage group of no stages is an error).
 SEED_TARGET = "evaluate_seed"
 # The stages every experiment shares (synth, ingest, folds): run once here first. Run by
@@ -198,7 +200,7 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
         args = ["exp", "run", "--queue", "-n", part.name]
         for override in part.overrides:
             args += ["-S", override]
-        targets = [TARGET, *([SEED_TARGET] if params.study.seeds else [])]
+        targets = [TARGET, ROBUSTNESS_TARGET, *([SEED_TARGET] if params.study.seeds else [])]
         done = _dvc([*args, *targets], repo, env, echo=True)
         if done.returncode != 0:
             raise ParallelError(f"could not queue {part.name}: {(done.stderr or done.stdout).strip()[-500:]}")
@@ -224,13 +226,14 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     sys.stderr.write(repro.stderr)
     if repro.returncode != 0:
         raise ParallelError(f"the final `dvc repro` failed (exit {repro.returncode}); see its output above")
-    ran = re.findall(r"Running stage '((?:train|evaluate)@[^']+)'", repro.stdout)
-    restored = re.findall(r"Stage '((?:train|evaluate)@[^']+)' is cached", repro.stdout)
+    ran = re.findall(r"Running stage '((?:train|evaluate|robustness)@[^']+)'", repro.stdout)
+    restored = re.findall(r"Stage '((?:train|evaluate|robustness)@[^']+)' is cached", repro.stdout)
     if not keep:
         _dvc(["exp", "remove", *sorted(names)], repo, env)
         _dvc(["queue", "remove", "--success"], repo, env)
     total_s = time.monotonic() - started
-    print(f"silr parallel: {len(restored)} train/evaluate stages restored from the run-cache, {len(ran)} run again"
+    print(f"silr parallel: {len(restored)} train/evaluate/robustness stages restored from the run-cache, "
+          f"{len(ran)} run again"
           + (f" ({', '.join(ran)})" if ran else "") + f"; {total_s / 60:.1f} min in all", file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -320,6 +321,44 @@ def training_curves(curves: pd.DataFrame, losses: Sequence[str], metric_names: S
 OVERLAY_MIN_INCHES = 6.0  # the longer side of the overlay's image, so that names stay legible
 OVERLAY_MAX_INCHES = 14.0  # ... and no more for huge frames (aspect kept)
 OVERLAY_DPI = 100
+
+
+def robustness(summary: Mapping[str, Any], *, source: str = "") -> Figure:
+    """Error against severity, one panel per corruption (and their mean), one line per loss; the
+    trivial baselines (which never look at the frame) as dashed horizontal lines."""
+    losses = [name for name in summary if not name.startswith("_")]
+    names = list(summary[losses[0]]["error_px"])
+    panels = [*names, "mean over types"]
+    columns = 4
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3.3 * columns, 2.9 * rows + 1.0), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True).ravel()
+    palette = _palette(losses)
+    baselines = summary.get("_baselines_px", {})
+    for ax, panel in zip(axes, panels):
+        for loss in losses:
+            entry = summary[loss]
+            steps = entry["mean_over_types_px"] if panel == "mean over types" else entry["error_px"][panel]
+            severities = [0, *map(int, steps)]
+            ax.plot(severities, [entry["clean_px"], *steps.values()], "o-", color=palette[loss], markersize=3.5,
+                    linewidth=1.5, label=loss_title(loss))
+        for k, (name, value) in enumerate(baselines.items()):
+            ax.axhline(value, color="#555555", linestyle=("--", ":")[k % 2], linewidth=1.0,
+                       label=loss_title(name))
+        ax.set_title(panel.replace("_", " "), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.set_xticks(range(6))
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    for ax in axes[::columns]:
+        ax.set_ylabel("mean error (px)", fontsize=10)
+    for ax in axes[:len(panels)][-columns:]:
+        ax.set_xlabel("severity (0 = clean)", fontsize=10)
+    axes[0].set_ylim(bottom=0)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                  ncol=min(len(losses) + len(baselines), 6), fontsize=9, frameon=False)
+    return _titled(figure, "Robustness: held-out specimens under fluoroscopy's corruptions "
+                           "(mean over specimens)", source)
 
 
 def overlay_display(image: np.ndarray) -> np.ndarray:

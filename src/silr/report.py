@@ -30,6 +30,7 @@ labels, pixel spacing, what data it is). Writes
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from silr import baselines, metrics
+from silr import baselines, metrics, robustness_summary
 from silr.comparisons import compare
 from silr.errors import DataError
 from silr.io import ensure_writable, write_json, write_text, write_with
@@ -55,11 +56,23 @@ DEFAULT_LIVE = "dvclive"
 SUMMARY_DIR = "summary"
 PLOT_NAMES = ("figure1.png", "per_specimen_errors.png", "cumulative_errors.png", "per_landmark_errors.png",
               "segmentation.png", "training_curves.png")
+# Drawn where the robustness stage has run for the study (dvc.yaml always runs it).
+ROBUSTNESS_PLOT = "robustness.png"
 # dvclive metric (path under plots/metrics, without .tsv) -> the curves file it becomes.
 CURVE_FILES = {"train/loss": "train_loss.csv", "val/error_px": "val_error_px.csv"}
 
 
 # ------------------------------------------------------------------ pure logic
+
+def robustness_of(metrics_dir: Path, losses: Sequence[str], folds: Sequence[int],
+                  baselines_px: Mapping[str, float]) -> dict[str, Any] | None:
+    """The robustness summary, or None where no (loss, fold) of the study has a robustness result
+    (`silr report` after evaluate alone); some but not all is an error naming the missing one."""
+    paths = [robustness_summary.robustness_path(metrics_dir, loss, k) for loss in losses for k in folds]
+    if not any(path.is_file() for path in paths):
+        return None
+    return robustness_summary.summarise(metrics_dir, losses, folds, baselines_px)
+
 
 def study_seeds(params: Params) -> list[int | None]:
     """The seeds of the study as evaluation names: None for train.seed (the default runs), then
@@ -514,7 +527,7 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
                     *(metrics_dir / SUMMARY_DIR / f"{name}.json"
                       for name in [*losses, *(f"baseline_{b}" for b in baselines.BASELINES)]),
                     *(metrics_dir / "curves" / name for name in CURVE_FILES.values()),
-                    *(plots_dir / name for name in PLOT_NAMES))
+                    *(plots_dir / name for name in (*PLOT_NAMES, ROBUSTNESS_PLOT)))
     presence = presence_summary(metrics_dir, table, losses, folds, data.pixel_spacing_mm)
     no_presence = [loss for loss in losses if presence[loss]["rule"] is None]
     consistency = {loss: metrics.consistency_summary(table[table["loss"] == loss]) for loss in losses}
@@ -534,6 +547,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
         "consistency": consistency,
         "seed_spread": seed_spread(table, losses, data.pixel_spacing_mm),
         "comparisons": comparisons,
+        "robustness": robustness_of(metrics_dir, losses, folds, {
+            name: baseline_result[name]["mean_px"] for name in baselines.BASELINES}),
         "segmentation_dice": segmentation_dice(metrics_dir, losses, folds, data),
         "dataset": dataset,
         "paper_table2": metrics.PAPER_TABLE2,
@@ -547,7 +562,8 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
             stale.unlink()
     write_text(metrics_dir / "table2.md", table2_markdown(summary["table2"], losses, dataset, summary["baselines"])
                + "\n" + comparisons_markdown(summary["comparisons"], summary["seed_spread"])
-               + "\n" + presence_markdown(summary["presence"], summary["consistency"], losses))
+               + "\n" + presence_markdown(summary["presence"], summary["consistency"], losses)
+               + ("\n" + robustness_summary.markdown(summary["robustness"]) if summary["robustness"] else ""))
     per_specimen = metrics.per_specimen_rows({**summary["table2"], **summary["baselines"]})
     write_with(metrics_dir / "per_specimen.csv",
                lambda tmp: per_specimen.to_csv(tmp, index=False, float_format=f"%.{metrics.DECIMALS}f",
@@ -560,6 +576,11 @@ def run(params: Params, *, metrics_dir: str | Path, plots_dir: str | Path, data_
                                                      lineterminator="\n"))
     write_plots(plots_dir, table, data, metrics_dir, params, curves, baseline_table, source=figure_source(dataset),
                 no_presence=no_presence)
+    if summary["robustness"] is not None:
+        from silr import plots
+
+        plots.save_png(plots.robustness(summary["robustness"], source=figure_source(dataset)),
+                       plots_dir / ROBUSTNESS_PLOT)
     return summary
 
 
@@ -579,4 +600,7 @@ def main(args: argparse.Namespace) -> int:
     summary = run(params, metrics_dir=args.metrics, plots_dir=args.out_plots,
                   data_path=args.data or params.data.processed, live_dir=args.live, folds_path=args.folds)
     print(table2_markdown(summary["table2"], list(params.study.losses), summary["dataset"], summary["baselines"]))
+    if summary["robustness"] is None:
+        print("silr report: no robustness results (metrics/robustness/); run `dvc repro robustness` for them",
+              file=sys.stderr)
     return 0
