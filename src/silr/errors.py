@@ -34,3 +34,19 @@ class SilrWarning(UserWarning):
 
 class IgnoredLandmarkWarning(SilrWarning):
     """An input file names landmarks that silr does not use; they were skipped."""
+
+
+# A value quoted in an error message is cut to this many characters: a hostile file can hold a
+# value of gigabytes (a YAML alias bomb expands 344 bytes to 2 GB), and a message must stay a line.
+MAX_QUOTED_CHARS = 80
+
+
+def quoted(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters, without ever building the whole repr of a big
+    container: containers are summarised by type and length first."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 16:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    if isinstance(value, (str, bytes)) and len(value) > 4 * limit:
+        value = value[: 4 * limit]
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
