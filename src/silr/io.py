@@ -3,7 +3,13 @@
 A writer gets a temporary name in the target's own directory (so the final rename is
 atomic on POSIX file systems) and the file is renamed onto the target only when the
 writer finished without an exception. A killed process leaves at most a hidden
-`.silr-tmp-*` file, never a half-written target.
+`.silr-tmp-<pid>-*` file, never a half-written target; the next write into that directory
+removes the temporaries of processes that no longer run (`clean_stale_temporaries`).
+
+Only what is ours is replaced: a target that exists must be a regular file (or a symbolic
+link, which DVC's link cache types make of outputs: the link is replaced, never what it points
+to). A directory, device node, FIFO or socket at an output path is an error, not a rename
+target (as root, `--out /dev/null` would otherwise replace /dev/null).
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
+import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +29,79 @@ from typing import IO, Any
 from silr.errors import OutputError
 
 TMP_PREFIX = ".silr-tmp-"
+# `<prefix><pid>-<hex>-<name>`: the pid says whether the writer may still be running.
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{8}-")
+# A temporary without a pid (written by an older silr) or of another host's process is only
+# removed when older than this: a live writer renames its file within a stage's run.
+STALE_AFTER_S = 24 * 3600.0
+_cleaned_dirs: set[Path] = set()
+
+
+def _tmp_name(target: Path, tag: str | None = None) -> Path:
+    return target.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{tag or target.name}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # alive under another user, or not ours to judge
+    return True
+
+
+def _is_stale(entry: os.DirEntry) -> bool:
+    match = _TMP_NAME.match(entry.name)
+    if match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        return True
+    try:
+        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False
+    return (match is None or int(match.group(1)) != os.getpid()) and age > STALE_AFTER_S
+
+
+def clean_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the `.silr-tmp-*` files a killed writer left in `directory`; returns them.
+
+    A temporary belongs to a dead process when its pid no longer runs (processes on another
+    host of a shared file system look alive, so theirs go only after STALE_AFTER_S)."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(TMP_PREFIX)]
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and _is_stale(entry):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _clean_once(directory: Path) -> None:
+    key = directory.absolute()
+    if key not in _cleaned_dirs:
+        _cleaned_dirs.add(key)
+        clean_stale_temporaries(key)
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """OutputError unless `path` is absent, a regular file or a symbolic link: what we may replace."""
+    target = Path(path)
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot be inspected ({exc.strerror or exc})") from None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    raise OutputError(f"{target}: exists and is {kind}, expected a regular file path; not replaced")
 
 
 def _prepare_dir(path: Path) -> None:
@@ -46,7 +128,9 @@ def ensure_writable(*paths: str | os.PathLike) -> None:
         _prepare_dir(target)
         if target.is_dir():
             raise OutputError(f"{target}: is a directory, expected a file path")
-        probe = target.parent / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
+        check_replaceable(target)
+        _clean_once(target.parent)
+        probe = _tmp_name(target, "probe")
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
@@ -64,13 +148,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     the extension (matplotlib, h5py) behave as for the target itself.
     """
     target = Path(path)
+    check_replaceable(target)
     _prepare_dir(target)
-    tmp = target.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{target.name}"
+    _clean_once(target.parent)
+    tmp = _tmp_name(target)
     try:
         yield tmp
         if not tmp.exists():
             raise OutputError(f"{target}: the writer produced no file")
         _fsync(tmp)
+        check_replaceable(target)  # again: something may have appeared there while we wrote
         os.replace(tmp, target)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from None
