@@ -344,7 +344,7 @@ def test_ensemble_averages_probabilities_exactly(fake_models, tmp_path):
 def test_mismatched_models_cannot_be_ensembled(fake_models, tmp_path, capsys):
     a = fake_models("a.pt", MarkerModel())
     b = fake_models("b.pt", MarkerModel(), card(landmark_names=list(reversed(LANDMARK_NAMES))))
-    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    np.save(tmp_path / "frame.npy", np.ones((64, 64)))  # a frame that passes the input checks
     assert run_predict("--model", a, "--model", b, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     message = capsys.readouterr().err
     assert "b.pt" in message and "landmark_names differs" in message
@@ -353,7 +353,7 @@ def test_mismatched_models_cannot_be_ensembled(fake_models, tmp_path, capsys):
 
 def test_model_that_does_not_fit_its_card_fails_before_any_input(fake_models, tmp_path, capsys):
     small = fake_models("small.pt", FixedModel(0), card(input_size=224))
-    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    np.save(tmp_path / "frame.npy", np.ones((64, 64)))  # a frame that passes the input checks
     assert run_predict("--model", small, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     assert "small.pt: model outputs heatmaps (1, 14, 192, 192)" in capsys.readouterr().err
 
@@ -380,7 +380,7 @@ def test_bad_inputs_fail_alone_and_are_listed(fake_models, tmp_path, capsys):
 
 
 def test_missing_model_and_non_checkpoint_file(tmp_path, capsys):
-    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    np.save(tmp_path / "frame.npy", np.ones((64, 64)))  # a frame that passes the input checks
     assert run_predict("--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     assert "--model CKPT is required" in capsys.readouterr().err
     junk = tmp_path / "junk.pt"
@@ -457,7 +457,7 @@ def test_weights_that_do_not_fit_the_card(tiny_checkpoint, tmp_path, capsys):
     payload["card"]["model"]["decoder_channels"] = [8, 4]  # the weights are of a (4, 4) decoder
     wrong = tmp_path / "wrong.pt"
     torch.save(payload, wrong)
-    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    np.save(tmp_path / "frame.npy", np.ones((64, 64)))  # a frame that passes the input checks
     assert run_predict("--model", wrong, "--out", tmp_path / "out", tmp_path / "frame.npy") == 2
     assert "wrong.pt: weights do not fit the network its card describes" in capsys.readouterr().err
 
@@ -500,7 +500,7 @@ def test_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not even a checkpoint")  # would fail too, but --out is checked first
     (tmp_path / "taken").write_text("a file")
-    np.save(tmp_path / "frame.npy", np.ones((8, 8)))
+    np.save(tmp_path / "frame.npy", np.ones((64, 64)))  # a frame that passes the input checks
     assert run_predict("--model", junk, "--out", tmp_path / "taken", tmp_path / "frame.npy") == 2
     assert "--out " + str(tmp_path / "taken") + ": exists and is not a directory" in capsys.readouterr().err
 

@@ -74,6 +74,7 @@ class InputSpec:
 class Failure:
     source: str
     message: str
+    stem: str | None = None  # the output stem, where the input got that far (its outputs are removed)
 
 
 @dataclass(frozen=True)

@@ -197,10 +197,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as stable, diff-friendly JSON text (sorted keys, 2-space indent, final newline)."""
+    return json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as stable, diff-friendly JSON (sorted keys, 2-space indent, final newline)."""
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n"
-    write_text(path, text)
+    write_text(path, json_text(obj))
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:

@@ -370,6 +370,21 @@ def overlay_display(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1) if high > low else np.zeros_like(image)
 
 
+def display_grid(image: np.ndarray, labels: np.ndarray, limit_px: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The image (block mean) and label map (nearest) reduced by a whole factor k so that their
+    longer side is at most `limit_px`, and k: the overlay never draws more pixels than its own
+    image holds (an 8000 x 8000 input drawn whole costs gigabytes in matplotlib's float64 and
+    RGBA copies). The rim of fewer than k input pixels that does not fill a block is dropped."""
+    height, width = image.shape
+    k = max(1, -(-max(height, width) // limit_px))
+    if k == 1:
+        return image, labels, 1
+    rows, cols = height // k, width // k
+    blocks = np.asarray(image[:rows * k, :cols * k], dtype=np.float32).reshape(rows, k, cols, k)
+    reduced = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return reduced, labels[k // 2::k, k // 2::k][:rows, :cols], k
+
+
 def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, present: np.ndarray,
                        in_image: np.ndarray, names: Sequence[str], *, title: str, subtitle: str = "") -> Figure:
     """`silr predict`'s overlay, in the input's own pixels: the input image in grey at its own
@@ -393,12 +408,16 @@ def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, pr
     figure = Figure(figsize=(max(image_w, 5.0), image_h + top + bottom), dpi=OVERLAY_DPI)
     fig_w, fig_h = figure.get_size_inches()
     axes = figure.add_axes(((fig_w - image_w) / 2 / fig_w, bottom / fig_h, image_w / fig_w, image_h / fig_h))
-    axes.imshow(overlay_display(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    tint = np.zeros(labels.shape + (4,), dtype=np.float32)
+    shown_image, shown_labels, k = display_grid(image, labels, int(inches * OVERLAY_DPI))
+    # extent keeps the axes in input pixels whatever the display grid
+    extent = (-0.5, shown_image.shape[1] * k - 0.5, shown_image.shape[0] * k - 0.5, -0.5)
+    axes.imshow(overlay_display(shown_image), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                extent=extent)
+    tint = np.zeros(shown_labels.shape + (4,), dtype=np.float32)
     for value in LABEL_NAMES:
         if value:
-            tint[labels == value] = (*to_rgb(LABEL_COLORS[value]), 0.35)
-    axes.imshow(tint, interpolation="nearest")
+            tint[shown_labels == value] = (*to_rgb(LABEL_COLORS[value]), 0.35)
+    axes.imshow(tint, interpolation="nearest", extent=extent)
     font = 9
     ring = max(6.0, 0.012 * inches * OVERLAY_DPI)
     outline = [withStroke(linewidth=2.2, foreground="black")]

@@ -78,6 +78,7 @@ Exit status: 0 all inputs predicted; 1 some inputs failed (listed at the end);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import io
@@ -85,16 +86,16 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from silr import coords
+from silr import coords, limits
 from silr.anatomy import LABEL_COLORS, LABEL_NAMES
-from silr.errors import ConfigError, DataError, OutputError, SilrError
-from silr.inference import Ensemble, load_ensemble
+from silr.errors import CheckpointError, ConfigError, DataError, OutputError, SilrError
 from silr.inputs import (
     Failure,
     InputSpec,
@@ -107,7 +108,10 @@ from silr.inputs import (
     treatment,
     unique_stems,
 )
-from silr.io import atomic_path, write_json, write_text
+from silr.io import atomic_path, json_text
+
+if TYPE_CHECKING:  # torch: imported where models load (see _load)
+    from silr.inference import Ensemble
 
 # The warning rules of the module docstring.
 STAT_MEDIAN = (0.25, 0.90)
@@ -119,6 +123,9 @@ POLARITY_MARGIN = 0.05
 # learned presence below PRESENCE_COLLAPSE, is a frame unlike the training frames.
 ABSENT_MAJORITY = 0.5
 PRESENCE_COLLAPSE = 0.5
+# The decoded input pixels a batch may hold, as a share of silr.limits' memory budget: the rest
+# is left to the models, the label maps on the input grid and the overlays being drawn.
+HELD_INPUT_SHARE = 0.25
 
 # ------------------------------------------------------------------ containers
 
@@ -146,6 +153,8 @@ def resolve_models(paths: Sequence[Path]) -> list[Path]:
     resolved: list[Path] = []
     for path in paths:
         if not path.is_dir():
+            if not path.is_file():  # checked here, before anything loads
+                raise CheckpointError(f"{path}: no such checkpoint file")
             resolved.append(path)
             continue
         if (path / "best.pt").is_file():
@@ -326,16 +335,39 @@ def landmark_rows(prediction: FramePrediction, names: Sequence[str]) -> list[dic
 
 def write_outputs(out_dir: Path, prediction: FramePrediction, ensemble: Ensemble,
                   facts: Sequence[dict]) -> dict[str, Path]:
-    """Write the csv, json, label map and overlay of one prediction; return their paths."""
+    """Write the csv, json, label map and overlay of one prediction; return their paths.
+
+    All four are written to temporary names first and published together only when every one
+    is complete (the json last, so a json means a complete set); a failure leaves none."""
     frame = prediction.prepared.input
     paths = output_paths(out_dir, frame.stem)
     rows = landmark_rows(prediction, ensemble.landmark_names)
     labels_input = labels_to_input(prediction.labels, prediction.prepared, ensemble.card.preprocessing)
-    write_text(paths["csv"], _csv_text(rows))
-    write_json(paths["json"], _json_record(prediction, ensemble, rows, paths, facts))
-    write_label_png(paths["seg"], labels_input)
+    # `with` exits last-in first-out: the overlay is published first and the json last
+    with atomic_path(paths["json"]) as json_tmp, atomic_path(paths["csv"]) as csv_tmp, \
+            atomic_path(paths["seg"]) as seg_tmp, atomic_path(paths["overlay"]) as overlay_tmp:
+        csv_tmp.write_text(_csv_text(rows), encoding="utf-8")
+        json_tmp.write_text(json_text(_json_record(prediction, ensemble, rows, paths, facts)), encoding="utf-8")
+        write_label_png(seg_tmp, labels_input)
+        figure = _overlay_figure(prediction, labels_input, ensemble, facts)
+        figure.savefig(overlay_tmp, format="png", metadata={"Software": None})
+    return paths
+
+
+def remove_outputs(out_dir: Path, stem: str) -> None:
+    """Remove an earlier run's outputs of `stem` (regular files only), so that an input reported
+    as failed has none: a stale csv beside a failure would read as this run's answer."""
+    for path in output_paths(out_dir, stem).values():
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+
+
+def _overlay_figure(prediction: FramePrediction, labels_input: np.ndarray, ensemble: Ensemble,
+                    facts: Sequence[dict]):
     from silr import plots  # matplotlib: only when outputs are written
 
+    frame = prediction.prepared.input
     kinds = sorted({f["data_kind"] for f in facts})
     losses = sorted({str(f["loss"]) for f in facts})
     subtitle = (f"{'ensemble of ' + str(len(facts)) + ' models' if len(facts) > 1 else 'model'} trained on "
@@ -343,12 +375,9 @@ def write_outputs(out_dir: Path, prediction: FramePrediction, ensemble: Ensemble
                 f"{', '.join(losses)}; {treatment(frame, ensemble.card.preprocessing)}")
     if prediction.warnings:
         subtitle += f"\nWARNING: {len(prediction.warnings)} warning(s), see the json"
-    figure = plots.prediction_overlay(frame.pixels, labels_input, prediction.xy_input, prediction.present,
-                                      prediction.in_image, ensemble.landmark_names, title=frame.stem,
-                                      subtitle=subtitle)
-    with atomic_path(paths["overlay"]) as tmp:
-        figure.savefig(tmp, format="png", metadata={"Software": None})
-    return paths
+    return plots.prediction_overlay(frame.pixels, labels_input, prediction.xy_input, prediction.present,
+                                    prediction.in_image, ensemble.landmark_names, title=frame.stem,
+                                    subtitle=subtitle)
 
 
 def write_label_png(path: Path, labels: np.ndarray) -> None:
@@ -360,8 +389,7 @@ def write_label_png(path: Path, labels: np.ndarray) -> None:
     image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
     palette = [round(255 * c) for colour in LABEL_COLORS for c in to_rgb(colour)]
     image.putpalette(palette + [0] * (768 - len(palette)))
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    image.save(path, format="PNG")
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -440,37 +468,55 @@ def warn(message: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from silr.device import select_device  # the one 'auto' / cuda / mps rule of the project
-
     _check_arguments(args)
     models = resolve_models(args.model)
-    if not args.info:
-        check_output_dir(args.out)
-    device = select_device(args.device, key="--device")
-    ensemble = load_ensemble(models, device)
-    facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
     if args.info:
-        for path, card, fact in zip(ensemble.paths, ensemble.cards, facts):
-            print(card.describe(path))
-            print(f"  checkpoint_file_modified: {fact['checkpoint_file_modified']}")
-            print(f"  data_kind: {fact['data_kind']} ({fact['data_kind_from']})")
-        return 0
+        return _print_info(_load(models, args.device))
+    check_output_dir(args.out)
+    # The inputs are listed (and their headers checked) before any model is loaded: a missing or
+    # unreadable input is reported in a second, not after the models' start-up.
+    specs = unique_stems(list(enumerate_inputs(args.inputs, raw=args.raw, specimens=args.specimen,
+                                               frames=args.frames)))
+    if not any(isinstance(spec, InputSpec) for spec in specs):
+        return _report_failures([s for s in specs if isinstance(s, Failure)], models_loaded=False)
+    ensemble = _load(models, args.device)
+    facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
     losses = sorted({str(f["loss"]) for f in facts})
     if len(losses) > 1:
         warn(f"the ensemble mixes models trained with different losses ({', '.join(losses)}); their heatmaps "
              f"mean different things, so the average may not")
-    make_output_dir(args.out)
-    specs = unique_stems(list(enumerate_inputs(args.inputs, raw=args.raw, specimens=args.specimen,
-                                               frames=args.frames)))
     rows, failures = run(ensemble, specs, args.out, args.batch_size, facts)
     print(summary_table(rows, ensemble, args.out, facts))
-    if failures:
-        print(f"\n{len(failures)} input(s) failed:", file=sys.stderr)
-        for failure in failures:
-            message = failure.message.removeprefix(f"{failure.source}: ")
-            print(f"  {failure.source}: {message}", file=sys.stderr)
-        return 1
+    return _report_failures(failures)
+
+
+def _load(models: Sequence[Path], device_name: str) -> Ensemble:
+    # torch and the network code load here, not at import: `silr predict --help` and a run whose
+    # inputs all fail their checks never pay for them
+    from silr.device import select_device
+    from silr.inference import load_ensemble
+
+    return load_ensemble(models, select_device(device_name, key="--device"))
+
+
+def _print_info(ensemble: Ensemble) -> int:
+    facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
+    for path, card, fact in zip(ensemble.paths, ensemble.cards, facts):
+        print(card.describe(path))
+        print(f"  checkpoint_file_modified: {fact['checkpoint_file_modified']}")
+        print(f"  data_kind: {fact['data_kind']} ({fact['data_kind_from']})")
     return 0
+
+
+def _report_failures(failures: Sequence[Failure], models_loaded: bool = True) -> int:
+    if not failures:
+        return 0
+    print(f"\n{len(failures)} input(s) failed{'' if models_loaded else ' (no model was loaded)'}:",
+          file=sys.stderr)
+    for failure in failures:
+        message = failure.message.removeprefix(f"{failure.source}: ")
+        print(f"  {failure.source}: {message}", file=sys.stderr)
+    return 1
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -503,13 +549,6 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"--out {out_dir}: cannot be created, {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"--out {out_dir}: cannot be created, {ancestor} is not writable")
-
-
-def make_output_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out {out_dir}: cannot create the directory ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -551,54 +590,92 @@ def _load_and_prepare(spec: InputSpec, ensemble: Ensemble) -> tuple[PreparedFram
     return prepared, found + frame_warnings(prepared)
 
 
+def _prepared_batches(todo: Sequence[InputSpec], ensemble: Ensemble, batch_size: int,
+                      failures: list[Failure], bar) -> Iterator[list[tuple[PreparedFrame, list[str], float]]]:
+    """Load and prepare inputs into batches of at most `batch_size` frames whose decoded pixels
+    stay under HELD_INPUT_SHARE of the memory budget (an 8000 x 8000 frame holds 256 MB as
+    float32; sixteen of them in one batch would need 4 GiB before the overlays are drawn)."""
+    budget = HELD_INPUT_SHARE * limits.memory_budget_bytes()
+    batch: list[tuple[PreparedFrame, list[str], float]] = []
+    held = 0
+    for spec in todo:
+        start = time.perf_counter()
+        try:
+            item, item_warnings = _load_and_prepare(spec, ensemble)
+        except SilrError as exc:
+            failures.append(Failure(spec.source, str(exc), spec.stem))
+            bar.update(1)
+            continue
+        batch.append((item, item_warnings, time.perf_counter() - start))
+        held += item.input.pixels.nbytes
+        if len(batch) >= batch_size or held >= budget:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _finite_prediction(prediction: FramePrediction) -> bool:
+    return bool(np.isfinite(prediction.xy_frame).all() and np.isfinite(prediction.score).all())
+
+
 def run(ensemble: Ensemble, specs: Sequence[InputSpec | Failure], out_dir: Path,
         batch_size: int, facts: Sequence[dict] = ()) -> tuple[list[SummaryRow], list[Failure]]:
-    """Predict every input in batches; an input that fails is recorded and skipped."""
-    import dataclasses
-
+    """Predict every input in memory-bounded batches; an input that fails is recorded, skipped,
+    and left without outputs (an earlier run's outputs of its name are removed)."""
     from tqdm import tqdm
 
     failures = [s for s in specs if isinstance(s, Failure)]
     todo = [s for s in specs if isinstance(s, InputSpec)]
-    preprocessing = ensemble.card.preprocessing
     rows: list[SummaryRow] = []
     with tqdm(total=len(todo), desc="predict", unit="frame", file=sys.stderr, disable=len(todo) < 2,
               leave=False) as bar:
-        for batch in _batches(todo, batch_size):
-            prepared, found, seconds = [], [], []
-            for spec in batch:
-                start = time.perf_counter()
-                try:
-                    item, item_warnings = _load_and_prepare(spec, ensemble)
-                except SilrError as exc:
-                    failures.append(Failure(spec.source, str(exc)))
-                    continue
-                prepared.append(item)
-                found.append(item_warnings)
-                seconds.append(time.perf_counter() - start)
+        for batch in _prepared_batches(todo, ensemble, batch_size, failures, bar):
             start = time.perf_counter()
-            predictions = predict_frames(ensemble, prepared) if prepared else []
-            share = (time.perf_counter() - start) / max(1, len(prepared))
-            for prediction, item_warnings, own in zip(predictions, found, seconds):
-                source = prediction.prepared.input.source
-                item_warnings = (item_warnings + inversion_warning(prediction)
-                                 + polarity_warning(prediction.prepared, prediction.labels)
-                                 + presence_warning(prediction, ensemble.codec.presence))
-                for message in item_warnings:
-                    warn(f"{source}: {message}")
-                start = time.perf_counter()
-                prediction = dataclasses.replace(prediction, warnings=tuple(item_warnings), seconds=own + share)
-                try:
-                    paths = write_outputs(out_dir, prediction, ensemble, facts)
-                except SilrError as exc:
-                    failures.append(Failure(source, str(exc)))
-                    continue
-                rows.append(SummaryRow(
-                    prediction.prepared.input.stem, treatment(prediction.prepared.input, preprocessing),
-                    int(prediction.present.sum()), len(prediction.present), float(prediction.score.mean()),
-                    paths, own + share + time.perf_counter() - start, tuple(item_warnings)))
-            bar.update(len(batch))
+            predictions = predict_frames(ensemble, [item for item, _, _ in batch])
+            share = (time.perf_counter() - start) / len(batch)
+            for prediction, (_, item_warnings, own) in zip(predictions, batch):
+                row = _finish(prediction, item_warnings, own + share, ensemble, out_dir, facts, failures)
+                if row is not None:
+                    rows.append(row)
+                bar.update(1)
+    for failure in failures:
+        if failure.stem:
+            remove_outputs(out_dir, failure.stem)
     return rows, failures
+
+
+def _finish(prediction: FramePrediction, item_warnings: list[str], seconds: float, ensemble: Ensemble,
+            out_dir: Path, facts: Sequence[dict], failures: list[Failure]) -> SummaryRow | None:
+    """Warn about and write one prediction; None (and a Failure recorded) when it cannot be."""
+    import dataclasses
+
+    frame = prediction.prepared.input
+    if not _finite_prediction(prediction):
+        failures.append(Failure(frame.source, f"{frame.source}: the models' output is not finite (NaN or inf): "
+                                              f"the checkpoint or the frame is broken; nothing written", frame.stem))
+        return None
+    item_warnings = (item_warnings + inversion_warning(prediction)
+                     + polarity_warning(prediction.prepared, prediction.labels)
+                     + presence_warning(prediction, ensemble.codec.presence))
+    for message in item_warnings:
+        warn(f"{frame.source}: {message}")
+    start = time.perf_counter()
+    prediction = dataclasses.replace(prediction, warnings=tuple(item_warnings), seconds=seconds)
+    try:
+        paths = write_outputs(out_dir, prediction, ensemble, facts)
+    except SilrError as exc:
+        failures.append(Failure(frame.source, str(exc), frame.stem))
+        return None
+    except MemoryError:
+        failures.append(Failure(frame.source, f"{frame.source}: out of memory while writing its outputs "
+                                              f"({limits.MEMORY_BUDGET_ENV} sets the budget); nothing written",
+                                frame.stem))
+        return None
+    preprocessing = ensemble.card.preprocessing
+    return SummaryRow(frame.stem, treatment(frame, preprocessing), int(prediction.present.sum()),
+                      len(prediction.present), float(prediction.score.mean()), paths,
+                      seconds + time.perf_counter() - start, tuple(item_warnings))
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
