@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("silr.evaluate", "predict a fold's test specimen and write its metrics"),
     "robustness": ("silr.robustness", "score a fold's test specimen under the corruption suite"),
     "report": ("silr.report", "Table 2, Figure 1 and the summary plots"),
+    "show": ("silr.show", "print Table 2, the presence and robustness summaries and where the outputs are"),
     "predict": ("silr.predict", "apply trained models to new frames"),
     "parallel": ("silr.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
 }
