@@ -105,12 +105,13 @@ def reported(tmp_path_factory):
 def test_training_curves_are_fold_means_per_loss(reported):
     root, _, _, _ = reported
     train_loss = pd.read_csv(root / "metrics" / "curves" / "train_loss.csv")
-    assert list(train_loss.columns) == ["step", "proposed", "mse"]
+    assert list(train_loss.columns) == ["epoch", "proposed", "mse"]
+    assert train_loss["epoch"].tolist() == [1, 2, 3]  # epochs count from 1, as the training log does
     # proposed: folds 1-3 give 10 - s, 20 - s, 30 - s -> mean 20 - s; mse: folds 1-2 only -> 15 - s.
     assert train_loss["proposed"].tolist() == [20.0, 19.0, 18.0]
     assert train_loss["mse"].tolist() == [15.0, 14.0, 13.0]
     val = pd.read_csv(root / "metrics" / "curves" / "val_error_px.csv")
-    assert val.to_dict("list") == {"step": [1], "proposed": [2.5], "mse": [2.0]}
+    assert val.to_dict("list") == {"epoch": [2], "proposed": [2.5], "mse": [2.0]}
 
 
 def test_table2_has_the_known_errors(reported):

@@ -20,7 +20,7 @@ labels, pixel spacing, what data it is). Writes
 - `metrics/table2.md`: the paper's table layout, our numbers and the baselines beside the
   paper's, and the losses that do not beat the mean shape;
 - `metrics/per_specimen.csv`: loss, specimen, specimen_loss, mean_px, mean_mm (for `dvc plots`);
-- `metrics/curves/<metric>.csv` for the training loss and the validation error: step, then
+- `metrics/curves/<metric>.csv` for the training loss and the validation error: epoch, then
   one column per loss (mean over folds) from the dvclive logs, for `dvc plots` (whose
   definitions cannot enumerate the dvclive folders of every (loss, fold) themselves);
 - `plots/figure1.png`, `plots/per_specimen_errors.png`, `plots/cumulative_errors.png`,
@@ -436,14 +436,15 @@ def read_training_curves(live_dir: str | Path, losses: Sequence[str], folds: Seq
 
 
 def curves_wide(curves: pd.DataFrame, metric: str, losses: Sequence[str]) -> pd.DataFrame:
-    """step, then one column per loss: the metric's mean over folds at each step."""
+    """epoch (from 1, as the training log counts), then one column per loss: the metric's mean
+    over folds at each epoch. dvclive's step 0 is the first epoch."""
     rows = curves[curves["metric"] == metric]
     if rows.empty:
-        return pd.DataFrame(columns=["step", *losses])
+        return pd.DataFrame(columns=["epoch", *losses])
     wide = rows.pivot_table(index="step", columns="loss", values="value", aggfunc="mean")
     wide = wide.reindex(columns=list(losses)).reset_index()
     wide.columns.name = None
-    return wide
+    return wide.assign(step=wide["step"] + 1).rename(columns={"step": "epoch"})
 
 
 # ------------------------------------------------------------------ the stage
