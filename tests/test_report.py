@@ -311,12 +311,13 @@ def _error_table(errors_by_loss: dict[str, list[float]], specimen: int = 1) -> p
 def test_per_specimen_error_bars_never_go_below_zero(figures):
     from silr import plots
 
-    # Mean 7.5, SD 13: an unclipped bar would reach -5.5 px.
+    # Mean 7.5, SD 13: a mean ± SD bar would reach -5.5 px; the interquartile range is 0..7.5.
     figure = plots.per_specimen_errors(_error_table({"proposed": [0, 0, 0, 30], "mse": [5, 5, 5, 5]}),
                                        ["proposed", "mse"], source="Data: x")
     axes = figure.axes[0]
-    lows = [segment[:, 1].min() for collection in axes.collections for segment in collection.get_segments()]
-    assert lows and min(lows) == 0.0
+    bars = sorted((segment[:, 1].min(), segment[:, 1].max()) for collection in axes.collections
+                  for segment in collection.get_segments())
+    assert bars == [(0.0, 7.5), (5.0, 5.0)]
     assert axes.get_ylim()[0] == 0.0
     for name in ("per_specimen_errors.png", "per_landmark_errors.png"):
         assert figures[name].axes[0].get_ylim()[0] == 0.0, name

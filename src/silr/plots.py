@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from silr.anatomy import LABEL_COLORS, LABEL_NAMES, LANDMARK_NAMES, NUM_CLASSES
 from silr.io import atomic_path
-from silr.metrics import PAPER_TABLE2, loss_title
+from silr.metrics import PAPER_TABLE2, dice_per_bone, loss_title
 
 DPI = 110
 GROUND_TRUTH_COLOR = "#1fd11f"  # the paper's green dots
@@ -130,22 +130,24 @@ def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Seque
                            facecolor="#707070", edgecolor="none")
     for text in legend.get_texts():
         text.set_color("white")
-    return _titled(figure, "Figure 1: predictions on one held-out frame per specimen", source)
+    return _titled(figure, "Figure 1: predictions on one held-out frame per specimen (the frame with the "
+                           "most ground-truth landmarks in view, then the lowest index: chosen without "
+                           "looking at any prediction)", source)
 
 
 def _error_bar_limits(errors: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """Per (loss, specimen): mean, and mean - SD clipped at 0, mean + SD (over in-frame landmarks)."""
-    stats = (errors[errors["loss"].isin(names)].groupby(["loss", "specimen"])["error_px"]
-             .agg(mean="mean", sd=lambda v: float(np.std(v, ddof=0))).reset_index())
-    stats["low"] = (stats["mean"] - stats["sd"]).clip(lower=0.0)
-    stats["high"] = stats["mean"] + stats["sd"]
-    return stats
+    """Per (loss, specimen) over in-frame landmarks: mean, median and the interquartile range
+    (`low` = 25th, `high` = 75th percentile). Landmark errors are skewed (most small, a few far
+    off), so quartiles describe them where a mean ± SD bar would cross zero or reach far."""
+    chosen = errors[errors["loss"].isin(names)].groupby(["loss", "specimen"])["error_px"]
+    return chosen.agg(mean="mean", median="median", low=lambda v: float(np.percentile(v, 25)),
+                      high=lambda v: float(np.percentile(v, 75))).reset_index()
 
 
 def per_specimen_errors(table: pd.DataFrame, losses: Sequence[str], *, source: str = "") -> Figure:
-    """Mean error per test specimen and loss (the numbers of Table 2) as points, with bars of
-    +- one SD over the specimen's in-frame landmarks clipped at 0 (an error is never negative);
-    the paper's Table 2 beside it where the loss is one of the paper's. Baselines grey."""
+    """Mean error per test specimen and loss (the numbers of Table 2) as points, the median as a
+    dash and the interquartile range over the specimen's in-frame landmarks as a bar; the paper's
+    Table 2 beside it where the loss is one of the paper's. Baselines grey."""
     errors = _in_frame_errors(table)
     paper_losses = [loss for loss in losses if loss in PAPER_TABLE2]
     figure = Figure(figsize=(12.5 if paper_losses else 8, 5.2), layout="constrained")
@@ -159,10 +161,11 @@ def per_specimen_errors(table: pd.DataFrame, losses: Sequence[str], *, source: s
     for k, loss in enumerate(losses):
         mine = stats[stats["loss"] == loss]
         x = np.array([position[int(s)] for s in mine["specimen"]]) - 0.4 + width * (k + 0.5)
-        axes[0].errorbar(x, mine["mean"], yerr=[mine["mean"] - mine["low"], mine["high"] - mine["mean"]],
-                         fmt=markers[loss], color=palette[loss], markersize=6, capsize=3, elinewidth=1.2,
-                         linestyle="none", label=loss_title(loss), zorder=3)
-    axes[0].set_title("this run: mean (point) and +-1 SD over in-frame landmarks, cut at 0", fontsize=11)
+        axes[0].vlines(x, mine["low"], mine["high"], color=palette[loss], linewidth=1.4, zorder=2)
+        axes[0].plot(x, mine["median"], "_", color=palette[loss], markersize=9, markeredgewidth=1.6, zorder=3)
+        axes[0].plot(x, mine["mean"], markers[loss], color=palette[loss], markersize=6, linestyle="none",
+                     label=loss_title(loss), zorder=4)
+    axes[0].set_title("this run: mean (marker), median (dash), interquartile range (bar)", fontsize=11)
     axes[0].set_ylabel("Euclidean error (px, 180x180 frame)", fontsize=11)
     if paper_losses:
         paper_specimens = sorted(set(specimens) | {int(s) for loss in paper_losses
@@ -208,7 +211,7 @@ def cumulative_errors(table: pd.DataFrame, losses: Sequence[str], mm_per_px: flo
         ax.step(np.concatenate([[0.0], values]), np.concatenate([[0.0], fraction]), where="post",
                 color=palette[loss], linewidth=1.6 if _is_baseline(loss) else 2.2,
                 linestyle="--" if _is_baseline(loss) else "-",
-                label=f"{loss_title(loss)} ({inside:.0%} <= {xmax_mm:g} mm)")
+                label=f"{loss_title(loss)} ({inside:.0%} ≤ {xmax_mm:g} mm)")
     shown = [t for t in sorted(thresholds_mm) if 0 < t <= xmax_mm]
     for threshold in shown:
         ax.axvline(threshold, color="black", linestyle=":", linewidth=1)
@@ -224,7 +227,7 @@ def cumulative_errors(table: pd.DataFrame, losses: Sequence[str], mm_per_px: flo
     ax.set_xlim(0, xmax_mm)
     ax.set_ylim(0, 1.0)
     ax.set_xlabel(f"Euclidean error (mm), axis cut at {xmax_mm:g} mm", fontsize=11)
-    ax.set_ylabel("fraction of in-frame landmarks with error <= x", fontsize=11)
+    ax.set_ylabel("fraction of in-frame landmarks with error ≤ x", fontsize=11)
     ax.grid(alpha=0.3)
     figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(len(losses), 2),
                   fontsize=10, frameon=False)
@@ -256,7 +259,9 @@ def per_landmark_errors(table: pd.DataFrame, losses: Sequence[str], *, source: s
 def segmentation_comparison(images: Sequence[np.ndarray], true_labels: Sequence[np.ndarray],
                             predicted_labels: Sequence[np.ndarray], titles: Sequence[str],
                             model_name: str, *, source: str = "") -> Figure:
-    """Rows of (frame, ground-truth labels, predicted labels) with a legend of the bones."""
+    """Rows of (frame, ground-truth labels, predicted labels) with a legend of the bones; under
+    each prediction its mean Dice over the bones in either map (silr.metrics.dice_per_bone)."""
+
     rows = len(images)
     figure = Figure(figsize=(9.6, 3.2 * rows + 1.4), layout="constrained")
     axes = np.asarray(figure.subplots(rows, 3, squeeze=False))
@@ -272,6 +277,10 @@ def segmentation_comparison(images: Sequence[np.ndarray], true_labels: Sequence[
                 ax.set_title(name, fontsize=12)
             if c == 0:
                 ax.set_ylabel(titles[r], fontsize=11)
+        dice = dice_per_bone(np.asarray(predicted_labels[r])[None], np.asarray(true_labels[r])[None])[0]
+        shown = dice[np.isfinite(dice)]
+        axes[r, 2].set_xlabel(f"mean Dice {shown.mean():.3f} over {shown.size} bones" if shown.size
+                              else "no bone in either map", fontsize=10)
     legend = [Patch(color=LABEL_COLORS[value], label=name) for value, name in LABEL_NAMES.items() if value]
     figure.legend(handles=legend, loc="outside lower center", ncol=3, fontsize=10, frameon=False)
     return _titled(figure, "Bone segmentation of the Figure 1 frames", source)
