@@ -379,6 +379,40 @@ def overlay_display(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1) if high > low else np.zeros_like(image)
 
 
+# Where a landmark's name may go, in points from its marker (x right, y up), in order of preference.
+LABEL_CANDIDATES = ((7, 0), (-7, 0), (7, 10), (-7, 10), (7, -10), (-7, -10), (7, 20), (-7, 20),
+                    (7, -20), (-7, -20), (7, 30), (-7, 30), (7, -30), (-7, -30))
+
+
+def label_offsets(anchors_pt: np.ndarray, texts: Sequence[str], font: float, width_pt: float,
+                  marker_pt: float = 6.0) -> list[tuple[float, float]]:
+    """A text offset (points) per anchor (x, y in points from the image's top left, y down) such
+    that no label's box overlaps another label or any marker where one of LABEL_CANDIDATES
+    allows it: greedy, in input order; names in the right part of the image look left first
+    (they stay inside the figure); a label with no free place takes the least overlapping one."""
+    r = marker_pt / 2 + 1
+    placed: list[tuple[float, float, float, float]] = [(x - r, y - r, x + r, y + r) for x, y in anchors_pt]
+    result = []
+    for (ax, ay), text in zip(anchors_pt, texts):
+        w, h = 0.6 * font * len(text), 1.2 * font  # a bold sans-serif glyph is about 0.6 em wide
+        inward = -1 if ax > 0.6 * width_pt else 1
+        candidates = sorted(LABEL_CANDIDATES, key=lambda c: (abs(c[1]), c[0] * inward < 0))
+
+        def box(dx: float, dy: float, ax: float = ax, ay: float = ay, w: float = w, h: float = h):
+            left = ax + dx if dx >= 0 else ax + dx - w
+            top = ay - dy - h / 2  # offsets point up, anchors grow down
+            return left, top, left + w, top + h
+
+        def overlap(b: tuple[float, float, float, float]) -> float:
+            return sum(max(0.0, min(b[2], o[2]) - max(b[0], o[0])) * max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
+                       for o in placed)
+
+        best = min(candidates, key=lambda c: (overlap(box(*c)) > 0, overlap(box(*c)), candidates.index(c)))
+        placed.append(box(*best))
+        result.append(best)
+    return result
+
+
 def display_grid(image: np.ndarray, labels: np.ndarray, limit_px: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The image (block mean) and label map (nearest) reduced by a whole factor k so that their
     longer side is at most `limit_px`, and k: the overlay never draws more pixels than its own
@@ -430,26 +464,26 @@ def prediction_overlay(image: np.ndarray, labels: np.ndarray, xy: np.ndarray, pr
     font = 9
     ring = max(6.0, 0.012 * inches * OVERLAY_DPI)
     outline = [withStroke(linewidth=2.2, foreground="black")]
+    texts = [f"{name} (outside)" if not in_image[i] else name if present[i] else f"{name} (absent)"
+             for i, name in enumerate(names)]
+    anchors = np.column_stack([np.clip(xy[:, 0], 0, width - 1), np.clip(xy[:, 1], 0, height - 1)])
+    offsets = label_offsets(anchors * (72.0 * scale), texts, font, width * 72.0 * scale, ring)  # px -> pt
     for i, name in enumerate(names):
-        x, y = float(xy[i, 0]), float(xy[i, 1])
-        left = x > 0.75 * width  # names near the right border are written to the left of the marker
-        side = {"xytext": (-6 if left else 6, -6), "ha": "right" if left else "left"}
+        x, y = float(anchors[i, 0]), float(anchors[i, 1])
+        dx, dy = offsets[i]
+        place = {"xytext": (dx, dy), "textcoords": "offset points", "ha": "left" if dx >= 0 else "right",
+                 "va": "center", "fontsize": font, "path_effects": outline, "annotation_clip": False}
         if not in_image[i]:
-            bx, by = float(np.clip(x, 0, width - 1)), float(np.clip(y, 0, height - 1))
-            axes.plot(bx, by, marker="^", markersize=ring, color="#ff9f1c", markeredgecolor="black", clip_on=False)
-            axes.annotate(f"{name} (outside)", (bx, by), xytext=(side["xytext"][0], 6), ha=side["ha"],
-                          textcoords="offset points",
-                          color="#ff9f1c", fontsize=font, path_effects=outline, annotation_clip=False)
+            axes.plot(x, y, marker="^", markersize=ring, color="#ff9f1c", markeredgecolor="black", clip_on=False)
+            axes.annotate(texts[i], (x, y), color="#ff9f1c", **place)
         elif present[i]:
             axes.plot(x, y, marker="o", markersize=ring, markerfacecolor="none",
                       markeredgecolor=LABEL_COLORS[LANDMARK_BONE[name]], markeredgewidth=2)
             axes.plot(x, y, marker="+", markersize=ring * 0.6, color="white")
-            axes.annotate(name, (x, y), **side, textcoords="offset points", color="white",
-                          fontsize=font, fontweight="bold", path_effects=outline)
+            axes.annotate(texts[i], (x, y), color="white", fontweight="bold", **place)
         else:
             axes.plot(x, y, marker="x", markersize=ring * 0.8, color="#9a9a9a", markeredgewidth=1.5)
-            axes.annotate(f"{name} (absent)", (x, y), **side, textcoords="offset points",
-                          color="#c8c8c8", fontsize=font, fontstyle="italic", path_effects=outline)
+            axes.annotate(texts[i], (x, y), color="#c8c8c8", fontstyle="italic", **place)
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
     axes.set_axis_off()

@@ -232,7 +232,24 @@ def frame_warnings(prepared: PreparedFrame) -> list[str]:
         found.append(f"intensity statistics unlike the training frames (scaled median {median:.2f}, "
                      f"expected {STAT_MEDIAN[0]}..{STAT_MEDIAN[1]}; standard deviation {std:.2f}, expected "
                      f"{STAT_STD[0]}..{STAT_STD[1]}): treat the prediction with caution")
+    found += resize_warning(prepared)
     return found
+
+
+# A resize whose x and y scales differ by more than this share stretches the anatomy.
+ANISOTROPY_TOLERANCE = 0.02
+
+
+def resize_warning(prepared: PreparedFrame) -> list[str]:
+    """A non-uniform resize to the model's square frame: the anatomy is stretched."""
+    li_width, li_height = prepared.line_integral_size
+    size = prepared.frame.shape[0]
+    scale_x, scale_y = size / li_width, size / li_height
+    if abs(scale_x / scale_y - 1.0) <= ANISOTROPY_TOLERANCE:
+        return []
+    return [f"resized non-uniformly to the model's {size} x {size} frame (scale {scale_x:.3f} along x, "
+            f"{scale_y:.3f} along y, from {li_width} x {li_height} px): the anatomy is stretched; a square "
+            f"crop keeps its shape"]
 
 
 def polarity_warning(prepared: PreparedFrame, labels: np.ndarray) -> list[str]:
@@ -373,11 +390,18 @@ def _overlay_figure(prediction: FramePrediction, labels_input: np.ndarray, ensem
     subtitle = (f"{'ensemble of ' + str(len(facts)) + ' models' if len(facts) > 1 else 'model'} trained on "
                 f"{' + '.join({'synthetic': 'the synthetic phantom'}.get(k, k) for k in kinds)}, loss "
                 f"{', '.join(losses)}; {treatment(frame, ensemble.card.preprocessing)}")
+    pixels, labels, xy = frame.pixels, labels_input, prediction.xy_input
+    if frame.rotate:
+        # A full-resolution frame stored upside down (rot-180-for-up) is shown upright; the csv
+        # and json keep the file's own pixel coordinates.
+        height, width = pixels.shape
+        pixels, labels = pixels[::-1, ::-1], labels[::-1, ::-1]
+        xy = np.column_stack([width - 1 - xy[:, 0], height - 1 - xy[:, 1]])
+        subtitle += "\nshown turned 180 degrees (upright); the csv/json give the file's own pixel coordinates"
     if prediction.warnings:
         subtitle += f"\nWARNING: {len(prediction.warnings)} warning(s), see the json"
-    return plots.prediction_overlay(frame.pixels, labels_input, prediction.xy_input, prediction.present,
-                                    prediction.in_image, ensemble.landmark_names, title=frame.stem,
-                                    subtitle=subtitle)
+    return plots.prediction_overlay(pixels, labels, xy, prediction.present, prediction.in_image,
+                                    ensemble.landmark_names, title=frame.stem, subtitle=subtitle)
 
 
 def write_label_png(path: Path, labels: np.ndarray) -> None:
