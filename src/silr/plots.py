@@ -62,7 +62,7 @@ def _is_baseline(name: str) -> bool:
 
 def _titled(figure: Figure, title: str, source: str) -> Figure:
     """The figure's title, and under it the data it shows."""
-    lines = [title, *textwrap.wrap(source, width=100)]
+    lines = [*textwrap.wrap(title, width=100), *textwrap.wrap(source, width=100)]
     figure.suptitle("\n".join(lines), fontsize=11)
     return figure
 
@@ -130,8 +130,8 @@ def figure1(images: Mapping[int, np.ndarray], table: pd.DataFrame, losses: Seque
                            facecolor="#707070", edgecolor="none")
     for text in legend.get_texts():
         text.set_color("white")
-    return _titled(figure, "Figure 1: predictions on one held-out frame per specimen (the frame with the "
-                           "most ground-truth landmarks in view, then the lowest index: chosen without "
+    return _titled(figure, "Figure 1: predictions on one held-out frame per specimen (its frame with the "
+                           "most ground-truth landmarks in view, then the lowest index; chosen without "
                            "looking at any prediction)", source)
 
 
