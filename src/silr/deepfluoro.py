@@ -33,8 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from silr import anatomy, coords
-from silr.errors import DataError, IgnoredLandmarkWarning
+from silr import anatomy, coords, limits
+from silr.errors import DataError, IgnoredLandmarkWarning, quoted
 
 FULLRES = "fullres"
 PROCESSED = "processed"
@@ -181,14 +181,21 @@ def open_hdf5(path: str | Path) -> h5py.File:
 
 
 def _layout_of(f: h5py.File, path: Path) -> str:
-    if isinstance(f.get("land-names"), h5py.Group):
+    members = dict(_members(f, path))
+    if isinstance(members.get("land-names"), h5py.Group):
         return PROCESSED
-    if isinstance(f.get("proj-params"), h5py.Group) or any(
-            isinstance(item, h5py.Group) and "projections" in item for item in f.values()):
+    if isinstance(members.get("proj-params"), h5py.Group) or any(
+            isinstance(item, h5py.Group) and "projections" in item for item in members.values()):
         return FULLRES
     raise DataError(f"{path}: unknown layout: expected the full-resolution layout (proj-params, "
                     f"<specimen>/projections) or the preprocessed one (land-names, 01/projs), "
-                    f"found top-level entries {sorted(f.keys())}")
+                    f"found top-level entries {quoted(sorted(members))}")
+
+
+def _number_key(key: str) -> int | None:
+    """The number a group name such as `001` or `01` stands for, or None. Only ASCII digits
+    count: `str.isdigit` also accepts '²' or '٣', which int() refuses or reads differently."""
+    return int(key) if key.isascii() and key.isdigit() else None
 
 
 def detect_layout(path: str | Path) -> str:
@@ -198,44 +205,111 @@ def detect_layout(path: str | Path) -> str:
         return _layout_of(f, path)
 
 
-def _get(group: h5py.Group, key: str, path: Path, kind: type = h5py.Dataset) -> Any:
-    """group[key], or DataError naming the full HDF5 path of what is missing."""
-    try:
-        item = group.get(key)
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise DataError(f"{path}: cannot read {group.name.rstrip('/')}/{key} (file truncated or corrupt? {exc})") \
-            from None
-    what = "dataset" if kind is h5py.Dataset else "group"
+def _shown(text: str) -> str:
+    """An HDF5 name for a message: as it is when short and printable, else a bounded repr."""
+    return text if len(text) <= 80 and text.isprintable() else quoted(text)
+
+
+def _member(group: h5py.Group, key: str, path: Path) -> Any:
+    """group[key] for one link name, or None; DataError for a link that leaves the file (external
+    or user-defined: data from any file on disk must never reach an output) or that cannot be
+    resolved (a soft-link cycle, a dangling link, a corrupt file)."""
     name = f"{group.name.rstrip('/')}/{key}".lstrip("/")
-    if item is None:
-        raise DataError(f"{path}: missing {what} {name}")
-    if not isinstance(item, kind):
-        raise DataError(f"{path}: {name} must be a {what}, found a {type(item).__name__}")
+    link = None
+    try:
+        link = group.get(key, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, (h5py.HardLink, h5py.SoftLink)):
+            target = f" -> {_shown(link.filename)}:{_shown(link.path)}" if isinstance(link, h5py.ExternalLink) else ""
+            raise DataError(f"{path}: {_shown(name)} is an external link{target}; silr reads only what the file "
+                            f"itself holds (copy the data in)")
+        item = group.get(key)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        if isinstance(link, h5py.SoftLink):
+            raise DataError(f"{path}: soft link {_shown(name)} -> {_shown(link.path)} cannot be resolved "
+                            f"(a link cycle or a dangling link)") from None
+        raise DataError(f"{path}: cannot read {_shown(name)} (file truncated or corrupt? {_shown(str(exc))})") \
+            from None
+    if item is None and isinstance(link, h5py.SoftLink):
+        raise DataError(f"{path}: soft link {_shown(name)} -> {_shown(link.path)} points nowhere (a dangling link)")
     return item
 
 
-def _read(group: h5py.Group, key: str, path: Path) -> np.ndarray:
+def _members(group: h5py.Group, path: Path) -> Iterator[tuple[str, Any]]:
+    """(name, item) of every link in `group`, each checked by `_member`."""
+    try:
+        keys = list(group.keys())
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise DataError(f"{path}: cannot list {group.name} (file truncated or corrupt? {_shown(str(exc))})") from None
+    for key in keys:
+        yield key, _member(group, key, path)
+
+
+def _get(group: h5py.Group, key: str, path: Path, kind: type = h5py.Dataset) -> Any:
+    """group[key] (a key may hold several /-separated parts, each link checked by `_member`),
+    or DataError naming the full HDF5 path of what is missing."""
+    what = "dataset" if kind is h5py.Dataset else "group"
+    name = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+    item: Any = group
+    for part in key.split("/"):
+        item = _member(item, part, path) if isinstance(item, h5py.Group) else None
+        if item is None:
+            raise DataError(f"{path}: missing {what} {_shown(name)}")
+    if not isinstance(item, kind):
+        raise DataError(f"{path}: {_shown(name)} must be a {what}, found a {type(item).__name__}")
+    return item
+
+
+def _dataset(group: h5py.Group, key: str, path: Path) -> h5py.Dataset:
+    """A dataset whose data lie in this file: virtual datasets and external raw storage map
+    other files (any file on disk) into it, so they are refused."""
     dataset = _get(group, key, path)
+    name = dataset.name.lstrip("/")
+    if dataset.is_virtual or dataset.external:
+        raise DataError(f"{path}: {_shown(name)} stores its data in other files ("
+                        f"{'a virtual dataset' if dataset.is_virtual else 'external storage'}); silr reads "
+                        f"only what the file itself holds")
+    return dataset
+
+
+def _read(group: h5py.Group, key: str, path: Path) -> np.ndarray:
+    """A dataset's values, after its declared size is checked against the memory budget."""
+    dataset = _dataset(group, key, path)
+    name = dataset.name.lstrip("/")
+    limits.check_declared_bytes(str(path), dataset.shape or (), dataset.dtype.itemsize, f"dataset {_shown(name)}")
     try:
         return np.asarray(dataset[()])
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read {dataset.name.lstrip('/')} (file truncated or corrupt? {exc})") \
+    except MemoryError:
+        raise DataError(f"{path}: {_shown(name)} is too large to read into memory") from None
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read {_shown(name)} (file truncated or corrupt? {_shown(str(exc))})") \
             from None
 
 
+def _declared_count(group: h5py.Group, key: str, path: Path) -> int:
+    """How many elements `group`/`key` declares (0 for an empty dataspace), without reading it."""
+    shape = _dataset(group, key, path).shape
+    return 0 if shape is None else math.prod(shape)
+
+
 def _scalar(group: h5py.Group, key: str, path: Path) -> float:
-    value = _read(group, key, path)
-    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise DataError(f"{path}: {group.name.lstrip('/')}/{key} must be a single number, "
-                        f"found {value.dtype} shape {value.shape}")
-    return float(value.reshape(()))
+    count = _declared_count(group, key, path)  # before reading: a "scalar" may declare gigabytes
+    value = _read(group, key, path) if count == 1 else np.empty(0)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+        found = f"{value.dtype} shape {value.shape}" if count == 1 else f"{count} values"
+        raise DataError(f"{path}: {group.name.lstrip('/')}/{key} must be a single number, found {found}")
+    number = float(value.reshape(()))
+    if not math.isfinite(number):
+        raise DataError(f"{path}: {group.name.lstrip('/')}/{key} must be a finite number, found {number}")
+    return number
 
 
 def _text(value: Any) -> str:
     """A string stored as str, bytes or a one-element array of either (h5py returns all three)."""
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(()).item()
-    return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+    return value.decode(errors="replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
 def _check_finite(array: np.ndarray, path: Path, name: str) -> None:
@@ -262,7 +336,7 @@ def _landmark_order(names: list[str], path: Path, where: str) -> tuple[list[int]
     about those); DataError for duplicate or missing names."""
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise DataError(f"{path}: {where} names landmark(s) {duplicated} more than once")
+        raise DataError(f"{path}: {where} names landmark(s) {quoted(duplicated, 200)} more than once")
     missing = [n for n in anatomy.LANDMARK_NAMES if n not in names]
     if missing:
         raise DataError(f"{path}: {where} has no landmark(s) {missing} "
@@ -272,7 +346,7 @@ def _landmark_order(names: list[str], path: Path, where: str) -> tuple[list[int]
 
 
 def ignored_landmarks_message(path: Path, names: Iterable[str], where: str) -> str:
-    return (f"{path}: {where} also has landmark(s) {sorted(names)}, not among the 14 silr uses "
+    return (f"{path}: {where} also has landmark(s) {quoted(sorted(names), 200)}, not among the 14 silr uses "
             f"({', '.join(anatomy.LANDMARK_NAMES)}); ignored")
 
 
@@ -293,35 +367,45 @@ def specimen_numbers(specimen_ids: Iterable[str]) -> dict[str, int]:
 
 def _projection_keys(group: h5py.Group, path: Path, specimen_id: str) -> tuple[str, ...]:
     keys = list(group.keys())
-    bad = [k for k in keys if not k.isdigit()]
+    bad = [k for k in keys if _number_key(k) is None]
     if bad:
-        raise DataError(f"{path}: {specimen_id}/projections has entries {bad[:3]} that are not projection "
-                        f"numbers (expected 000, 001, ...)")
+        raise DataError(f"{path}: {_shown(specimen_id)}/projections has entries {quoted(bad[:3])} that are not "
+                        f"projection numbers (expected 000, 001, ... in ASCII digits)")
     if not keys:
-        raise DataError(f"{path}: specimen {specimen_id} has no frames ({specimen_id}/projections is empty)")
+        raise DataError(f"{path}: specimen {_shown(specimen_id)} has no frames ({_shown(specimen_id)}/projections "
+                        f"is empty)")
     return tuple(sorted(keys, key=int))
+
+
+def _frame_size(params: h5py.Group, path: Path) -> tuple[int, int]:
+    """proj-params num-rows and num-cols: positive integers whose float32 frame fits the budget."""
+    size = []
+    for key in ("num-rows", "num-cols"):
+        value = _scalar(params, key, path)
+        if value < 1 or value != int(value):
+            raise DataError(f"{path}: proj-params/{key} must be a positive integer, found {value:g}")
+        size.append(int(value))
+    limits.check_declared_bytes(str(path), tuple(size), 4, "frame size (proj-params num-rows x num-cols)")
+    return size[0], size[1]
 
 
 def scan_fullres(f: h5py.File, path: Path) -> FullResIndex:
     """Validate the structure of an open full-resolution file and list its frames."""
     params = _get(f, "proj-params", path, h5py.Group)
-    num_rows, num_cols = (_scalar(params, key, path) for key in ("num-rows", "num-cols"))
+    num_rows, num_cols = _frame_size(params, path)
     spacing_col, spacing_row = (_scalar(params, key, path) for key in ("pixel-col-spacing", "pixel-row-spacing"))
-    for key, value in (("num-rows", num_rows), ("num-cols", num_cols)):
-        if value < 1 or value != int(value):
-            raise DataError(f"{path}: proj-params/{key} must be a positive integer, found {value:g}")
     if not (spacing_col > 0 and math.isclose(spacing_col, spacing_row, rel_tol=1e-6)):
         raise DataError(f"{path}: proj-params pixel spacing must be positive and square, found "
                         f"col {spacing_col:g} mm, row {spacing_row:g} mm")
-    specimen_ids = [key for key, item in f.items() if key != "proj-params" and isinstance(item, h5py.Group)]
+    specimen_ids = [key for key, item in _members(f, path) if key != "proj-params" and isinstance(item, h5py.Group)]
     if not specimen_ids:
         raise DataError(f"{path}: no specimen groups next to proj-params (expected groups such as 17-1882)")
     specimens: dict[int, FullResSpecimen] = {}
     for specimen_id, number in specimen_numbers(specimen_ids).items():
-        projections = _get(f[specimen_id], "projections", path, h5py.Group)
+        projections = _get(f, f"{specimen_id}/projections", path, h5py.Group)
         specimens[number] = FullResSpecimen(specimen_id, number, _projection_keys(projections, path, specimen_id))
     kind = _text(f.attrs[ATTR_DATA_KIND]) if ATTR_DATA_KIND in f.attrs else DEFAULT_DATA_KIND
-    return FullResIndex(int(num_rows), int(num_cols), spacing_col, kind, dict(sorted(specimens.items())))
+    return FullResIndex(num_rows, num_cols, spacing_col, kind, dict(sorted(specimens.items())))
 
 
 def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int, frame: int) -> RawFrame:
@@ -332,11 +416,12 @@ def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int,
     shape = (index.num_rows, index.num_cols)
 
     def frame_array(key: str) -> np.ndarray:
-        array = _read(_get(group, key, path, h5py.Group), "pixels", path)
-        if array.shape != shape:
-            raise DataError(f"{path}: {name}/{key}/pixels has shape {array.shape}, expected {shape} "
+        image = _get(group, key, path, h5py.Group)
+        declared = _dataset(image, "pixels", path).shape  # checked before any pixel is read
+        if declared != shape:
+            raise DataError(f"{path}: {name}/{key}/pixels has shape {declared}, expected {shape} "
                             f"(proj-params num-rows x num-cols)")
-        return array
+        return _read(image, "pixels", path)
 
     intensity = frame_array("image")
     _check_finite(intensity, path, f"{name}/image/pixels")
@@ -347,10 +432,11 @@ def read_raw_frame(f: h5py.File, path: Path, index: FullResIndex, specimen: int,
     order, unused = _landmark_order(names, path, f"{name}/gt-landmarks")
     landmarks = np.empty((anatomy.NUM_LANDMARKS, 2))
     for row, position in enumerate(order):
-        value = _read(lands_group, names[position], path)
-        if value.size != 2:
-            raise DataError(f"{path}: {name}/gt-landmarks/{names[position]} has shape {value.shape}, "
+        declared = _dataset(lands_group, names[position], path).shape  # checked before reading
+        if declared is None or math.prod(declared) != 2:
+            raise DataError(f"{path}: {name}/gt-landmarks/{_shown(names[position])} has shape {declared}, "
                             f"expected a 2x1 (column, row) array")
+        value = _read(lands_group, names[position], path)
         landmarks[row] = value.reshape(2)
     _check_finite(landmarks, path, f"{name}/gt-landmarks")
 
@@ -462,67 +548,180 @@ def _infer_downsample(width: int, path: Path) -> int:
     return factor
 
 
-def read_processed(path: str | Path) -> ProcessedData:
-    """Read a preprocessed file (ours or the published `ipcai_2020_ds_*.h5`), validating everything."""
+def attr_number(attrs: Mapping[str, Any], key: str, path: Path, default: float, *,
+                integer: bool = False, allow_zero: bool = False) -> float:
+    """A numeric root attribute (or `default` where absent): finite, > 0 (>= 0 with allow_zero),
+    whole where `integer`; DataError naming the attribute otherwise."""
+    if key not in attrs:
+        return default
+    value = attrs[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero) or (
+            integer and number != int(number)):
+        kind = "a whole number" if integer else "a number"
+        raise DataError(f"{path}: root attribute {key} must be {kind} {'>=' if allow_zero else '>'} 0, "
+                        f"found {quoted(value)}")
+    return int(number) if integer else number
+
+
+def _specimen_ids_attr(attrs: Mapping[str, Any], path: Path) -> dict[int, str]:
+    if ATTR_SPECIMEN_IDS not in attrs:
+        return {}
+    try:
+        ids = {int(k): str(v) for k, v in json.loads(_text(attrs[ATTR_SPECIMEN_IDS])).items()}
+    except (ValueError, AttributeError, TypeError, RecursionError) as exc:
+        raise DataError(f"{path}: root attribute {ATTR_SPECIMEN_IDS} is not a JSON number -> id map "
+                        f"({_shown(str(exc))})") from None
+    return ids
+
+
+@dataclass(frozen=True)
+class ProcessedLayout:
+    """What a preprocessed file declares, checked before any frame is read."""
+
+    names: list[str]           # land-names, in file order
+    order: list[int]           # positions of LANDMARK_NAMES in `names`
+    groups: dict[int, str]     # specimen number -> group key, in numeric order
+    counts: dict[int, int]     # frames per specimen
+    frame_shape: tuple[int, int]
+    attrs: dict[str, Any]
+
+
+def _land_names(f: h5py.File, path: Path) -> tuple[list[str], list[int]]:
+    names_group = _get(f, "land-names", path, h5py.Group)
+    num_lands = _scalar(names_group, "num-lands", path)
+    if num_lands != int(num_lands) or not 1 <= num_lands <= 1000:
+        raise DataError(f"{path}: land-names/num-lands must be a whole number in 1..1000, found {num_lands:g}")
+    names = [_text(_read(names_group, f"land-{i:02d}", path)) for i in range(int(num_lands))]
+    order, unused = _landmark_order(names, path, "land-names")
+    if unused:
+        warnings.warn(ignored_landmarks_message(path, unused, "land-names"), IgnoredLandmarkWarning, stacklevel=3)
+    return names, order
+
+
+def _specimen_groups(f: h5py.File, path: Path) -> dict[int, str]:
+    groups: dict[int, str] = {}
+    for key, item in _members(f, path):
+        number = _number_key(key)
+        if isinstance(item, h5py.Group) and key != "land-names":
+            if number is None:
+                if key.isdigit():  # looks like a number to Python, is none to int()/sorting
+                    raise DataError(f"{path}: group {_shown(key)} is not a specimen number in ASCII digits "
+                                    f"(expected 01 .. 06)")
+                continue
+            if number in groups:
+                raise DataError(f"{path}: groups {_shown(groups[number])} and {_shown(key)} both name "
+                                f"specimen {number}")
+            groups[number] = key
+    if not groups:
+        raise DataError(f"{path}: no specimen groups (expected 01 .. 06 next to land-names)")
+    return dict(sorted(groups.items()))
+
+
+def _declared_specimen(f: h5py.File, path: Path, key: str, num_lands: int) -> tuple[int, ...]:
+    """The declared (N, H, W) of `key`/projs, with segs and lands checked against it (no data read)."""
+    shape = _dataset(f, f"{key}/projs", path).shape or ()
+    if len(shape) != 3:
+        raise DataError(f"{path}: {_shown(key)}/projs has shape {shape}, expected N x rows x cols")
+    if shape[0] == 0:
+        raise DataError(f"{path}: specimen {_shown(key)} has no frames ({_shown(key)}/projs is empty)")
+    segs = _dataset(f, f"{key}/segs", path).shape
+    if segs != shape:
+        raise DataError(f"{path}: {_shown(key)}/segs has shape {segs}, expected {shape} (as {_shown(key)}/projs)")
+    lands, expected = _dataset(f, f"{key}/lands", path).shape, (shape[0], 2, num_lands)
+    if lands != expected:
+        raise DataError(f"{path}: {_shown(key)}/lands has shape {lands}, expected {expected} "
+                        f"(frames x (column, row) x landmarks)")
+    return shape
+
+
+def processed_layout(f: h5py.File, path: Path) -> ProcessedLayout:
+    """Validate the structure of an open preprocessed file from declared shapes only, and check
+    that all its frames (float32 images and uint8 labels) fit the memory budget."""
+    if _layout_of(f, path) != PROCESSED:
+        raise DataError(f"{path}: a full-resolution file, expected a preprocessed one "
+                        f"(run `silr ingest` on it first)")
+    names, order = _land_names(f, path)
+    groups = _specimen_groups(f, path)
+    counts: dict[int, int] = {}
+    frame_shape: tuple[int, ...] | None = None
+    for number, key in groups.items():
+        shape = _declared_specimen(f, path, key, len(names))
+        if frame_shape is None:
+            frame_shape = shape[1:]
+        elif shape[1:] != frame_shape:
+            raise DataError(f"{path}: {_shown(key)}/projs frames are {shape[1:]}, other specimens' are {frame_shape}")
+        counts[number] = shape[0]
+    limits.check_declared_bytes(str(path), (sum(counts.values()), *frame_shape), 4 + 1,
+                                "preprocessed frames (float32 images + uint8 labels of all specimens)")
+    attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    return ProcessedLayout(names, order, groups, counts, tuple(frame_shape), attrs)  # type: ignore[arg-type]
+
+
+def read_processed_specimen(f: h5py.File, path: Path, layout: ProcessedLayout, number: int) -> SpecimenFrames:
+    """One specimen's frames, labels and landmarks, validated."""
+    key = layout.groups[number]
+    group = _get(f, key, path, h5py.Group)
+    projs = _read(group, "projs", path)
+    _check_finite(projs, path, f"{key}/projs")
+    labels = _check_labels(_read(group, "segs", path), path, f"{key}/segs")
+    lands = _read(group, "lands", path)
+    _check_finite(lands, path, f"{key}/lands")
+    landmarks_xy = np.asarray(lands, dtype=np.float64)[:, :, layout.order].transpose(0, 2, 1)
+    return SpecimenFrames(number, projs.astype(np.float32, copy=False), labels, np.ascontiguousarray(landmarks_xy))
+
+
+def read_processed_frame(path: str | Path, number: int, index: int) -> np.ndarray:
+    """One float32 (H, W) line-integral frame of specimen `number` (predict reads frames so)."""
     path = Path(path)
     with open_hdf5(path) as f:
-        if _layout_of(f, path) != PROCESSED:
-            raise DataError(f"{path}: a full-resolution file, expected a preprocessed one "
-                            f"(run `silr ingest` on it first)")
-        names_group = _get(f, "land-names", path, h5py.Group)
-        num_lands = _scalar(names_group, "num-lands", path)
-        names = [_text(_read(names_group, f"land-{i:02d}", path)) for i in range(int(num_lands))]
-        order, unused = _landmark_order(names, path, "land-names")
-        if unused:
-            warnings.warn(ignored_landmarks_message(path, unused, "land-names"), IgnoredLandmarkWarning, stacklevel=2)
-
-        groups = sorted((key for key, item in f.items() if key.isdigit() and isinstance(item, h5py.Group)), key=int)
-        if not groups:
-            raise DataError(f"{path}: no specimen groups (expected 01 .. 06 next to land-names)")
-        specimens: dict[int, SpecimenFrames] = {}
-        frame_shape: tuple[int, ...] | None = None
-        for key in groups:
-            group = f[key]
-            projs = _read(group, "projs", path)
-            if projs.ndim != 3:
-                raise DataError(f"{path}: {key}/projs has shape {projs.shape}, expected N x rows x cols")
-            if projs.shape[0] == 0:
-                raise DataError(f"{path}: specimen {key} has no frames ({key}/projs is empty)")
-            if frame_shape is None:
-                frame_shape = projs.shape[1:]
-            elif projs.shape[1:] != frame_shape:
-                raise DataError(f"{path}: {key}/projs frames are {projs.shape[1:]}, other specimens' are {frame_shape}")
-            _check_finite(projs, path, f"{key}/projs")
-            segs = _read(group, "segs", path)
-            if segs.shape != projs.shape:
-                raise DataError(f"{path}: {key}/segs has shape {segs.shape}, expected {projs.shape} (as {key}/projs)")
-            labels = _check_labels(segs, path, f"{key}/segs")
-            lands = _read(group, "lands", path)
-            expected = (projs.shape[0], 2, len(names))
-            if lands.shape != expected:
-                raise DataError(f"{path}: {key}/lands has shape {lands.shape}, expected {expected} "
-                                f"(frames x (column, row) x landmarks)")
-            _check_finite(lands, path, f"{key}/lands")
-            landmarks_xy = np.asarray(lands, dtype=np.float64)[:, :, order].transpose(0, 2, 1)
-            specimens[int(key)] = SpecimenFrames(int(key), projs.astype(np.float32, copy=False), labels,
-                                                 np.ascontiguousarray(landmarks_xy))
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-
-    downsample = int(attrs[ATTR_DOWNSAMPLE]) if ATTR_DOWNSAMPLE in attrs else _infer_downsample(frame_shape[1], path)
-    spacing = float(attrs.get(ATTR_PIXEL_SPACING, anatomy.FULLRES_PIXEL_SPACING_MM * downsample))
-    if ATTR_SPECIMEN_IDS in attrs:
+        layout = processed_layout(f, path)
+        if number not in layout.groups or not 0 <= index < layout.counts[number]:
+            raise DataError(f"{path}: no frame {index} of specimen {number} (frames per specimen: {layout.counts})")
+        name = f"{layout.groups[number]}/projs"
         try:
-            ids = {int(k): str(v) for k, v in json.loads(_text(attrs[ATTR_SPECIMEN_IDS])).items()}
-        except (ValueError, AttributeError) as exc:
-            raise DataError(f"{path}: root attribute {ATTR_SPECIMEN_IDS} is not a JSON number -> id map ({exc})") \
-                from None
+            frame = np.asarray(_dataset(f, name, path)[index])
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+            raise DataError(f"{path}: cannot read {_shown(name)} frame {index} (file truncated or corrupt? "
+                            f"{_shown(str(exc))})") from None
+    _check_finite(frame, path, f"{name} frame {index}")
+    return frame.astype(np.float32, copy=False)
+
+
+def processed_frame_index(path: str | Path) -> dict[int, int]:
+    """Specimen number -> frames, from a preprocessed file's declared shapes (no frame read)."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        return dict(processed_layout(f, path).counts)
+
+
+def processed_data(path: Path, layout: ProcessedLayout, specimens: dict[int, SpecimenFrames]) -> ProcessedData:
+    """The ProcessedData of `layout` (root attributes, or the published files' conventions)."""
+    attrs = layout.attrs
+    if ATTR_DOWNSAMPLE in attrs:
+        downsample = int(attr_number(attrs, ATTR_DOWNSAMPLE, path, 1, integer=True))
     else:
-        ids = {}
-    specimen_ids = {n: ids.get(n, anatomy.SPECIMEN_IDS.get(n, anatomy.specimen_group(n))) for n in specimens}
+        downsample = _infer_downsample(layout.frame_shape[1], path)
+    spacing = attr_number(attrs, ATTR_PIXEL_SPACING, path, anatomy.FULLRES_PIXEL_SPACING_MM * downsample)
+    ids = _specimen_ids_attr(attrs, path)
+    specimen_ids = {n: ids.get(n, anatomy.SPECIMEN_IDS.get(n, anatomy.specimen_group(n))) for n in layout.groups}
     return ProcessedData(
         specimens=specimens, downsample=downsample, pixel_spacing_mm=spacing,
         data_kind=_text(attrs.get(ATTR_DATA_KIND, DEFAULT_DATA_KIND)),
         source=_text(attrs.get(ATTR_SOURCE, str(path))), specimen_ids=specimen_ids, attrs=attrs)
+
+
+def read_processed(path: str | Path) -> ProcessedData:
+    """Read a preprocessed file (ours or the published `ipcai_2020_ds_*.h5`), validating everything.
+    Declared sizes are checked against the memory budget before any frame is read."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        layout = processed_layout(f, path)
+        specimens = {number: read_processed_specimen(f, path, layout, number) for number in layout.groups}
+    return processed_data(path, layout, specimens)
 
 
 def write_processed(path: str | Path, specimens: Iterable[SpecimenFrames], attrs: dict[str, Any]) -> dict[int, int]:

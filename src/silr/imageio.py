@@ -21,11 +21,14 @@ Pillow's own decompression-bomb guard is turned into the same error.
 
 from __future__ import annotations
 
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from silr.errors import DataError, SilrWarning
+from silr.errors import DataError, SilrWarning, quoted
 
 PIL_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -43,6 +46,9 @@ MIN_INPUT_SIDE = 32
 # DICOM modalities that are projection radiographs (X-ray angiography, radio fluoroscopy,
 # digital radiography, computed radiography); anything else (CT, MR, US, ...) gets a warning.
 PROJECTION_MODALITIES = ("XA", "RF", "DX", "CR")
+# The largest pixel magnitude accepted: far beyond any detector or line-integral value, and far
+# enough below float32's 3.4e38 that min-max scaling and log stay finite.
+MAX_ABS_VALUE = 1e30
 
 # Pillow modes of one grey channel that convert losslessly to numpy numbers.
 _GREY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -105,8 +111,55 @@ def read_pil_image(path: Path) -> np.ndarray:
     except MemoryError:
         raise DataError(f"{path}: too large to decode in memory") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+        unsupported = _unsupported_tiff(path)
+        if unsupported:
+            raise DataError(f"{path}: {unsupported}") from None
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {quoted(str(exc), 200)})") \
+            from None
     return _checked_frame(path, pixels.astype(np.float32))
+
+
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "float", 4: "untyped",
+                        5: "complex integer", 6: "complex float"}
+
+
+def _tiff_first_ifd(head: bytes) -> dict[int, int] | None:
+    """Tag -> first value of the first IFD's one-value SHORT/LONG tags, from a TIFF's first bytes."""
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or struct.unpack(order + "H", head[2:4])[0] != 42:
+        return None
+    offset = struct.unpack(order + "I", head[4:8])[0]
+    if offset + 2 > len(head):
+        return None
+    tags: dict[int, int] = {}
+    count = struct.unpack(order + "H", head[offset:offset + 2])[0]
+    for entry in range(min(count, 256)):
+        start = offset + 2 + 12 * entry
+        if start + 12 > len(head):
+            break
+        tag, kind, values = struct.unpack(order + "HHI", head[start:start + 8])
+        if kind in (3, 4) and values == 1:  # one SHORT or LONG: the value sits in the entry itself
+            width = 2 if kind == 3 else 4
+            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), head[start + 8:start + 8 + width])[0]
+    return tags
+
+
+def _unsupported_tiff(path: Path) -> str | None:
+    """What a TIFF that Pillow cannot open holds, in words, where its first IFD says (e.g. 64-bit
+    float samples, which Pillow does not read); None for anything else."""
+    try:
+        with open(path, "rb") as stream:
+            tags = _tiff_first_ifd(stream.read(64 * 1024))
+    except (OSError, struct.error):
+        return None
+    if not tags:
+        return None
+    bits, sample_format = tags.get(258, 1), tags.get(339, 1)
+    if (bits, sample_format) in ((8, 1), (16, 1), (16, 2), (32, 2), (32, 3)):
+        return None  # a kind Pillow reads: the failure is elsewhere
+    kind = _TIFF_SAMPLE_FORMATS.get(sample_format, f"sample format {sample_format}")
+    return (f"TIFF with {bits}-bit {kind} samples is not supported; save it as 32-bit float or 8/16-bit "
+            f"integer")
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -126,7 +179,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         if frames != 1 or int(getattr(dataset, "SamplesPerPixel", 1)) != 1:
             raise DataError(f"{path}: expected one grey frame, the file holds {frames} frame(s) of "
                             f"{getattr(dataset, 'SamplesPerPixel', 1)} sample(s) per pixel")
-        pixels = np.asarray(apply_modality_lut(dataset.pixel_array, dataset), dtype=np.float64)
+        pixels = np.asarray(apply_modality_lut(_dicom_pixels(path, dataset), dataset), dtype=np.float64)
         photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
         if photometric == "MONOCHROME1":
             bits = int(getattr(dataset, "BitsStored", 16))
@@ -154,36 +207,106 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return _checked_frame(path, pixels.astype(np.float32)), spacing_mm
 
 
-def read_npy(path: Path) -> np.ndarray:
-    """A `.npy` array of one frame (H, W) or a stack (N, H, W), as float32."""
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]  # (H, W) or (N, H, W)
+    dtype: np.dtype
+
+
+def _dicom_pixels(path: Path, dataset) -> np.ndarray:  # noqa: ANN001 - a pydicom Dataset
+    """dataset.pixel_array; a compressed one that no installed plugin decodes is one DataError line
+    naming the compression and the plugin to install."""
     try:
-        with open(path, "rb") as stream:  # the declared shape, before any data is read
+        return dataset.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError):
+        syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+        if syntax is None or not syntax.is_compressed:
+            raise
+        name = " ".join(str(getattr(syntax, "name", "") or syntax).split())[:64]  # a UID is <= 64 chars
+        plugin = next((hint for key, hint in _DICOM_DECODERS.items() if key in name), "pylibjpeg or gdcm")
+        raise DataError(f"{path}: compressed with {name} (transfer syntax {str(syntax)[:64]}), which needs a "
+                        f"decoder plugin: pip install {plugin}") from None
+
+
+_DICOM_DECODERS = {"JPEG 2000": "pylibjpeg pylibjpeg-openjpeg", "JPEG-LS": "pylibjpeg pylibjpeg-libjpeg",
+                   "JPEG": "pylibjpeg pylibjpeg-libjpeg", "RLE": "pylibjpeg pylibjpeg-rle"}
+
+
+def read_npy_header(path: Path) -> NpyHeader:
+    """The declared shape and dtype of a `.npy` file, checked (kind, size, file length) without
+    reading its data: `silr predict` lists a folder of big stacks from their headers."""
+    try:
+        with open(path, "rb") as stream:
             version = np.lib.format.read_magic(stream)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(stream)
-        if len(shape) not in (2, 3) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-            raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, "
-                            f"got shape {tuple(shape)} of {dtype}")
-        check_size(path, tuple(shape))
-        array = np.load(path, allow_pickle=False)
+            shape, fortran, dtype = read_header(stream)
+            data_offset = stream.tell()
+        file_size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - header garbage raises anything (TokenError, SyntaxError, ...)
+        raise DataError(f"{path}: not a readable .npy array (malformed header: {exc.__class__.__name__}: "
+                        f"{quoted(str(exc))})") from None
+    shape = tuple(shape)
+    if len(shape) not in (2, 3) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, got shape {quoted(shape)} of "
+                        f"{quoted(str(dtype))}")
+    if len(shape) == 3 and shape[0] < 1:
+        raise DataError(f"{path}: stack of shape {shape} holds no frame")
+    check_size(path, shape)
+    if data_offset + math.prod(shape) * dtype.itemsize > file_size:
+        raise DataError(f"{path}: truncated: the header declares {' x '.join(map(str, shape))} {dtype}, "
+                        f"the file is {file_size} bytes")
+    return NpyHeader(shape, dtype)
+
+
+def read_npy_frame(path: Path, index: int | None = None) -> np.ndarray:
+    """One frame of a `.npy` file as float32 (H, W): the whole (H, W) array, or frame `index` of
+    an (N, H, W) stack, read through a memory map (only that frame is decoded)."""
+    header = read_npy_header(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.shape != header.shape:
+            raise DataError(f"{path}: changed while being read (shape {array.shape}, was {header.shape})")
+        frame = np.array(array if index is None else array[index], dtype=np.float32)
+        del array
     except MemoryError:
         raise DataError(f"{path}: too large to decode in memory") from None
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
-    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, "
-                        f"got shape {array.shape} of {array.dtype}")
-    return _checked_frame(path, array.astype(np.float32))
+    except (OSError, ValueError, IndexError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({quoted(str(exc))})") from None
+    return _checked_frame(path if index is None else f"{path} [frame {index}]", frame)
 
 
-def _checked_frame(path: Path, pixels: np.ndarray) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
+    """A `.npy` array of one frame (H, W) or a stack (N, H, W), as float32 (whole: predict reads
+    frame by frame with read_npy_frame)."""
+    header = read_npy_header(path)
+    if len(header.shape) == 2:
+        return read_npy_frame(path)
+    return np.stack([read_npy_frame(path, index) for index in range(header.shape[0])])
+
+
+def check_values(source: object, pixels: np.ndarray) -> None:
+    """DataError unless every value is finite and within +-MAX_ABS_VALUE (min and max only: no
+    temporary array of the frame's size). Values near float32's limit (3.4e38) overflow in the
+    min-max scaling and the log, and would give landmarks at (0, 0) with a NaN score."""
+    if pixels.size == 0:
+        return
+    low, high = float(pixels.min()), float(pixels.max())
+    if math.isnan(low) or math.isnan(high) or math.isinf(low) or math.isinf(high):
+        raise DataError(f"{source}: image holds NaN or infinite values")
+    if low < -MAX_ABS_VALUE or high > MAX_ABS_VALUE:
+        raise DataError(f"{source}: pixel values {low:.3g}..{high:.3g} are beyond +-{MAX_ABS_VALUE:.0e}, the "
+                        f"range silr accepts (larger magnitudes overflow float32 in scaling and log)")
+
+
+def _checked_frame(path: object, pixels: np.ndarray) -> np.ndarray:
     if pixels.shape[-1] < 2 or pixels.shape[-2] < 2 or (pixels.ndim == 3 and pixels.shape[0] == 0):
         raise DataError(f"{path}: image of shape {pixels.shape} is too small (need at least 2x2 pixels)")
-    if not np.isfinite(pixels).all():
-        raise DataError(f"{path}: image holds NaN or infinite values")
+    check_values(path, pixels)
     return pixels

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import warnings
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from silr import anatomy, coords, deepfluoro, preprocess
+from silr import anatomy, coords, deepfluoro, limits, preprocess
 from silr.deepfluoro import FullResIndex, SpecimenFrames
 from silr.errors import ConfigError, DataError, IgnoredLandmarkWarning, SilrWarning
 from silr.io import atomic_path, ensure_writable
@@ -67,6 +69,8 @@ def downsample_specimens(f: h5py.File, raw: Path, index: FullResIndex, *, crop: 
                           f"{size[1] - 2 * crop} cropped frames of {raw}")
     for number, spec in index.specimens.items():
         count = len(spec.projections)
+        limits.check_declared_bytes(str(raw), (count, out_h, out_w), 4 + 1,
+                                    f"downsampled frames of specimen {spec.specimen_id}")
         images = np.empty((count, out_h, out_w), np.float32)
         labels = np.empty((count, out_h, out_w), np.uint8)
         landmarks = np.empty((count, anatomy.NUM_LANDMARKS, 2))
@@ -137,22 +141,46 @@ def ingest_fullres(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
 
 
 def copy_processed(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSummary:
-    data = deepfluoro.read_processed(raw)
-    if data.downsample != factor:
-        raise ConfigError(f"{raw}: preprocessed at {data.downsample}x, but data.downsample is {factor}; "
-                          f"set data.downsample to {data.downsample} or ingest the full-resolution file")
-    # A file we wrote knows its crop and I0; the published files used the documented ones.
-    crop = int(data.attrs.get(deepfluoro.ATTR_CROP, crop))
-    i0 = float(data.attrs.get(deepfluoro.ATTR_I0, i0))
-    attrs = _root_attrs(source=Path(data.source) if deepfluoro.ATTR_SOURCE in data.attrs else raw,
-                        data_kind=data.data_kind, factor=factor, spacing_mm=data.pixel_spacing_mm, crop=crop,
-                        i0=i0, specimen_ids=data.specimen_ids, mode="copied")
-    with atomic_path(out) as tmp:
-        counts = deepfluoro.write_processed(tmp, data.specimens.values(), attrs)
-    height, width = data.frame_shape
-    inside = [coords.in_frame(spec.landmarks_xy, width, height) for spec in data.specimens.values()]
-    return IngestSummary(out, "copied", counts, (height, width), sum(int((~m).sum()) for m in inside),
-                         sum(m.size for m in inside), 0)
+    """Validate a preprocessed file and copy it through, one specimen in memory at a time."""
+    with deepfluoro.open_hdf5(raw) as f:
+        layout = deepfluoro.processed_layout(f, raw)
+        data = deepfluoro.processed_data(raw, layout, {})
+        if data.downsample != factor:
+            raise ConfigError(f"{raw}: preprocessed at {data.downsample}x, but data.downsample is {factor}; "
+                              f"set data.downsample to {data.downsample} or ingest the full-resolution file")
+        # A file we wrote knows its crop and I0; the published files used the documented ones.
+        crop = int(deepfluoro.attr_number(data.attrs, deepfluoro.ATTR_CROP, raw, crop, integer=True,
+                                          allow_zero=True))
+        i0 = deepfluoro.attr_number(data.attrs, deepfluoro.ATTR_I0, raw, i0)
+        attrs = _root_attrs(source=Path(data.source) if deepfluoro.ATTR_SOURCE in data.attrs else raw,
+                            data_kind=data.data_kind, factor=factor, spacing_mm=data.pixel_spacing_mm, crop=crop,
+                            i0=i0, specimen_ids=data.specimen_ids, mode="copied")
+        height, width = layout.frame_shape
+        tally = {"landmarks": 0, "out_of_frame": 0}
+
+        def specimens() -> Iterator[SpecimenFrames]:
+            for number in layout.groups:
+                spec = deepfluoro.read_processed_specimen(f, raw, layout, number)
+                inside = coords.in_frame(spec.landmarks_xy, width, height)
+                tally["landmarks"] += inside.size
+                tally["out_of_frame"] += int((~inside).sum())
+                yield spec
+
+        with atomic_path(out) as tmp:
+            counts = deepfluoro.write_processed(tmp, specimens(), attrs)
+    return IngestSummary(out, "copied", counts, (height, width), tally["out_of_frame"], tally["landmarks"], 0)
+
+
+def check_output_path(out: Path) -> None:
+    """ConfigError unless `out` is absent, a regular file or a symbolic link (which the atomic
+    rename replaces, never what it points to): a device node, FIFO, socket or directory given
+    as --out is never replaced (as root, `--out /dev/null` would otherwise become a file)."""
+    try:
+        mode = os.lstat(out).st_mode
+    except OSError:
+        return  # absent, or under something that is not a folder: ensure_writable says which
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise ConfigError(f"{out}: --out exists and is not a regular file; not replaced")
 
 
 def run(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSummary:
@@ -160,6 +188,7 @@ def run(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSum
     # The --downsample/--crop/--i0 flags bypass params.yaml: check them by the data section's own rules.
     DataParams.from_dict({"downsample": factor, "crop": crop, "i0": i0}, "data")
     raw, out = Path(raw), Path(out)
+    check_output_path(out)
     if raw.resolve() == out.resolve():
         raise ConfigError(f"{out}: the output would overwrite the input; choose another --out")
     layout = deepfluoro.detect_layout(raw)

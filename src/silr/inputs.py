@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 from silr import coords, imageio
 from silr.card import Preprocessing
-from silr.errors import DataError, SilrError
+from silr.errors import DataError, SilrError, quoted
 
 LINE_INTEGRAL = "line-integral image"
 RAW_FRAME = "raw detector frame"
@@ -66,8 +68,9 @@ class InputSpec:
 
     def load(self) -> InputFrame:
         pixels, rotate, *spacing = self.read()
-        return InputFrame(self.stem, self.source, np.asarray(pixels, dtype=np.float32), self.raw, bool(rotate),
-                          spacing[0] if spacing else None)
+        pixels = np.asarray(pixels, dtype=np.float32)
+        imageio.check_values(self.source, pixels)  # every kind, HDF5 frames too
+        return InputFrame(self.stem, self.source, pixels, self.raw, bool(rotate), spacing[0] if spacing else None)
 
 
 @dataclass(frozen=True)
@@ -106,36 +109,84 @@ def parse_frames(text: str) -> tuple[int, ...]:
     return tuple(indices)
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (a loop, or a target that does not exist), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path}: symlink loop (the link leads back to itself); not read"
+        if exc.errno == errno.ENOENT:
+            return f"{path}: dangling symlink (its target {quoted(os.readlink(path))} does not exist); not read"
+        return f"{path}: symlink cannot be followed ({exc.strerror or exc})"
+    return None
+
+
+def _folder_entries(folder: Path) -> tuple[list[Path], list[Failure]]:
+    """The files of supported types directly in `folder`, sorted, and a Failure for each entry
+    that a symbolic link loop or a dangling link hides (rather than skipping it silently)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return [], [Failure(str(folder), f"{folder}: folder cannot be listed ({exc.strerror or exc})")]
+    found: list[Path] = []
+    failures: list[Failure] = []
+    for entry in entries:
+        problem = _link_problem(entry)
+        if problem and (entry.suffix.lower() in imageio.SUPPORTED_SUFFIXES or "loop" in problem):
+            failures.append(Failure(str(entry), problem))
+        elif entry.suffix.lower() in imageio.SUPPORTED_SUFFIXES and entry.is_file():
+            found.append(entry)
+    if not found and not failures:
+        failures.append(Failure(str(folder), f"{folder}: folder holds no file of a supported type "
+                                             f"({', '.join(imageio.SUPPORTED_SUFFIXES)})"))
+    return found, failures
+
+
 def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[int] | None,
                      frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
     """Every frame the inputs hold (after --specimen / --frames), or why a file gives none.
-    A folder stands for the files of supported types directly inside it, sorted by name."""
+    A folder stands for the files of supported types directly inside it, sorted by name.
+    Nothing here reads pixels (each spec's load() does): a file is listed from its header.
+    Whatever goes wrong with one file is a Failure of that file, never the end of the batch."""
     expanded: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in imageio.SUPPORTED_SUFFIXES)
-            if not found:
-                yield Failure(str(path), f"{path}: folder holds no file of a supported type "
-                                         f"({', '.join(imageio.SUPPORTED_SUFFIXES)})")
+            found, failures = _folder_entries(path)
+            yield from failures
             expanded.extend(found)
         else:
             expanded.append(path)
     for path in expanded:
         try:
-            kind = imageio.input_kind(path)
-            if not path.is_file():
-                raise DataError(f"{path}: no such file")
-            if kind == "pil":
-                yield InputSpec(path.stem, str(path), raw, lambda path=path: (imageio.read_pil_image(path), False))
-            elif kind == "dicom":
-                yield InputSpec(path.stem, str(path), raw, lambda path=path: _swap(imageio.read_dicom(path)))
-            elif kind == "npy":
-                yield from _npy_specs(path, raw, frames)
-            else:
-                yield from _hdf5_specs(path, raw, specimens, frames)
+            yield from _file_specs(path, raw, specimens, frames)
         except SilrError as exc:
             yield Failure(str(path), str(exc))
+        except MemoryError:
+            yield Failure(str(path), f"{path}: ran out of memory while listing its frames; not read")
+        except Exception as exc:  # noqa: BLE001 - one bad file must not end the batch
+            yield Failure(str(path), f"{path}: cannot be listed ({exc.__class__.__name__}: "
+                                     f"{quoted(str(exc), 160)})")
+
+
+def _file_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
+                frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+    kind = imageio.input_kind(path)
+    problem = _link_problem(path)
+    if problem:
+        raise DataError(problem)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if kind == "pil":
+        yield InputSpec(path.stem, str(path), raw, lambda: (imageio.read_pil_image(path), False))
+    elif kind == "dicom":
+        yield InputSpec(path.stem, str(path), raw, lambda: _swap(imageio.read_dicom(path)))
+    elif kind == "npy":
+        yield from _npy_specs(path, raw, frames)
+    else:
+        yield from _hdf5_specs(path, raw, specimens, frames)
 
 
 def _swap(read: tuple[np.ndarray, tuple[float, float] | None]) -> tuple:
@@ -143,32 +194,33 @@ def _swap(read: tuple[np.ndarray, tuple[float, float] | None]) -> tuple:
 
 
 def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
-    array = imageio.read_npy(path)
-    if array.ndim == 2:
-        yield InputSpec(path.stem, str(path), raw, lambda: (array, False))
+    """From the header only: each frame is read (memory-mapped) when its spec is loaded."""
+    shape = imageio.read_npy_header(path).shape
+    if len(shape) == 2:
+        yield InputSpec(path.stem, str(path), raw, lambda: (imageio.read_npy_frame(path), False))
         return
-    for index in frames if frames is not None else range(array.shape[0]):
+    for index in frames if frames is not None else range(shape[0]):
         source = f"{path} [frame {index}]"
-        if index >= array.shape[0]:
-            yield Failure(source, f"{path}: stack has {array.shape[0]} frames (0..{array.shape[0] - 1}), "
-                                  f"no frame {index}")
+        if index >= shape[0]:
+            yield Failure(source, f"{path}: stack has {shape[0]} frames (0..{shape[0] - 1}), no frame {index}")
             continue
-        yield InputSpec(f"{path.stem}_f{index:03d}", source, raw, lambda index=index: (array[index], False))
+        yield InputSpec(f"{path.stem}_f{index:03d}", source, raw,
+                        lambda index=index: (imageio.read_npy_frame(path, index), False))
 
 
 def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
                 frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+    """From the file's structure only: each frame is read when its spec is loaded."""
     from silr import deepfluoro
 
     layout = deepfluoro.detect_layout(path)
     if layout == deepfluoro.PROCESSED:
         if raw:
             raise DataError(f"{path}: --raw does not apply to a preprocessed file (its frames are line integrals)")
-        data = deepfluoro.read_processed(path)
-        available = {number: len(spec.images) for number, spec in data.specimens.items()}
+        available = deepfluoro.processed_frame_index(path)
 
         def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
-            return data.specimens[number].images[index], False
+            return deepfluoro.read_processed_frame(path, number, index), False
     else:
         frame_index = deepfluoro.fullres_frame_index(path)
         available = {number: len(items) for number, items in frame_index.items()}

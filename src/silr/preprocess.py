@@ -96,13 +96,18 @@ def smooth_and_sample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def line_integrals(intensity: np.ndarray, i0: float) -> tuple[np.ndarray, int]:
-    """log(I0) - log(I) in float64, and how many pixels were below INTENSITY_FLOOR."""
-    intensity = np.asarray(intensity, dtype=np.float64)
-    low = intensity < INTENSITY_FLOOR
-    clipped = int(np.count_nonzero(low))
+    """log(I0) - log(I) in float64, and how many pixels were below INTENSITY_FLOOR.
+
+    Computed in place in one float64 copy (a huge frame must not cost four of them); the
+    operations are the same element-wise ones, so the values are bit for bit those of
+    `math.log(i0) - np.log(np.where(low, INTENSITY_FLOOR, intensity))`."""
+    values = np.array(intensity, dtype=np.float64)  # a copy, never the caller's array
+    clipped = int(np.count_nonzero(values < INTENSITY_FLOOR))
     if clipped:
-        intensity = np.where(low, INTENSITY_FLOOR, intensity)
-    return math.log(i0) - np.log(intensity), clipped
+        np.maximum(values, INTENSITY_FLOOR, out=values)  # NaN stays NaN, as np.where kept it
+    np.log(values, out=values)
+    np.subtract(math.log(i0), values, out=values)
+    return values, clipped
 
 
 def _cropped(frame: np.ndarray, crop: int) -> np.ndarray:
