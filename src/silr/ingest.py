@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import stat
 import sys
 import warnings
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ import numpy as np
 from silr import anatomy, coords, deepfluoro, limits, preprocess
 from silr.deepfluoro import FullResIndex, SpecimenFrames
 from silr.errors import ConfigError, DataError, IgnoredLandmarkWarning, SilrWarning
-from silr.io import atomic_path, ensure_writable
+from silr.io import atomic_path, check_replaceable, ensure_writable
 from silr.params import DataParams
 
 
@@ -172,15 +170,9 @@ def copy_processed(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -
 
 
 def check_output_path(out: Path) -> None:
-    """ConfigError unless `out` is absent, a regular file or a symbolic link (which the atomic
-    rename replaces, never what it points to): a device node, FIFO, socket or directory given
-    as --out is never replaced (as root, `--out /dev/null` would otherwise become a file)."""
-    try:
-        mode = os.lstat(out).st_mode
-    except OSError:
-        return  # absent, or under something that is not a folder: ensure_writable says which
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConfigError(f"{out}: --out exists and is not a regular file; not replaced")
+    """Refuse an --out that exists and is not ours to replace (a device node, FIFO, socket or
+    directory; as root, `--out /dev/null` would otherwise become a file): silr.io's rule."""
+    check_replaceable(out)
 
 
 def run(raw: Path, out: Path, *, factor: int, crop: int, i0: float) -> IngestSummary:

@@ -92,10 +92,8 @@ def check_replaceable(path: str | os.PathLike) -> None:
     target = Path(path)
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot be inspected ({exc.strerror or exc})") from None
+    except OSError:
+        return  # absent, or under something that is not a folder: the directory check says which
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return
     kind = ("a directory" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
