@@ -40,7 +40,7 @@ def _mps_available() -> bool:
 def select_device(requested: str = "auto", key: str = "train.device") -> torch.device:
     """The torch device for `requested` (auto | cpu | cuda | cuda:N | mps); ConfigError if it is not there."""
     kind, _, index = str(requested).partition(":")
-    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
+    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not (index.isascii() and index.isdigit()))):
         raise ConfigError(f"{key} must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {requested!r}")
     if kind == "auto":
         if torch.cuda.is_available():
@@ -90,7 +90,7 @@ def device_for_run(requested: str = "auto") -> torch.device:
     CPU thread count from $SILR_THREADS."""
     threads = os.environ.get(THREADS_ENV)
     if threads:
-        if not threads.isdigit() or int(threads) < 1:
+        if not (threads.isascii() and threads.isdigit()) or int(threads) < 1:
             raise ConfigError(f"{THREADS_ENV} must be a whole number >= 1, got {threads!r}")
         torch.set_num_threads(int(threads))
     override = os.environ.get(DEVICE_ENV)

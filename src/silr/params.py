@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from silr.errors import ConfigError
+from silr.errors import ConfigError, quoted
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -48,7 +48,14 @@ PRESENCE_CHOICES: tuple[str, ...] = ("auto", "threshold", "template", "learned")
 # ConfigError naming the key. A section field names its checker next to its default (`_checked`).
 
 def _fail(key: str, expected: str, got: Any) -> ConfigError:
-    return ConfigError(f"{key} must be {expected}, got {got!r}")
+    return ConfigError(f"{key} must be {expected}, got {quoted(got)}")
+
+
+# Every number of params.yaml has an upper bound, so a typo (or a hostile file) cannot ask for
+# 570 TB of synthetic frames or 1e44 epochs. Integers: below 2**31 unless a field says less
+# (seeds must also fit numpy's 32-bit seeds); floats: at most 1e9 unless a field says less.
+MAX_INT = 2 ** 31 - 1
+MAX_FLOAT = 1.0e9
 
 
 # A number in exponent form that YAML 1.1 (PyYAML) reads as text: its floats need a dot in the
@@ -81,15 +88,17 @@ def _number_text_hint(value: Any, integer: bool = False) -> str:
     return f" (YAML reads {text} as text: write {mantissa}e{exponent} or {plain})"
 
 
-def _as_int(key: str, value: Any, minimum: int | None = None) -> int:
+def _as_int(key: str, value: Any, minimum: int | None = None, maximum: int = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{_fail(key, 'an integer', value)}{_number_text_hint(value, integer=True)}")
     if minimum is not None and value < minimum:
         raise _fail(key, f">= {minimum}", value)
+    if value > maximum:
+        raise _fail(key, f"<= {maximum}", value)
     return value
 
 
-def _as_float(key: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+def _as_float(key: str, value: Any, minimum: float | None = None, maximum: float | None = MAX_FLOAT,
               strict_min: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{_fail(key, 'a finite number', value)}{_number_text_hint(value)}")
@@ -106,13 +115,21 @@ def _as_counts(key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or len(value) < 2:
         raise _fail(key, "a list of frame counts, one per specimen, at least two (e.g. [22, 21, 5, 10, 11, 5])",
                     value)
-    return tuple(_as_int(f"{key}[{i}]", count, 1) for i, count in enumerate(value))
+    if len(value) > MAX_SPECIMENS:
+        raise _fail(key, f"at most {MAX_SPECIMENS} specimens", value)
+    return tuple(_as_int(f"{key}[{i}]", count, 1, MAX_FRAMES_PER_SPECIMEN) for i, count in enumerate(value))
+
+
+# The synthetic phantom's size: the real set has 6 specimens of at most 111 frames; 9999 x 10000
+# frames of 1536 x 1536 float32 would already be far beyond any disk.
+MAX_SPECIMENS = 9999
+MAX_FRAMES_PER_SPECIMEN = 10000
 
 
 def _as_seeds(key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)):
         raise _fail(key, "a list of training seeds (e.g. [1, 2]; [] for train.seed alone)", value)
-    seeds = tuple(_as_int(f"{key}[{i}]", v, 0) for i, v in enumerate(value))
+    seeds = tuple(_as_int(f"{key}[{i}]", v, 0, MAX_SEED) for i, v in enumerate(value))
     if len(set(seeds)) != len(seeds):
         raise _fail(key, "a list of distinct seeds", list(value))
     return seeds
@@ -137,11 +154,11 @@ def _as_optional_str(key: str, value: Any) -> str | None:
     return None if value is None or value == "" else _as_str(key, value)
 
 
-def _as_range(key: str, value: Any, minimum: float) -> tuple[float, float]:
+def _as_range(key: str, value: Any, minimum: float, maximum: float = MAX_FLOAT) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise _fail(key, "a [low, high] pair", value)
-    low = _as_float(f"{key}[0]", value[0], minimum)
-    high = _as_float(f"{key}[1]", value[1], minimum)
+    low = _as_float(f"{key}[0]", value[0], minimum, maximum)
+    high = _as_float(f"{key}[1]", value[1], minimum, maximum)
     if high < low:
         raise _fail(key, "a [low, high] pair with low <= high", value)
     return (low, high)
@@ -157,7 +174,11 @@ def _as_list(key: str, value: Any, what: str, item: Callable[..., Any], **option
 def _as_channels(key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or len(value) > 2:
         raise _fail(key, "a list of at most 2 channel counts ([] = heads at stride 4)", value)
-    return tuple(_as_int(f"{key}[{i}]", c, 1) for i, c in enumerate(value))
+    return tuple(_as_int(f"{key}[{i}]", c, 1, MAX_CHANNELS) for i, c in enumerate(value))
+
+
+MAX_SEED = 2 ** 32 - 1  # numpy's and torch's seeds are 32-bit
+MAX_CHANNELS = 4096  # a decoder wider than this would not fit a GPU's memory at 192 x 192
 
 
 def _as_weights(key: str, terms: Any) -> dict[str, float]:
@@ -171,7 +192,7 @@ def _as_weights(key: str, terms: Any) -> dict[str, float]:
         if term not in LOSS_TERM_NAMES:
             raise ConfigError(f"{key}: unknown term {term!r} (known: {', '.join(sorted(LOSS_TERM_NAMES))}; "
                               f"options: {', '.join(LOSS_OPTION_DEFAULTS)})")
-    weights = {str(term): _as_float(f"{key}.{term}", weight, minimum=0.0) for term, weight in terms.items()}
+    weights = {str(term): _as_float(f"{key}.{term}", weight, 0.0, 1.0e6) for term, weight in terms.items()}
     if all(w == 0 for w in weights.values()):
         raise ConfigError(f"{key}: every term weight is 0; a loss needs a positive weight")
     return weights
@@ -182,7 +203,7 @@ def _as_loss_options(key: str, options: Mapping[str, Any]) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for name, value in options.items():
         if name == "sigma":
-            checked[name] = _as_float(f"{key}.sigma", value, 0.0, 1000.0, strict_min=True)
+            checked[name] = _as_float(f"{key}.sigma", value, 0.1, 180.0)
         elif name == "mse_foreground_weight":
             checked[name] = _as_float(f"{key}.mse_foreground_weight", value, 0.0, 1.0e6)
         else:
@@ -237,7 +258,7 @@ class SynthParams(_Section):
     # Frames of each specimen, one entry per specimen: the real set's 111/104/24/48/55/24
     # (anatomy.DEEPFLUORO_FRAMES) scaled by 1/5 for the CPU budget.
     frames: tuple[int, ...] = _checked((22, 21, 5, 10, 11, 5), _as_counts)
-    seed: int = _checked(0, _as_int, 0)
+    seed: int = _checked(0, _as_int, 0, MAX_SEED)
 
     @property
     def specimens(self) -> int:
@@ -249,8 +270,8 @@ class DataParams(_Section):
     SECTION: ClassVar[str] = "data"
     raw: str = _checked("data/synthetic/phantom_full_res.h5", _as_str)
     processed: str = _checked("data/processed/ds_8x.h5", _as_str)
-    downsample: int = _checked(8, _as_int, 1)
-    crop: int = _checked(50, _as_int, 0)
+    downsample: int = _checked(8, _as_int, 1, 64)
+    crop: int = _checked(50, _as_int, 0, 4096)
     i0: float = _checked(65487.0, _as_float, 0.0, strict_min=True)
 
 
@@ -258,7 +279,7 @@ class DataParams(_Section):
 class FoldsParams(_Section):
     SECTION: ClassVar[str] = "folds"
     val_fraction: float = _checked(0.1, _as_float, 0.0, 0.9)
-    seed: int = _checked(0, _as_int, 0)
+    seed: int = _checked(0, _as_int, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -274,35 +295,36 @@ class ModelParams(_Section):
 @dataclass(frozen=True)
 class TrainParams(_Section):
     SECTION: ClassVar[str] = "train"
-    epochs: int = _checked(25, _as_int, 1)
-    batch_size: int = _checked(4, _as_int, 1)
-    lr: float = _checked(0.003, _as_float, 0.0, strict_min=True)
-    weight_decay: float = _checked(0.01, _as_float, 0.0)
-    val_every: int = _checked(1, _as_int, 1)
-    seed: int = _checked(0, _as_int, 0)
+    epochs: int = _checked(25, _as_int, 1, 100_000)
+    batch_size: int = _checked(4, _as_int, 1, 4096)
+    lr: float = _checked(0.003, _as_float, 0.0, 10.0, strict_min=True)  # beyond 10 AdamW diverges at once
+    weight_decay: float = _checked(0.01, _as_float, 0.0, 10.0)
+    val_every: int = _checked(1, _as_int, 1, 100_000)
+    seed: int = _checked(0, _as_int, 0, MAX_SEED)
     device: str = _checked("auto", _as_str, ("auto", "cpu", "cuda", "mps"))
-    checkpoint_every: int = _checked(1, _as_int, 1)
+    checkpoint_every: int = _checked(1, _as_int, 1, 100_000)
     # After training, the presence head (if any) is refitted alone on the best weights, frozen and
     # in eval mode, for this many epochs of batches of presence_refit_batch (0: no refit).
-    presence_refit_epochs: int = _checked(10, _as_int, 0)
-    presence_refit_batch: int = _checked(8, _as_int, 1)
+    presence_refit_epochs: int = _checked(10, _as_int, 0, 100_000)
+    presence_refit_batch: int = _checked(8, _as_int, 1, 4096)
     # Outlier frames added to each refit batch to train the head's frame gate (0: no gate).
-    presence_outliers: int = _checked(2, _as_int, 0)
+    presence_outliers: int = _checked(2, _as_int, 0, 1000)
 
 
 @dataclass(frozen=True)
 class AugmentParams(_Section):
     SECTION: ClassVar[str] = "augment"
     prob: float = _checked(0.5, _as_float, 0.0, 1.0)
-    zoom: tuple[float, float] = _checked((1.0, 1.3), _as_range, 0.0)
+    zoom: tuple[float, float] = _checked((1.0, 1.3), _as_range, 0.0, 10.0)
     rotate: float = _checked(0.17, _as_float, 0.0, math.pi)  # radians, symmetric range (-rotate, +rotate)
-    gamma: tuple[float, float] = _checked((0.7, 1.5), _as_range, 0.0)
+    gamma: tuple[float, float] = _checked((0.7, 1.5), _as_range, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
 class HeatmapParams(_Section):
     SECTION: ClassVar[str] = "heatmap"
-    sigma: float = _checked(2.5, _as_float, 0.0, strict_min=True)
+    sigma: float = _checked(2.5, _as_float, 0.1, 180.0)  # px of the 180 x 180 frame; below 0.1 px the
+    # Gaussian underflows to zero everywhere
     presence_threshold: float = _checked(0.5, _as_float, 0.0, 1.0)
     # none | parabola | centroid (silr.codec)
     refine: str = _checked("centroid", _as_str, ("none", "parabola", "centroid"))
@@ -416,10 +438,19 @@ SECTIONS: tuple[tuple[str, type[_Section]], ...] = tuple((cls.SECTION, cls) for 
     StudyParams, EvaluateParams))
 
 
+# Top-level sections read elsewhere (silr.robustness_params), known so that a misspelt section
+# (`trian:`) is an error here rather than silently ignored.
+OTHER_SECTIONS: tuple[str, ...] = ("robustness",)
+
+
 def params_from_dict(raw: Mapping[str, Any]) -> Params:
     """Validate a params mapping (as read from YAML) into typed `Params`."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"params must be a mapping of sections, got {type(raw).__name__}")
+    known = [name for name, _ in SECTIONS] + list(OTHER_SECTIONS)
+    unknown = [str(key) for key in raw if key not in known]
+    if unknown:
+        raise ConfigError(f"unknown section(s) {quoted(', '.join(unknown))} (known: {', '.join(known)})")
     params = Params(**{name: cls.from_dict(raw.get(name), name) for name, cls in SECTIONS})
     for name in params.study.losses:
         if name not in params.losses.named:
@@ -433,17 +464,65 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.exists():
         return Params()
+    raw = read_yaml(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return params_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and without duplicate keys.
+
+    An alias (`*name`) lets 344 bytes expand to gigabytes (a "billion laughs"), and params.yaml
+    (written by hand or by `dvc exp run -S`) never needs one; a duplicate key would let the last
+    one win silently."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(problem="YAML aliases (*name) are not allowed in params",
+                                       problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {quoted(key)}", problem_mark=key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# A params file larger than this is not a params file.
+MAX_PARAMS_BYTES = 1024 * 1024
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML of `path` (aliases and duplicate keys refused); ConfigError naming the file, line
+    and problem for anything that is not small, UTF-8, valid YAML."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: {len(data):,} bytes, more than a params file holds ({MAX_PARAMS_BYTES:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}, line {line})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    try:
-        return params_from_dict(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be params") from None
 
 
 def to_dict(obj: Any) -> Any:

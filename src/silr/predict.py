@@ -168,7 +168,7 @@ def resolve_models(paths: Sequence[Path]) -> list[Path]:
 
 
 def _natural_key(path: Path) -> tuple:
-    digits = "".join(c for c in path.parent.name if c.isdigit())
+    digits = "".join(c for c in path.parent.name if c.isascii() and c.isdigit())
     return (int(digits) if digits else -1, str(path))
 
 

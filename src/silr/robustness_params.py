@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from silr.errors import ConfigError
 from silr.params import (
     DEFAULT_PARAMS_FILE,
@@ -25,6 +23,7 @@ from silr.params import (
     _checked,
     _fail,
     _Section,
+    read_yaml,
 )
 
 # The corruption types, in the suite's order (silr.corruptions registers one function per name
@@ -85,10 +84,7 @@ def load_robustness_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Robustness
     path = Path(path)
     if not path.exists():
         return RobustnessParams()
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not readable as YAML ({type(exc).__name__})") from None
+    raw = read_yaml(path)  # params' own reader: aliases, duplicates and bad bytes refused alike
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: params must be a mapping of sections, got {type(raw).__name__}")
     try:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from silr.deepfluoro import ProcessedData
-from silr.errors import DataError
+from silr.errors import DataError, quoted
 
 FrameId = tuple[int, int]  # (specimen number, frame index)
 SETS = ("train", "val", "test")
@@ -99,7 +99,7 @@ def parse_folds(raw: Any, path: Path) -> dict[int, Fold]:
     folds: dict[int, Fold] = {}
     for key, entry in raw["folds"].items():
         where = f"folds.{key}"
-        if not key.isdigit() or not isinstance(entry, dict):
+        if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):  # '²'.isdigit() is True
             raise DataError(f"{path}: {where}: expected a fold number mapped to an object")
         missing = [name for name in ("test_specimen", *SETS) if name not in entry]
         if missing:
@@ -147,9 +147,11 @@ def load_folds(path: str | Path, data: ProcessedData | None = None) -> dict[int,
     if not path.exists():
         raise DataError(f"{path}: no such file; write it with `silr folds` (dvc repro folds)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON folds file ({exc})") from None
+        raise DataError(f"{path}: not a readable JSON folds file ({quoted(str(exc))})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be a folds file") from None
     folds = parse_folds(raw, path)
     if data is not None:
         check_against_data(folds, data, path)
