@@ -20,7 +20,7 @@ from typing import Any
 
 from silr import __version__, coords
 from silr.anatomy import FRAME_SIZE_PX, LABEL_NAMES, LANDMARK_BONE, LANDMARK_NAMES, NETWORK_INPUT_PX, NUM_CLASSES
-from silr.errors import CheckpointError, SilrError
+from silr.errors import CheckpointError, SilrError, quoted
 from silr.params import Params, stable_hash, to_dict
 
 CHECKPOINT_FORMAT = "silr-checkpoint"
@@ -139,6 +139,10 @@ class ModelCard:
     val_score_px: float | None = None
     epoch: int = 0
     silr_version: str = __version__
+    # Whether the training run that wrote these weights completed (None: a card from before the
+    # flag existed, taken as finished), and the epochs it was to train.
+    finished: bool | None = None
+    epochs_planned: int = 0
 
     # -------------------------------------------------------------- writing
 
@@ -173,6 +177,16 @@ class ModelCard:
             epoch=epoch,
         )
 
+    def with_run_state(self, *, finished: bool, epochs_planned: int) -> ModelCard:
+        return dataclasses.replace(self, finished=bool(finished), epochs_planned=int(epochs_planned))
+
+    def unfinished_note(self) -> str | None:
+        """None for a completed run's weights; else what a reader must know about them."""
+        if self.finished is None or self.finished:
+            return None
+        return (f"is from an unfinished training run (best of the epochs done, epoch {self.epoch} of "
+                f"{self.epochs_planned} planned)")
+
     def with_calibration(self, calibration: tuple[float, float]) -> ModelCard:
         """The same card with the learned presence's Platt scaling (a, b)."""
         return dataclasses.replace(self, heatmap=dataclasses.replace(
@@ -200,6 +214,7 @@ class ModelCard:
             "data_hash": self.data_hash,
             "val_score_px": self.val_score_px,
             "epoch": self.epoch,
+            **({} if self.finished is None else {"finished": self.finished, "epochs_planned": self.epochs_planned}),
         }
 
     # -------------------------------------------------------------- reading
@@ -221,7 +236,7 @@ class ModelCard:
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 detail = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
                 raise CheckpointError(f"{path}: model card field {name!r} is unusable ({detail}): "
-                                      f"{raw.get(name)!r}") from None
+                                      f"{quoted(raw.get(name))}") from None
 
         landmark_names = field("landmark_names", lambda v: tuple(str(n) for n in v))
         unknown = [name for name in landmark_names if name not in LANDMARK_BONE]
@@ -236,6 +251,7 @@ class ModelCard:
             num_landmarks=int(v.get("num_landmarks", len(landmark_names))),
             num_classes=int(v.get("num_classes", len(label_names))),
             presence_head=_as_bool(v.get("presence_head", False))))
+        _check_network_bounds(path, network, len(landmark_names), len(label_names))
         preprocessing = field("preprocessing", lambda v: Preprocessing(
             crop=int(v["crop"]), i0=float(v["i0"]), downsample=int(v["downsample"]),
             intensity=str(v.get("intensity", INTENSITY_SCALING)), padding=str(v.get("padding", PADDING))))
@@ -275,6 +291,8 @@ class ModelCard:
             val_score_px=None if score is None else field("val_score_px", float),
             epoch=field("epoch", int) if "epoch" in raw else 0,
             silr_version=str(raw.get("silr_version", "")),
+            finished=None if raw.get("finished") is None else field("finished", _as_bool),
+            epochs_planned=field("epochs_planned", int) if "epochs_planned" in raw else 0,
         )
         card.codec(path)  # a codec that cannot exist fails here, naming the file
         if (card.heatmap.presence_source is not None) != card.network.presence_head:
@@ -311,6 +329,9 @@ class ModelCard:
                                presence_head=spec.presence_head)
         except SilrError as exc:
             raise CheckpointError(f"{path}: cannot build the network its card describes: {exc}") from None
+        except (MemoryError, RuntimeError, ValueError, TypeError) as exc:  # timm's or torch's own refusal
+            raise CheckpointError(f"{path}: cannot build the network its card describes "
+                                  f"({type(exc).__name__}: {quoted(str(exc))})") from None
 
     def ensemble_differences(self, other: ModelCard) -> list[tuple[str, Any, Any]]:
         """(field, mine, theirs) for every field two models must share to be averaged."""
@@ -325,6 +346,21 @@ class ModelCard:
         lines = [f"model card of {path}"]
         _format_mapping(self.to_dict(), lines, indent=1)
         return "\n".join(lines)
+
+
+# The widest decoder a card may ask for (params.MAX_CHANNELS): a hostile card asking for 1e8
+# channels or 1e9 landmarks must fail here, before the network is built.
+MAX_CARD_CHANNELS = 4096
+
+
+def _check_network_bounds(path: Any, network: NetworkSpec, landmarks: int, labels: int) -> None:
+    channels = network.decoder_channels
+    if len(channels) > 2 or any(not 1 <= c <= MAX_CARD_CHANNELS for c in channels):
+        raise CheckpointError(f"{path}: model card field 'model.decoder_channels' must be at most 2 counts in "
+                              f"1..{MAX_CARD_CHANNELS}, got {quoted(list(channels))}")
+    if network.num_landmarks != landmarks or network.num_classes != labels:
+        raise CheckpointError(f"{path}: model card's network has {quoted(network.num_landmarks)} landmarks and "
+                              f"{quoted(network.num_classes)} classes, but names {landmarks} and {labels}")
 
 
 def _as_bool(value: Any) -> bool:

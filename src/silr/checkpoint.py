@@ -27,7 +27,7 @@ import torch
 
 from silr import __version__
 from silr.card import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, ModelCard
-from silr.errors import CheckpointError
+from silr.errors import CheckpointError, quoted
 from silr.io import atomic_path
 
 
@@ -66,8 +66,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError, AttributeError, ImportError, TypeError, IndexError, KeyError) as exc:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, MemoryError,
+            OSError, AttributeError, ImportError, TypeError, IndexError, KeyError, RecursionError) as exc:
         # torch's own messages run to paragraphs; the exception type is enough to tell them apart.
         raise CheckpointError(f"{path}: not a readable silr checkpoint (corrupt, truncated, not a torch "
                               f"file or holding foreign objects: {type(exc).__name__})") from None
@@ -91,9 +91,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     payload = read_checkpoint(path)
     card = payload["card"]
     model = card.build_network(path)
+    for name, value in payload["model_state"].items():
+        # NaN or inf weights give every landmark at (0, 0) with score NaN and exit 0: refuse them
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: holds non-finite weights in {quoted(str(name))} (NaN or inf); "
+                                  f"the run that wrote it diverged or the file is damaged")
     try:
         model.load_state_dict(payload["model_state"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: weights do not fit the network its card describes "
                               f"({first[1].strip() if len(first) > 1 else first[0][:160]})") from None

@@ -32,6 +32,9 @@ def _check_card(path: Path, card: ModelCard, loss: str, fold: int) -> None:
     if trained_loss not in (None, loss) or card.fold not in (None, fold):
         raise CheckpointError(f"{path}: holds the model of loss {trained_loss!r} fold {card.fold!r}, "
                               f"expected loss {loss!r} fold {fold}")
+    note = card.unfinished_note()
+    if note is not None:
+        raise CheckpointError(f"{path}: {note}; finish it with `silr train` (or `dvc repro`), which resumes it")
     if list(card.landmark_names) != list(LANDMARK_NAMES):
         raise CheckpointError(f"{path}: model predicts landmarks {list(card.landmark_names)}, "
                               f"expected {list(LANDMARK_NAMES)}")

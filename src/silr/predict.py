@@ -505,6 +505,10 @@ def main(args: argparse.Namespace) -> int:
         return _report_failures([s for s in specs if isinstance(s, Failure)], models_loaded=False)
     ensemble = _load(models, args.device)
     facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
+    for path, card in zip(ensemble.paths, ensemble.cards):
+        note = card.unfinished_note()
+        if note is not None:
+            warn(f"{path}: {note}: its predictions are those of a partly trained model")
     losses = sorted({str(f["loss"]) for f in facts})
     if len(losses) > 1:
         warn(f"the ensemble mixes models trained with different losses ({', '.join(losses)}); their heatmaps "

@@ -289,10 +289,13 @@ def build_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optim
 
 
 def card_of(setup: Setup, score: float | None, epoch: int,
-            calibration: tuple[float, float] | None = None) -> ModelCard:
+            calibration: tuple[float, float] | None = None, *, finished: bool = False) -> ModelCard:
+    """The card of the weights being written; `finished` only once the run has completed, so that
+    the best.pt of a stopped or killed run says so (evaluate refuses it, predict warns)."""
     card = ModelCard.for_run(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
                              data_hash=setup.identity.data_hash, params_hash=setup.identity.params_hash,
                              val_score_px=score, epoch=epoch, data_source=setup.data_source)
+    card = card.with_run_state(finished=finished, epochs_planned=setup.params.train.epochs)
     return card.with_calibration(calibration) if calibration is not None else card
 
 
@@ -302,16 +305,21 @@ def write_last(setup: Setup, optimizer: torch.optim.Optimizer, progress: Progres
                             generator=generator, best_score=progress.best_score, best_epoch=progress.best_epoch,
                             best_state=progress.best_state, history=progress.history)
     score = progress.history[-1].get("val/error_px") if progress.history else None
-    checkpoint.save_checkpoint(setup.paths.last, setup.model, card_of(setup, score, progress.epoch), resume=resume)
+    checkpoint.save_checkpoint(setup.paths.last, setup.model,
+                               card_of(setup, score, progress.epoch, finished=finished), resume=resume)
 
 
-def write_best(setup: Setup, progress: Progress, calibration: tuple[float, float] | None = None) -> None:
-    """best.pt from the best weights seen so far (the last ones when nothing was validated)."""
+def write_best(setup: Setup, progress: Progress, calibration: tuple[float, float] | None = None, *,
+               finished: bool = False) -> None:
+    """best.pt from the best weights seen so far (the last ones when nothing was validated);
+    `finished` for the final write of a completed run."""
     if progress.best_state is not None:
         checkpoint.save_checkpoint(setup.paths.best, progress.best_state,
-                                   card_of(setup, progress.best_score, progress.best_epoch, calibration))
+                                   card_of(setup, progress.best_score, progress.best_epoch, calibration,
+                                           finished=finished))
     else:
-        checkpoint.save_checkpoint(setup.paths.best, setup.model, card_of(setup, None, progress.epoch, calibration))
+        checkpoint.save_checkpoint(setup.paths.best, setup.model,
+                                   card_of(setup, None, progress.epoch, calibration, finished=finished))
 
 
 def refit_presence_head(setup: Setup, progress: Progress) -> dict[str, torch.Tensor] | None:
@@ -555,7 +563,7 @@ def _train(setup: Setup, *, fresh: bool, progress_bar: bool) -> Progress:
     if calibration is not None:
         _say(f"{run_name}: learned presence calibrated on the validation frames: "
              f"sigmoid({calibration[0]:.3g} z {calibration[1]:+.3g})")
-    write_best(setup, progress, calibration)
+    write_best(setup, progress, calibration, finished=True)
     live.close(progress)
     prune_finished_states(setup.paths.resume, keep=setup.paths.last)
     if progress.best_score is not None:
