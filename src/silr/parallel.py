@@ -35,6 +35,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +67,14 @@ class ParallelError(SilrError):
     """A worker failed or DVC refused; the exit status is 1."""
 
     exit_code = 1
+
+
+class Interrupted(SilrError):
+    """silr parallel stopped by a signal, after stopping the queue; exit 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -169,8 +178,7 @@ def queue_status(repo: Path, env: dict[str, str]) -> dict[str, str]:
 
 def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | None, resume_dir: Path | None,
         keep: bool, params_file: str = DEFAULT_PARAMS_FILE) -> int:
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    check_arguments(jobs, threads)
     params = load_params(repo / params_file)  # a bad params.yaml fails first, as in every command
     if not (repo / "dvc.yaml").is_file() or not (repo / ".dvc").is_dir():
         raise ConfigError(f"{repo}: not the root of a DVC project (no dvc.yaml and .dvc/ here)")
@@ -210,7 +218,7 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(jobs)], cwd=repo, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = {part.name for part in parts}
-    statuses = _wait(repo, env, names)
+    statuses = wait_or_stop(repo, env, names)
     queued_s = time.monotonic() - started
     failed = sorted(name for name, status in statuses.items() if status != "Success")
     if failed:
@@ -222,7 +230,7 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
           f"whole study (train and evaluate from the run-cache)", file=sys.stderr, flush=True)
 
     repro = _dvc(["repro"], repo, env, echo=True)
-    sys.stdout.write(repro.stdout)
+    sys.stdout.write(quiet_repro_output(repro.stdout))
     sys.stderr.write(repro.stderr)
     if repro.returncode != 0:
         raise ParallelError(f"the final `dvc repro` failed (exit {repro.returncode}); see its output above")
@@ -236,6 +244,60 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
           f"{len(ran)} run again"
           + (f" ({', '.join(ran)})" if ran else "") + f"; {total_s / 60:.1f} min in all", file=sys.stderr)
     return 0
+
+
+MAX_JOBS = 64
+MAX_THREADS = 1024
+
+
+def check_arguments(jobs: int, threads: int | None) -> None:
+    """The command's own arguments, checked before anything is read or started."""
+    if not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs must be 1..{MAX_JOBS}, got {jobs}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be 1..{MAX_THREADS}, got {threads}")
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM while the queue runs (the signal number in args[0])."""
+
+
+def _raise_stopped(signum: int, frame) -> None:  # noqa: ANN001 - the signal module's signature
+    raise Stopped(signum)
+
+
+def stop_queue(repo: Path, env: dict[str, str], names: set[str]) -> int:
+    """Kill this run's queued and running experiments and stop the queue's workers; how many
+    were still pending. (Their resume states stay in the store: a rerun resumes them.)"""
+    statuses = queue_status(repo, env)
+    pending = sorted(name for name, status in statuses.items() if name in names and status in ("Queued", "Running"))
+    running = [name for name in pending if statuses[name] == "Running"]
+    if running:
+        _dvc(["queue", "kill", *running], repo, env)
+    _dvc(["queue", "stop", "--kill"], repo, env)
+    queued = [name for name in pending if statuses[name] == "Queued"]
+    if queued:
+        _dvc(["queue", "remove", *queued], repo, env)
+    return len(pending)
+
+
+def wait_or_stop(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
+    """_wait, but SIGINT/SIGTERM stop the queue's workers before silr parallel exits (DVC's
+    workers are detached processes: without this they would go on training)."""
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _wait(repo, env, names)
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.args[0] if isinstance(exc, Stopped) else signal.SIGINT
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stopped = stop_queue(repo, env, names)
+        raise Interrupted(f"interrupted ({signal.Signals(signum).name}): stopped the queue's workers and "
+                          f"{stopped} pending training(s); run silr parallel again to resume them",
+                          exit_code=128 + int(signum)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _wait(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
@@ -269,6 +331,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"shared resume store (default: ${RESUME_DIR_ENV}, else {DEFAULT_RESUME_DIR})")
     parser.add_argument("--keep", action="store_true", help="keep the queued experiments afterwards")
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+
+
+def quiet_repro_output(text: str) -> str:
+    """`dvc repro`'s output without the restore chatter (a "... is cached" line and a blank line
+    per restored stage; the count is printed after) and without repeated blank lines."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if re.match(r"Stage '[^']+' is cached - skipping run, checking out outputs", line):
+            continue
+        if not line.strip() and (not kept or not kept[-1].strip()):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + ("\n" if kept else "")
 
 
 def main(args: argparse.Namespace) -> int:

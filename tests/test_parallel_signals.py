@@ -1,0 +1,71 @@
+"""`silr parallel` checks its own arguments first, stops DVC's queue workers when it is
+interrupted, and keeps `dvc repro`'s restore chatter out of the log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from silr import cli, parallel
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--threads", "-3"], "--threads must be 1..1024, got -3"),
+    (["--jobs", "0"], "--jobs must be 1..64, got 0"),
+    (["--jobs", "100000"], "--jobs must be 1..64, got 100000"),
+])
+def test_bad_arguments_fail_before_anything_starts(argv, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # not a DVC project: the argument check must come first
+    calls = []
+    monkeypatch.setattr(parallel, "_dvc", lambda *a, **k: calls.append(a))
+    assert cli.main(["parallel", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"silr: error: {words}" and calls == []
+
+
+def test_sigterm_while_waiting_stops_the_queue_and_exits_143(tmp_path, monkeypatch):
+    commands: list[list[str]] = []
+    statuses = {"exp-fold1": "Running", "exp-fold2": "Queued", "exp-fold3": "Success", "other": "Running"}
+
+    def fake_dvc(args, repo, env, echo=False):
+        commands.append(list(args))
+        stdout = "\n".join(f"{name}  {status}" for name, status in statuses.items())
+        return subprocess.CompletedProcess(args, 0, stdout, "")
+
+    monkeypatch.setattr(parallel, "_dvc", fake_dvc)
+    monkeypatch.setattr(parallel, "queue_status", lambda repo, env: dict(statuses))
+
+    def wait(repo, env, names):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, mid-queue
+        raise AssertionError("the signal did not interrupt the wait")
+
+    monkeypatch.setattr(parallel, "_wait", wait)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(parallel.Interrupted) as caught:
+        parallel.wait_or_stop(tmp_path, {}, {"exp-fold1", "exp-fold2", "exp-fold3"})
+    assert caught.value.exit_code == 143 and "stopped the queue's workers and 2 pending" in str(caught.value)
+    assert ["queue", "kill", "exp-fold1"] in commands  # ours only: "other" is not touched
+    assert ["queue", "stop", "--kill"] in commands and ["queue", "remove", "exp-fold2"] in commands
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def test_the_final_repro_output_drops_restore_chatter():
+    text = ("Stage 'train@proposed-1' is cached - skipping run, checking out outputs\n\n"
+            "Stage 'train@proposed-2' is cached - skipping run, checking out outputs\n\n"
+            "Running stage 'show':\n> silr show --metrics metrics\n\n| Mean ± Std | 3.77 |\n")
+    out = parallel.quiet_repro_output(text)
+    assert "is cached" not in out and out.startswith("Running stage 'show'")
+    assert "| Mean ± Std | 3.77 |" in out and "\n\n\n" not in out
+
+
+def test_the_filter_matches_dvcs_wording():
+    """The phrase the filter drops is the one dvc prints (checked in dvc's own source)."""
+    import dvc.stage as stage_module
+    import dvc.stage.cache as stage_cache  # noqa: F401 - dvc is installed with the project
+
+    source = Path(stage_module.__file__).read_text()
+    assert "is cached - skipping run, checking out outputs" in source
