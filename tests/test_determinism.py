@@ -93,7 +93,7 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # The run validated (the best weights were chosen on the validation frames).
     curve = (first.root / "metrics/curves/val_error_px.csv").read_text().splitlines()
-    assert curve[0] == "step,proposed" and len(curve) == 2
+    assert curve[0] == "epoch,proposed" and len(curve) == 2
 
 
 @pytest.mark.slow

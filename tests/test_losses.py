@@ -346,5 +346,5 @@ def test_named_loss_options_reach_the_loss_and_the_codec():
     assert codec_for_run(params, "m").sigma == 8.0 and codec_for_run(params, "w").sigma == 2.5
     assert params.loss_options("w") == {"sigma": None, "mse_foreground_weight": 1000.0, "mse_target_weight": False}
     assert params.loss_weights("m") == {"mse": 1.0}
-    with pytest.raises(ConfigError, match=r"losses\.m\.sigma must be > 0"):
+    with pytest.raises(ConfigError, match=r"losses\.m\.sigma must be >= 0\.1, got 0"):
         params_from_dict({"losses": {"m": {"mse": 1.0, "sigma": 0}}, "study": {"losses": ["m"]}})

@@ -180,9 +180,10 @@ def test_png16_and_tiff16_non_square_frames(fake_models, tmp_path):
     Image.fromarray(image).save(tmp_path / "wide16.tif")
     out = tmp_path / "out"
     assert run_predict("--model", ckpt, "--out", out, tmp_path / "wide16.png", tmp_path / "wide16.tif") == 0
-    assert_all_at(landmarks_json(out, "wide16"), 101.5, 61.0)
-    # The same stem twice: the second input gets a suffix instead of overwriting the first.
-    second = landmarks_json(out, "wide16_2")
+    # The same stem twice: each input's outputs carry its file type, so neither overwrites the other.
+    assert_all_at(landmarks_json(out, "wide16_png"), 101.5, 61.0)
+    assert not (out / "wide16_landmarks.json").exists()
+    second = landmarks_json(out, "wide16_tif")
     assert second["source"].endswith("wide16.tif") and second["scale"] == [0.25, pytest.approx(1 / 3)]
     assert_all_at(second, 101.5, 61.0)
 
@@ -413,7 +414,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_info_prints_the_model_card(tiny_checkpoint, capsys):
-    assert run_predict("--model", tiny_checkpoint, "--info") == 0
+    assert run_predict("--model", tiny_checkpoint, "--info", "--full") == 0
     out = capsys.readouterr().out
     assert f"model card of {tiny_checkpoint}" in out
     for line in ("landmark_names: " + ", ".join(LANDMARK_NAMES),
@@ -491,9 +492,17 @@ def test_info_prints_every_card(tiny_checkpoint, tmp_path, capsys):
     second = tmp_path / "second.pt"
     shutil.copy(tiny_checkpoint, second)
     assert run_predict("--model", tiny_checkpoint, second, "--info") == 0
+    lines = capsys.readouterr().out.splitlines()
+    # one line per model, then the fields they share; no file date (it says when a file was copied)
+    assert lines[0].startswith(f"{tiny_checkpoint}: fold 3, loss proposed, validation error 4.25 px")
+    assert lines[1].startswith(f"{second}: fold 3, loss proposed")
+    assert lines[2] == "shared by the 2 models:"
+    assert "  model.backbone: hrnet_w18_small" in lines and "  model.decoder_channels: [4, 4]" in lines
+    assert "  loss.weights: dice_ce 1, kl 0.1, visibility 10" in lines
+    assert len(lines) < 25 and not any("modified" in line for line in lines)
+    assert run_predict("--model", tiny_checkpoint, second, "--info", "--full") == 0
     out = capsys.readouterr().out
     assert f"model card of {tiny_checkpoint}" in out and f"model card of {second}" in out
-    assert out.count("checkpoint_file_modified: ") == 2
 
 
 def test_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
@@ -594,10 +603,11 @@ def test_statistics_warning_and_card_facts_in_summary_and_json(tiny_checkpoint, 
     captured = capsys.readouterr()
     assert "intensity statistics unlike the training frames" in captured.err
     assert "loss proposed, validation error 4.25 px (180x180 frame) at epoch 7" in captured.out
-    assert "fold 3" in captured.out and "checkpoint file modified" in captured.out and "seconds" in captured.out
+    assert "fold 3" in captured.out and "seconds" in captured.out and "modified" not in captured.out
+    assert "; trained on data of unknown kind (tests)" in captured.out
     facts = landmarks_json(out, "dot")["model_facts"][0]
     assert facts["loss"] == "proposed" and facts["val_score_px"] == 4.25 and facts["data_source"] == "tests"
-    assert facts["checkpoint_file_modified"].endswith("UTC") and facts["data_kind"] == "unknown"
+    assert "checkpoint_file_modified" not in facts and facts["data_kind"] == "unknown"
 
 
 def test_ensemble_of_different_losses_warns(fake_models, tmp_path, capsys):
@@ -750,3 +760,32 @@ def test_a_table_of_coordinates_is_not_an_image(fake_models, tmp_path, capsys):
     np.save(tmp_path / "landmarks.npy", np.random.default_rng(0).random((2, 14)))
     assert run_predict("--model", ckpt, "--out", tmp_path / "out", tmp_path / "landmarks.npy") == 1
     assert "14 x 2 px is too small for a frame (at least 32 px per side" in capsys.readouterr().err
+
+
+def test_the_summary_line_names_the_training_data_once(tmp_path):
+    import h5py
+
+    from silr import deepfluoro, predict
+    from silr.predict import describe_facts
+
+    source = tmp_path / "phantom_full_res.h5"
+    with h5py.File(source, "w") as f:
+        f.attrs[deepfluoro.ATTR_DATA_KIND] = "synthetic"
+    facts = {"path": "m.pt", "fold": 1, "loss": "proposed", "val_score_px": 4.1, "epoch": 23, "epochs_planned": 25,
+             "finished": True, "data_source": str(source)}
+    line = describe_facts({**facts, **dict(zip(("data_kind", "data_kind_guessed"), predict.data_kind(str(source))))})
+    assert line == (f"m.pt: fold 1, loss proposed, validation error 4.10 px (180x180 frame) at epoch 23 of 25; "
+                    f"trained on the synthetic phantom ({source})")
+    gone = str(tmp_path / "elsewhere" / "phantom_full_res.h5")  # the card's file is not on this machine
+    line = describe_facts({**facts, "data_source": gone, "finished": False,
+                           **dict(zip(("data_kind", "data_kind_guessed"), predict.data_kind(gone)))})
+    assert line.endswith(f"at epoch 23 of 25 (run not finished); trained on the synthetic phantom "
+                         f"({gone}, kind guessed from its name)")
+
+
+def test_colliding_stems_carry_their_file_type_and_repeats_a_count():
+    spec = lambda stem, source: inputs.InputSpec(stem, source, False, lambda: None)  # noqa: E731
+    specs = [spec("s1_f3", "a/s1_f3.png"), spec("s1_f3", "a/s1_f3.jpg"), spec("s1_f3", "b/s1_f3.png"),
+             spec("x", "a/x.png"), inputs.Failure("a/bad.png", "bad"), spec("st_f000", "a/st.npy [frame 0]")]
+    stems = [s.stem for s in inputs.unique_stems(specs) if isinstance(s, inputs.InputSpec)]
+    assert stems == ["s1_f3_png", "s1_f3_jpg", "s1_f3_png_2", "x", "st_f000"]

@@ -32,14 +32,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from silr import coords, imageio
-from silr.card import Preprocessing
 from silr.errors import DataError, SilrError, quoted
+
+if TYPE_CHECKING:  # torch and the card load with the first frame, not with `silr predict --help`
+    from silr.card import Preprocessing
 
 LINE_INTEGRAL = "line-integral image"
 RAW_FRAME = "raw detector frame"
@@ -244,15 +245,30 @@ def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
             yield InputSpec(stem, source, raw_frames, lambda number=number, index=index: read_frame(number, index))
 
 
+def _file_suffix(source: str) -> str:
+    """The input file's suffix without the dot ("png"), from a source like "a.h5 [frame 3]"."""
+    return Path(source.split(" [", 1)[0]).suffix.lstrip(".").lower()
+
+
 def unique_stems(specs: list[InputSpec | Failure]) -> list[InputSpec | Failure]:
-    """Give repeated stems (a.png and a.tif) a suffix _2, _3, ... in input order."""
+    """Inputs whose stems collide all carry their file type in the stem, so that the outputs say
+    which input they belong to (s1_f3.png, s1_f3.jpg -> s1_f3_png_*, s1_f3_jpg_*); a stem that
+    still repeats (the same name in two folders) gets _2, _3, ... in input order."""
+    inputs = [spec for spec in specs if isinstance(spec, InputSpec)]
+    counts: dict[str, int] = {}
+    for spec in inputs:
+        counts[spec.stem] = counts.get(spec.stem, 0) + 1
     seen: dict[str, int] = {}
     result: list[InputSpec | Failure] = []
     for spec in specs:
         if isinstance(spec, InputSpec):
-            seen[spec.stem] = seen.get(spec.stem, 0) + 1
-            if seen[spec.stem] > 1:
-                spec = dataclasses.replace(spec, stem=f"{spec.stem}_{seen[spec.stem]}")
+            stem = spec.stem
+            if counts[stem] > 1 and _file_suffix(spec.source):
+                stem = f"{stem}_{_file_suffix(spec.source)}"
+            seen[stem] = seen.get(stem, 0) + 1
+            if seen[stem] > 1:
+                stem = f"{stem}_{seen[stem]}"
+            spec = dataclasses.replace(spec, stem=stem)
         result.append(spec)
     return result
 
@@ -267,6 +283,9 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]
     """
     if tuple(image.shape) == tuple(size):
         return image.astype(np.float32), "none"
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     if size[0] <= image.shape[0] and size[1] <= image.shape[1]:
         out, mode = F.interpolate(tensor, size=size, mode="area"), "area"

@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime
 import io
 import os
 import sys
@@ -172,52 +171,56 @@ def _natural_key(path: Path) -> tuple:
     return (int(digits) if digits else -1, str(path))
 
 
-def data_kind(data_source: str) -> tuple[str, str]:
-    """(kind, how we know) of the training data a card names: the file's silr-data-kind root
-    attribute where the file can be read here, else a guess from its name, said to be one."""
+def data_kind(data_source: str) -> tuple[str, bool]:
+    """(kind, guessed) of the training data a card names: the file's silr-data-kind root attribute
+    where the file can be read here, else a guess from its name (`guessed` says which)."""
     from silr import deepfluoro
 
     if not data_source:
-        return "unknown", "the card names no data source"
+        return "unknown", False
     path = Path(data_source)
     if path.is_file():
         try:
             with deepfluoro.open_hdf5(path) as f:
                 if deepfluoro.ATTR_DATA_KIND in f.attrs:
                     value = f.attrs[deepfluoro.ATTR_DATA_KIND]
-                    value = value.decode() if isinstance(value, bytes) else str(value)
-                    return value, f"{deepfluoro.ATTR_DATA_KIND} of {path}"
+                    return (value.decode() if isinstance(value, bytes) else str(value)), False
         except (DataError, OSError, ValueError):
             pass  # unreadable here: fall back to the name, said to be a guess
     name = path.name.lower()
     if "synth" in name or "phantom" in name:
-        return "synthetic", "guessed from the file name"
+        return "synthetic", True
     if "deepfluoro" in name or "ipcai" in name:
-        return "deepfluoro", "guessed from the file name"
-    return "unknown", "not stated by the card"
+        return "deepfluoro", True
+    return "unknown", False
 
 
 def card_facts(path: Path, card) -> dict:
-    """What predict reports about one model: its card's facts and the checkpoint file's date."""
-    kind, how = data_kind(card.data_source)
-    try:
-        modified = datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
-        modified_text = modified.strftime("%Y-%m-%d %H:%M UTC")
-    except OSError:
-        modified_text = None
+    """What predict reports about one model, all read from its card (a checkpoint file's date says
+    when it was copied or checked out, not when it was trained, so none is reported)."""
+    kind, guessed = data_kind(card.data_source)
     return {"path": str(path), "fold": card.fold, "loss": card.loss.name if card.loss else None,
-            "val_score_px": card.val_score_px, "epoch": card.epoch, "data_source": card.data_source or None,
-            "data_kind": kind, "data_kind_from": how, "checkpoint_file_modified": modified_text}
+            "val_score_px": card.val_score_px, "epoch": card.epoch, "epochs_planned": card.epochs_planned or None,
+            "finished": card.finished, "data_source": card.data_source or None, "data_kind": kind,
+            "data_kind_guessed": guessed}
+
+
+_DATA_KIND_NAMES = {"synthetic": "the synthetic phantom", "deepfluoro": "DeepFluoro"}
 
 
 def describe_facts(facts: dict) -> str:
-    kind = {"synthetic": "the synthetic phantom", "deepfluoro": "DeepFluoro"}.get(facts["data_kind"],
-                                                                              facts["data_kind"])
-    score = (f"validation error {facts['val_score_px']:.2f} px (180x180 frame) at epoch {facts['epoch']}"
-             if facts["val_score_px"] is not None else "no validation error recorded")
-    return (f"{facts['path']}: fold {facts['fold']}, loss {facts['loss']}, {score}; trained on {kind} "
-            f"({facts['data_source']}; kind: {facts['data_kind_from']}); checkpoint file modified "
-            f"{facts['checkpoint_file_modified']}")
+    """One line: fold, loss, validation error and the training data."""
+    if facts["val_score_px"] is not None:
+        planned = f" of {facts['epochs_planned']}" if facts.get("epochs_planned") else ""
+        score = f"validation error {facts['val_score_px']:.2f} px (180x180 frame) at epoch {facts['epoch']}{planned}"
+    else:
+        score = "no validation error recorded"
+    if facts.get("finished") is False:
+        score += " (run not finished)"
+    kind = _DATA_KIND_NAMES.get(facts["data_kind"], "data of unknown kind")
+    source = f" ({facts['data_source']}{', kind guessed from its name' if facts['data_kind_guessed'] else ''})" \
+        if facts["data_source"] else ""
+    return f"{facts['path']}: fold {facts['fold']}, loss {facts['loss']}, {score}; trained on {kind}{source}"
 
 
 # ------------------------------------------------------------------ checks
@@ -484,7 +487,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HDF5 inputs and .npy stacks: frame indices, e.g. 0,1,2 or 0-9 (default all)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="frames per forward pass")
-    parser.add_argument("--info", action="store_true", help="print the model card of every --model and exit")
+    parser.add_argument("--info", action="store_true",
+                        help="print one line per --model, what the models share, and exit")
+    parser.add_argument("--full", action="store_true", help="with --info: print every model card in full")
 
 
 def warn(message: str) -> None:
@@ -495,7 +500,7 @@ def main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     models = resolve_models(args.model)
     if args.info:
-        return _print_info(_load(models, args.device))
+        return _print_info(models, full=args.full)
     check_output_dir(args.out)
     # The inputs are listed (and their headers checked) before any model is loaded: a missing or
     # unreadable input is reported in a second, not after the models' start-up.
@@ -527,13 +532,63 @@ def _load(models: Sequence[Path], device_name: str) -> Ensemble:
     return load_ensemble(models, select_device(device_name, key="--device"))
 
 
-def _print_info(ensemble: Ensemble) -> int:
-    facts = [card_facts(path, card) for path, card in zip(ensemble.paths, ensemble.cards)]
-    for path, card, fact in zip(ensemble.paths, ensemble.cards, facts):
-        print(card.describe(path))
-        print(f"  checkpoint_file_modified: {fact['checkpoint_file_modified']}")
-        print(f"  data_kind: {fact['data_kind']} ({fact['data_kind_from']})")
+def _print_info(models: Sequence[Path], full: bool = False) -> int:
+    """One line per model, then what the models share and where they differ; `full`: every card.
+    Only the cards are read: no network is built."""
+    from silr.checkpoint import read_checkpoint
+
+    cards = [read_checkpoint(path)["card"] for path in models]
+    if full:
+        for path, card in zip(models, cards):
+            print(card.describe(path))
+        return 0
+    for path, card in zip(models, cards):
+        print(describe_facts(card_facts(path, card)))
+    shared, differing = card_fields(cards)
+    print(f"shared by the {len(cards)} models:" if len(cards) > 1 else "model:")
+    for key, value in shared.items():
+        print(f"  {key}: {value}")
+    if differing:
+        print(f"differing between them (besides fold and validation): {', '.join(differing)}")
+    print("(--info --full prints every card in full)")
     return 0
+
+
+# The card fields --info summarises: what a user needs to know to trust an ensemble's models.
+INFO_FIELDS = ("loss.name", "loss.weights", "model.backbone", "model.decoder_channels", "model.presence_head",
+               "heatmap.sigma", "heatmap.stride", "heatmap.refine", "heatmap.presence", "preprocessing.downsample",
+               "input_size", "frame_size", "data_source", "data_hash", "silr_version")
+# Fields that differ between the folds of one study by design.
+PER_MODEL_FIELDS = ("fold", "val_score_px", "epoch", "params_hash", "params", "finished", "epochs_planned")
+
+
+def _flat(mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not name.endswith("weights"):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _format_value(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def card_fields(cards) -> tuple[dict[str, str], list[str]]:
+    """(the INFO_FIELDS every card has alike, formatted; the other fields that differ between cards)."""
+    flats = [_flat(card.to_dict()) for card in cards]
+    keys = [k for k in flats[0] if all(k in f for f in flats)]
+    same = {k for k in keys if all(f[k] == flats[0][k] for f in flats)}
+    shared = {k: _format_value(flats[0][k]) for k in INFO_FIELDS if k in same}
+    differing = sorted(k for k in set().union(*flats) if k not in same and k.split(".")[0] not in PER_MODEL_FIELDS)
+    return shared, differing
 
 
 def _report_failures(failures: Sequence[Failure], models_loaded: bool = True) -> int:

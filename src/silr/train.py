@@ -13,14 +13,17 @@ with the lowest validation error are `models/NAME/foldK/best.pt` (with the model
 silr.checkpoint). Every epoch's loss terms, validation error and learning rate go to
 dvclive (`dvclive/NAME/foldK/`).
 
-Resume: the run's state ("last.pt") in the resume store (silr.resume:
-`.silr/resume/NAME/foldK/<run hash>.pt`, or under $SILR_RESUME_DIR) holds everything the
-run needs to continue exactly where it stopped (weights, optimiser, RNG states incl. the augmentation generator, epoch,
-best weights and score, the metric history) and the hash of the params, data and code it
-depends on. It is written atomically every train.checkpoint_every epochs. A rerun resumes
-from it and says so; a last.pt of other params, data, code or device is ignored (with a
-message) and overwritten. A rerun of a finished run re-emits best.pt and the dvclive logs
-from it without training. `--fresh` ignores last.pt. On the CPU a resumed run ends with
+Resume: the run's state in the resume store (silr.resume:
+`.silr/resume/NAME/foldK/seedS/<run hash>.pt`, or under $SILR_RESUME_DIR) holds everything
+the run needs to continue exactly where it stopped (weights, optimiser, RNG states incl. the
+augmentation generator, epoch, best weights and score, the metric history); its file name is
+the hash of the params, data and code it depends on, so states of other runs are kept beside
+it, never overwritten. It is written atomically every train.checkpoint_every epochs. A rerun
+resumes from its own state and says so; when only states of other params, data, code or
+device are there, it starts from scratch with a message naming what differs. A finished run
+deletes the finished states of the other runs of its loss, fold and seed (their results are
+in DVC's run-cache; unfinished ones stay). A rerun of a finished run re-emits best.pt and the
+dvclive logs from its state without training. `--fresh` ignores the stored state. On the CPU a resumed run ends with
 the same weights as an uninterrupted one. SIGINT / SIGTERM stop the run at the next step;
 a checkpoint being written is finished first; the exit status is 128 + signal number.
 """
