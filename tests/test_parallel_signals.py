@@ -39,7 +39,7 @@ def test_sigterm_while_waiting_stops_the_queue_and_exits_143(tmp_path, monkeypat
     monkeypatch.setattr(parallel, "_dvc", fake_dvc)
     monkeypatch.setattr(parallel, "queue_status", lambda repo, env: dict(statuses))
 
-    def wait(repo, env, names):
+    def wait(repo, env, names, logs=None):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, mid-queue
         raise AssertionError("the signal did not interrupt the wait")
 
@@ -68,3 +68,23 @@ def test_the_filter_matches_dvcs_wording():
 
     source = Path(importlib.util.find_spec("dvc.stage.cache").origin).read_text()  # dvc comes with the project
     assert "is cached - skipping run, checking out outputs" in source
+
+
+def test_worker_progress_lines_stream_with_the_time_left(tmp_path):
+    from silr.parallel import WorkerLogs
+
+    run_dir = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc123"
+    run_dir.mkdir(parents=True)
+    out = run_dir / "abc123.out"
+    logs = WorkerLogs(tmp_path, trainings=2, epochs=10, started=0.0)
+    assert logs.new_lines() == [] and logs.time_left(5.0) == "time left: not known yet"
+    out.write_text("Running stage 'train@proposed-1':\n> silr train --loss proposed --fold 1\n"
+                   "train proposed/fold1: epoch 1/10, loss 4.81, val 9.12 px\ntrain proposed/fold1: epo")
+    assert logs.new_lines() == ["train proposed/fold1: epoch 1/10, loss 4.81, val 9.12 px"]
+    with open(out, "a") as handle:  # the half-written line, completed, and an evaluation line
+        handle.write("ch 2/10, loss 3.10, val 7.00 px\nevaluate proposed fold 1 seed 2: mean error 3.1 px\n")
+    assert logs.new_lines() == ["train proposed/fold1: epoch 2/10, loss 3.10, val 7.00 px",
+                                "evaluate proposed fold 1 seed 2: mean error 3.1 px"]
+    assert logs.new_lines() == []
+    # 2 of 20 epochs in 60 s: 18 epochs at 30 s each are left
+    assert logs.time_left(60.0) == "2/20 epochs, about 9 min left"

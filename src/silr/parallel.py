@@ -218,7 +218,10 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(jobs)], cwd=repo, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = {part.name for part in parts}
-    statuses = wait_or_stop(repo, env, names)
+    seeds = 1 + len(set(params.study.seeds) - {params.train.seed})
+    trainings = len(params.study.losses) * len(params.study.folds) * seeds
+    logs = WorkerLogs(repo, trainings=trainings, epochs=params.train.epochs, started=time.monotonic())
+    statuses = wait_or_stop(repo, env, names, logs)
     queued_s = time.monotonic() - started
     failed = sorted(name for name, status in statuses.items() if status != "Success")
     if failed:
@@ -281,12 +284,12 @@ def stop_queue(repo: Path, env: dict[str, str], names: set[str]) -> int:
     return len(pending)
 
 
-def wait_or_stop(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
+def wait_or_stop(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None) -> dict[str, str]:
     """_wait, but SIGINT/SIGTERM stop the queue's workers before silr parallel exits (DVC's
     workers are detached processes: without this they would go on training)."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _wait(repo, env, names)
+        return _wait(repo, env, names, logs)
     except (Stopped, KeyboardInterrupt) as exc:
         signum = exc.args[0] if isinstance(exc, Stopped) else signal.SIGINT
         for sig, handler in previous.items():
@@ -300,10 +303,63 @@ def wait_or_stop(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, 
             signal.signal(sig, handler)
 
 
-def _wait(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
-    """Poll the queue until none of `names` is queued or running; their final statuses."""
+# A worker's progress lines (silr.progress's epoch lines, silr evaluate's and robustness's fold lines).
+PROGRESS_LINE = re.compile(r"^(train \S+: epoch \d+/\d+|evaluate \S+ fold \d+\b|robustness \S+ fold \d+\b)")
+EPOCH_LINE = re.compile(r"^train (\S+): epoch (\d+)/(\d+)")
+
+
+class WorkerLogs:
+    """The running experiments' progress lines as they appear, and the time left.
+
+    DVC's queue writes each experiment's output to .dvc/tmp/exps/run/<stash rev>/<stash rev>.out,
+    the file `dvc queue logs NAME` prints; only whole new lines are read, so a line being written
+    is read at the next poll. The time left assumes every training has `epochs` epochs of equal
+    cost: (epochs still to run) x (seconds per epoch so far across the workers)."""
+
+    def __init__(self, repo: Path, *, trainings: int, epochs: int, started: float) -> None:
+        self.root = repo / ".dvc" / "tmp" / "exps" / "run"
+        self.offsets: dict[Path, int] = {}
+        self.epochs_done: dict[str, int] = {}
+        self.trainings, self.epochs, self.started = trainings, epochs, started
+
+    def new_lines(self) -> list[str]:
+        lines = []
+        for path in sorted(self.root.glob("*/*.out")):
+            offset = self.offsets.get(path, 0)
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+            except OSError:
+                continue
+            whole = chunk.rfind(b"\n") + 1
+            self.offsets[path] = offset + whole
+            for line in chunk[:whole].decode("utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if PROGRESS_LINE.match(line):
+                    lines.append(line)
+                    epoch = EPOCH_LINE.match(line)
+                    if epoch:
+                        self.epochs_done[epoch.group(1)] = int(epoch.group(2))
+        return lines
+
+    def time_left(self, now: float) -> str:
+        done = sum(self.epochs_done.values())
+        total = self.trainings * self.epochs
+        if not done or total <= 0:
+            return "time left: not known yet"
+        left_s = (total - min(done, total)) * (now - self.started) / done
+        return f"{done}/{total} epochs, about {left_s / 60:.0f} min left"
+
+
+def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None) -> dict[str, str]:
+    """Poll the queue until none of `names` is queued or running; their final statuses. With
+    `logs`, the workers' progress lines are printed as they come, and the time left with each
+    change of the queue's counts."""
     last_line = ""
     while True:
+        for line in logs.new_lines() if logs else []:
+            print(f"  {line}", file=sys.stderr, flush=True)
         statuses = {name: status for name, status in queue_status(repo, env).items() if name in names}
         pending = [name for name, status in statuses.items() if status in ("Queued", "Running")]
         if not pending and len(statuses) == len(names):
@@ -311,7 +367,8 @@ def _wait(repo: Path, env: dict[str, str], names: set[str]) -> dict[str, str]:
         line = ", ".join(f"{status.lower()}: {sum(1 for s in statuses.values() if s == status)}"
                          for status in sorted(set(statuses.values())))
         if line != last_line:
-            print(f"silr parallel: {line}", file=sys.stderr, flush=True)
+            print(f"silr parallel: {line}" + (f"; {logs.time_left(time.monotonic())}" if logs else ""),
+                  file=sys.stderr, flush=True)
             last_line = line
         if not pending and len(statuses) < len(names):
             missing = sorted(names - set(statuses))
