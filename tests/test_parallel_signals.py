@@ -39,7 +39,7 @@ def test_sigterm_while_waiting_stops_the_queue_and_exits_143(tmp_path, monkeypat
     monkeypatch.setattr(parallel, "_dvc", fake_dvc)
     monkeypatch.setattr(parallel, "queue_status", lambda repo, env: dict(statuses))
 
-    def wait(repo, env, names, logs=None):
+    def wait(repo, env, names, logs=None, jobs=None):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, mid-queue
         raise AssertionError("the signal did not interrupt the wait")
 
@@ -88,3 +88,16 @@ def test_worker_progress_lines_stream_with_the_time_left(tmp_path):
     assert logs.new_lines() == []
     # 2 of 20 epochs in 60 s: 18 epochs at 30 s each are left
     assert logs.time_left(60.0) == "2/20 epochs, about 9 min left"
+
+
+def test_a_worker_that_quit_with_tasks_queued_is_replaced(tmp_path, monkeypatch):
+    from silr import parallel
+
+    states = iter([{"a": "Running", "b": "Queued"}] * 3 + [{"a": "Success", "b": "Success"}])
+    monkeypatch.setattr(parallel, "queue_status", lambda repo, env: next(states))
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    monkeypatch.setattr(parallel, "IDLE_WORKER_S", 0.0)
+    started = []
+    monkeypatch.setattr(parallel.subprocess, "run", lambda argv, **kw: started.append(argv[1:]))
+    assert parallel._wait(tmp_path, {}, {"a", "b"}, jobs=2) == {"a": "Success", "b": "Success"}
+    assert started and all(argv == ["queue", "start", "--jobs", "1"] for argv in started)

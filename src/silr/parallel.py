@@ -221,7 +221,7 @@ def run(repo: Path, *, jobs: int, split: str, threads: int | None, gpus: str | N
     seeds = 1 + len(set(params.study.seeds) - {params.train.seed})
     trainings = len(params.study.losses) * len(params.study.folds) * seeds
     logs = WorkerLogs(repo, trainings=trainings, epochs=params.train.epochs, started=time.monotonic())
-    statuses = wait_or_stop(repo, env, names, logs)
+    statuses = wait_or_stop(repo, env, names, logs, jobs)
     queued_s = time.monotonic() - started
     failed = sorted(name for name, status in statuses.items() if status != "Success")
     if failed:
@@ -284,12 +284,13 @@ def stop_queue(repo: Path, env: dict[str, str], names: set[str]) -> int:
     return len(pending)
 
 
-def wait_or_stop(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None) -> dict[str, str]:
+def wait_or_stop(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None,
+                 jobs: int | None = None) -> dict[str, str]:
     """_wait, but SIGINT/SIGTERM stop the queue's workers before silr parallel exits (DVC's
     workers are detached processes: without this they would go on training)."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _wait(repo, env, names, logs)
+        return _wait(repo, env, names, logs, jobs)
     except (Stopped, KeyboardInterrupt) as exc:
         signum = exc.args[0] if isinstance(exc, Stopped) else signal.SIGINT
         for sig, handler in previous.items():
@@ -352,11 +353,18 @@ class WorkerLogs:
         return f"{done}/{total} epochs, about {left_s / 60:.0f} min left"
 
 
-def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None) -> dict[str, str]:
+# DVC's queue workers can exit while a task is still queued (seen on the 2026-12-03 record run:
+# "queued: 1, running: 1" with --jobs 2): after this long in that state, start the missing workers.
+IDLE_WORKER_S = 60.0
+
+
+def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None,
+          jobs: int | None = None) -> dict[str, str]:
     """Poll the queue until none of `names` is queued or running; their final statuses. With
     `logs`, the workers' progress lines are printed as they come, and the time left with each
     change of the queue's counts."""
     last_line = ""
+    short_since: float | None = None
     while True:
         for line in logs.new_lines() if logs else []:
             print(f"  {line}", file=sys.stderr, flush=True)
@@ -364,6 +372,19 @@ def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | N
         pending = [name for name, status in statuses.items() if status in ("Queued", "Running")]
         if not pending and len(statuses) == len(names):
             return statuses
+        queued = sum(1 for status in statuses.values() if status == "Queued")
+        running = sum(1 for status in statuses.values() if status == "Running")
+        if jobs and queued and running < jobs:
+            short_since = short_since if short_since is not None else time.monotonic()
+            if time.monotonic() - short_since >= IDLE_WORKER_S:
+                missing = min(jobs - running, queued)
+                print(f"silr parallel: {queued} queued but {running} of {jobs} workers running: starting "
+                      f"{missing} more", file=sys.stderr, flush=True)
+                subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(missing)], cwd=repo, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                short_since = None
+        else:
+            short_since = None
         line = ", ".join(f"{status.lower()}: {sum(1 for s in statuses.values() if s == status)}"
                          for status in sorted(set(statuses.values())))
         if line != last_line:
