@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import errno
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,17 +255,14 @@ def unique_stems(specs: list[InputSpec | Failure]) -> list[InputSpec | Failure]:
     """Inputs whose stems collide all carry their file type in the stem, so that the outputs say
     which input they belong to (s1_f3.png, s1_f3.jpg -> s1_f3_png_*, s1_f3_jpg_*); a stem that
     still repeats (the same name in two folders) gets _2, _3, ... in input order."""
-    inputs = [spec for spec in specs if isinstance(spec, InputSpec)]
-    counts: dict[str, int] = {}
-    for spec in inputs:
-        counts[spec.stem] = counts.get(spec.stem, 0) + 1
+    counts = Counter(spec.stem for spec in specs if isinstance(spec, InputSpec))
     seen: dict[str, int] = {}
     result: list[InputSpec | Failure] = []
     for spec in specs:
         if isinstance(spec, InputSpec):
-            stem = spec.stem
-            if counts[stem] > 1 and _file_suffix(spec.source):
-                stem = f"{stem}_{_file_suffix(spec.source)}"
+            stem, suffix = spec.stem, _file_suffix(spec.source)
+            if counts[stem] > 1 and suffix:
+                stem = f"{stem}_{suffix}"
             seen[stem] = seen.get(stem, 0) + 1
             if seen[stem] > 1:
                 stem = f"{stem}_{seen[stem]}"

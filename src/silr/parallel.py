@@ -358,6 +358,25 @@ class WorkerLogs:
 IDLE_WORKER_S = 60.0
 
 
+def _replace_quit_workers(repo: Path, env: dict[str, str], statuses: dict[str, str], jobs: int | None,
+                          short_since: float | None) -> float | None:
+    """Start the missing workers once tasks have waited IDLE_WORKER_S with fewer than `jobs`
+    running; returns since when the queue has been short of workers (None: it is not)."""
+    queued = sum(1 for status in statuses.values() if status == "Queued")
+    running = sum(1 for status in statuses.values() if status == "Running")
+    if not (jobs and queued and running < jobs):
+        return None
+    short_since = short_since if short_since is not None else time.monotonic()
+    if time.monotonic() - short_since < IDLE_WORKER_S:
+        return short_since
+    missing = min(jobs - running, queued)
+    print(f"silr parallel: {queued} queued but {running} of {jobs} workers running: starting {missing} more",
+          file=sys.stderr, flush=True)
+    subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(missing)], cwd=repo, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return None
+
+
 def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | None = None,
           jobs: int | None = None) -> dict[str, str]:
     """Poll the queue until none of `names` is queued or running; their final statuses. With
@@ -372,19 +391,7 @@ def _wait(repo: Path, env: dict[str, str], names: set[str], logs: WorkerLogs | N
         pending = [name for name, status in statuses.items() if status in ("Queued", "Running")]
         if not pending and len(statuses) == len(names):
             return statuses
-        queued = sum(1 for status in statuses.values() if status == "Queued")
-        running = sum(1 for status in statuses.values() if status == "Running")
-        if jobs and queued and running < jobs:
-            short_since = short_since if short_since is not None else time.monotonic()
-            if time.monotonic() - short_since >= IDLE_WORKER_S:
-                missing = min(jobs - running, queued)
-                print(f"silr parallel: {queued} queued but {running} of {jobs} workers running: starting "
-                      f"{missing} more", file=sys.stderr, flush=True)
-                subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(missing)], cwd=repo, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                short_since = None
-        else:
-            short_since = None
+        short_since = _replace_quit_workers(repo, env, statuses, jobs, short_since)
         line = ", ".join(f"{status.lower()}: {sum(1 for s in statuses.values() if s == status)}"
                          for status in sorted(set(statuses.values())))
         if line != last_line:
