@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from silr import metrics
-from silr.results import output_paths, read_predictions_csv
+from silr.evaluation import metrics
+from silr.evaluation.results import output_paths, read_predictions_csv
 
 
 def seed_params(params_path: Path, seed: int, work: Path) -> Path:
@@ -106,7 +106,7 @@ def main() -> int:
         print(line, file=sys.stderr)
     if failed:
         return 1
-    from silr.deepfluoro import read_processed
+    from silr.data.deepfluoro import read_processed
 
     table = summarise(args.work, args.losses, args.folds, args.seeds, read_processed(args.data).pixel_spacing_mm)
     pd.set_option("display.width", 250)

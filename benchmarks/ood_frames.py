@@ -45,9 +45,9 @@ def main() -> int:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from silr import checkpoint
-    from silr.deepfluoro import read_processed
-    from silr.splits import load_folds
+    from silr.data.deepfluoro import read_processed
+    from silr.data.splits import load_folds
+    from silr.model import checkpoint
 
     card = checkpoint.read_checkpoint(args.model[0])["card"]
     data = read_processed(args.data)

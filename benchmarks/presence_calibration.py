@@ -2,7 +2,7 @@
 
   python benchmarks/presence_calibration.py STUDY_ROOT LOSS
 
-Fits Platt scaling (silr.metrics.platt_scaling) on each fold's validation frames, as
+Fits Platt scaling (silr.evaluation.metrics.platt_scaling) on each fold's validation frames, as
 `heatmap.calibrate: true` does, and scores raw and calibrated probabilities on its test frames.
 STUDY_ROOT is a benchmarks/loss_study.py seed folder. Results:
 benchmarks/results/presence_consistency_candidates.txt.
@@ -15,10 +15,12 @@ import sys
 import numpy as np
 import torch
 
-from silr import checkpoint, coords, frames, metrics
-from silr.codec import presence_logit
-from silr.deepfluoro import read_processed
-from silr.splits import load_folds
+from silr.core import coords, frames
+from silr.data.deepfluoro import read_processed
+from silr.data.splits import load_folds
+from silr.evaluation import metrics
+from silr.model import checkpoint
+from silr.model.codec import presence_logit
 
 
 def logits_of(model, card, data, keys) -> tuple[np.ndarray, np.ndarray]:

@@ -15,13 +15,15 @@ import sys
 import numpy as np
 import torch
 
-from silr import checkpoint, coords, frames, metrics
-from silr.codec import presence_logit
-from silr.dataset import augment, batch_indices, draw_augmentation, frame_set
-from silr.deepfluoro import read_processed
-from silr.losses import presence_bce_loss
-from silr.params import load_params
-from silr.splits import load_folds
+from silr.core import coords, frames
+from silr.core.params import load_params
+from silr.data.deepfluoro import read_processed
+from silr.data.splits import load_folds
+from silr.evaluation import metrics
+from silr.model import checkpoint
+from silr.model.codec import presence_logit
+from silr.model.losses import presence_bce_loss
+from silr.training.dataset import augment, batch_indices, draw_augmentation, frame_set
 
 
 def refit(model: torch.nn.Module, fold_frames, params, epochs: int, batch_size: int, seed: int) -> None:

@@ -16,10 +16,12 @@ import argparse
 import numpy as np
 import torch
 
-from silr import checkpoint, coords, inference
-from silr.codec import REFINE_MODES
-from silr.deepfluoro import read_processed
-from silr.splits import load_folds
+from silr.core import coords
+from silr.data.deepfluoro import read_processed
+from silr.data.splits import load_folds
+from silr.inference import predictor
+from silr.model import checkpoint
+from silr.model.codec import REFINE_MODES
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
             cells = []
             for mode in REFINE_MODES:
                 codec = type(base)(**{**base.config(), "refine": mode})
-                xy = inference.predict_frames(model, codec, images).xy
+                xy = predictor.predict_frames(model, codec, images).xy
                 errors = np.linalg.norm(xy - truth, axis=-1)[inside]
                 means[mode].append(errors.mean())
                 cells.append(f"{mode} {errors.mean():6.2f} / {np.median(errors):5.2f}")

@@ -6,7 +6,7 @@
 Times, on random 192x192 frames resident on the device:
 - training images/s: the step `silr train` runs (batched augmentation on the device,
   forward in bf16 autocast + channels_last on CUDA, the named loss with its targets,
-  backward, AdamW) via `silr.train.loss_of`;
+  backward, AdamW) via `silr.stages.train.loss_of`;
 - inference frames/s: forward + `HeatmapCodec.decode` in eval mode, no gradient;
 then projects the wall time of the default pipeline's 18 training runs (params.yaml:
 study losses x folds, train.epochs on a default fold's 54 frames, its validations, and
@@ -32,15 +32,15 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-from silr.anatomy import NETWORK_INPUT_PX, NUM_CLASSES, NUM_LANDMARKS  # noqa: E402
-from silr.checkpoint import codec_for_run  # noqa: E402
-from silr.codec import HeatmapCodec  # noqa: E402
-from silr.dataset import FrameSet, augment, draw_augmentation  # noqa: E402
-from silr.device import DeviceSetup, select_device  # noqa: E402
-from silr.losses import build_loss  # noqa: E402
-from silr.model import build_model  # noqa: E402
-from silr.params import load_params  # noqa: E402
-from silr.train import loss_of  # noqa: E402
+from silr.core.anatomy import NETWORK_INPUT_PX, NUM_CLASSES, NUM_LANDMARKS  # noqa: E402
+from silr.core.device import DeviceSetup, select_device  # noqa: E402
+from silr.core.params import load_params  # noqa: E402
+from silr.model.checkpoint import codec_for_run  # noqa: E402
+from silr.model.codec import HeatmapCodec  # noqa: E402
+from silr.model.losses import build_loss  # noqa: E402
+from silr.model.network import build_model  # noqa: E402
+from silr.stages.train import loss_of  # noqa: E402
+from silr.training.dataset import FrameSet, augment, draw_augmentation  # noqa: E402
 
 PAPER_RUNS, PAPER_EPOCHS, PAPER_FRAMES = 18, 1000, 366
 # A fold of the paper's data trains on 90% of the five other specimens' frames.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from silr.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_INDEX, LANDMARK_NAMES, VERTEBRAE, specimen_group
+from silr.core.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_INDEX, LANDMARK_NAMES, VERTEBRAE, specimen_group
 
 # A rough AP pelvis in the 180x180 frame, (x, y) per landmark in LANDMARK_NAMES order.
 TEMPLATE_XY = np.array([
@@ -162,7 +162,7 @@ def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) ->
 
 
 def resume_state(run: dict, loss: str = "proposed", fold: int = 1, seed: int = 0) -> Path:
-    """The one training state of (loss, fold, seed) in the run's resume store (silr.resume)."""
+    """The one training state of (loss, fold, seed) in the run's resume store (silr.training.resume)."""
     states = sorted((Path(run["resume"]) / loss / f"fold{fold}" / f"seed{seed}").glob("*.pt"))
     assert len(states) == 1, f"expected one resume state, found {states}"
     return states[0]

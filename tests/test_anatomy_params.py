@@ -1,8 +1,8 @@
 import pytest
 
-from silr import anatomy
-from silr.errors import ConfigError
-from silr.params import DataParams, Params, load_params, params_from_dict, to_dict
+from silr.core import anatomy
+from silr.core.errors import ConfigError
+from silr.core.params import DataParams, Params, load_params, params_from_dict, to_dict
 
 
 def test_landmark_bone_map_follows_the_format_notes():
@@ -59,7 +59,7 @@ def test_each_section_builds_from_its_own_mapping():
 
 
 def test_ingest_flags_are_checked_by_the_data_section(tmp_path):
-    from silr import ingest
+    from silr.stages import ingest
 
     for flags, message in (({"factor": 0, "crop": 50, "i0": 1.0}, "data.downsample must be >= 1, got 0"),
                            ({"factor": 8, "crop": -1, "i0": 1.0}, "data.crop must be >= 0, got -1"),

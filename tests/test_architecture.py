@@ -1,25 +1,102 @@
-"""The layering the architecture (docs/architecture.md) promises, checked from the imports."""
+"""The layering the architecture (docs/architecture.md) promises, checked from the imports.
+
+The package's folders are layers. A module imports only from its own folder and from the
+folders in the tiers below it; `silr.cli` (the entry point) and `silr/__init__.py` sit above all.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import silr
 from silr.cli import COMMANDS
-from silr.resume import imported_modules
+from silr.training.resume import _imports_of, imported_modules
 
-STAGE_MODULES = {module for module, _ in COMMANDS.values()}
+# Bottom to top. Folders in one tier do not import each other.
+TIERS: list[set[str]] = [
+    {"core"},
+    {"data", "phantom"},
+    {"model"},
+    {"training", "inference"},
+    {"evaluation"},
+    {"stages"},
+]
+PACKAGE = Path(silr.__file__).resolve().parent
+TIER_OF = {folder: rank for rank, tier in enumerate(TIERS) for folder in tier}
 
 
-@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
+def _modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        names.append(".".join(("silr",) + (parts[:-1] if parts[-1] == "__init__" else parts)))
+    return names
+
+
+def _folder(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in TIER_OF) else None
+
+
+def _source(module: str) -> str:
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+
+
+def upward_imports(module: str, source: str) -> list[str]:
+    """The silr modules `source` (the code of `module`) imports from its own tier or above,
+    other than its own folder."""
+    rank, own = TIER_OF[_folder(module)], _folder(module)
+    imported = _imports_of(module, source) - {module}
+    return sorted(name for name in imported
+                  if _folder(name) and _folder(name) != own and TIER_OF[_folder(name)] >= rank)
+
+
+def test_every_folder_is_a_known_layer():
+    folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert folders == set(TIER_OF), f"folders {sorted(folders ^ set(TIER_OF))} are not in TIERS (or gone)"
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "cli.py"], f"modules outside a layer folder: {loose}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if _folder(m)])
+def test_a_folder_imports_only_from_its_own_and_lower_tiers(module):
+    upward = upward_imports(module, _source(module))
+    assert not upward, f"{module} imports {upward}: a folder of its own tier or above"
+
+
+@pytest.mark.parametrize(("module", "source"), [
+    ("silr.core.anatomy", "from silr.stages import train\n"),
+    ("silr.data.splits", "def late():\n    from silr.model.codec import HeatmapCodec\n"),
+    ("silr.training.dataset", "import silr.inference.predictor\n"),
+])
+def test_the_rule_catches_an_upward_or_sideways_import(module, source):
+    assert upward_imports(module, source), f"{source!r} in {module} should break the layering"
+
+
+@pytest.mark.parametrize("stage", sorted({module for module, _ in COMMANDS.values()}))
 def test_no_stage_module_imports_another_stage_module(stage):
-    others = sorted((set(imported_modules(stage)) & STAGE_MODULES) - {stage})
-    assert not others, f"{stage} imports the stage module(s) {others}; share code through a library module"
+    others = sorted(name for name in imported_modules(stage) if _folder(name) == "stages" and name != stage
+                    and name != "silr.stages")
+    assert not others, f"{stage} imports the stage module(s) {others}; share code through a lower layer"
 
 
-@pytest.mark.parametrize("library", ["silr.anatomy", "silr.coords", "silr.errors", "silr.io", "silr.params",
-                                     "silr.deepfluoro", "silr.preprocess", "silr.results", "silr.splits", "silr.types"])
-def test_fact_and_format_modules_stay_light(library):
-    # The facts and file formats are read by every stage and by users' scripts: they must not
-    # pull in the network, the losses or the figures.
-    heavy = {"silr.model", "silr.losses", "silr.plots", "silr.train"} & set(imported_modules(library))
-    assert not heavy, f"{library} imports {sorted(heavy)}"
+# core's torch plumbing: the device rule, the network-input padding and the batch types.
+TORCH_PLUMBING = {"silr.core.device", "silr.core.frames", "silr.core.types"}
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if _folder(m) in {"core", "data"}
+                                    and m not in TORCH_PLUMBING])
+def test_facts_and_formats_stay_light(module):
+    # Users' scripts read the facts and the file formats: they must not pull in torch.
+    import ast
+
+    path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    if not path.exists():
+        path = path.with_suffix("") / "__init__.py"
+    tree = ast.parse(path.read_text())
+    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {"torch", "timm", "monai", "matplotlib"} & top_level, f"{module} imports {top_level}"

@@ -1,11 +1,11 @@
 """Atomic outputs: a stage killed or failing mid-write leaves the previous complete file or none.
 
-- `silr.io.atomic_path` and its helpers: the temporary name, publish-on-success, the
+- `silr.core.io.atomic_path` and its helpers: the temporary name, publish-on-success, the
   previous file kept on an exception or a full disk, no temporary file left behind.
 - The stage writers (checkpoints, predictions CSV, plots) failing half way through a file.
 - A real `silr synth` process SIGKILLed while its HDF5 file is being written.
-- A scan of src/silr: every call that writes a file outside silr.io writes to a temporary
-  name that silr.io publishes, never to the final path.
+- A scan of src/silr: every call that writes a file outside silr.core.io writes to a temporary
+  name that silr.core.io publishes, never to the final path.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-from silr import io as silr_io  # noqa: E402
-from silr.errors import OutputError  # noqa: E402
-from silr.io import TMP_PREFIX, atomic_path, ensure_writable, write_json, write_with  # noqa: E402
+from silr.core import io as silr_io  # noqa: E402
+from silr.core.errors import OutputError  # noqa: E402
+from silr.core.io import TMP_PREFIX, atomic_path, ensure_writable, write_json, write_with  # noqa: E402
 
-SRC = Path(silr_io.__file__).parent
+SRC = Path(silr_io.__file__).parents[1]
 SILR = Path(sys.executable).parent / "silr"
 
 
@@ -38,7 +38,7 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(TMP_PREFIX))
 
 
-# ------------------------------------------------------------------ silr.io
+# ------------------------------------------------------------------ silr.core.io
 
 def test_block_writes_a_hidden_temporary_beside_the_target_with_its_suffix(tmp_path):
     target = tmp_path / "sub" / "table.csv"
@@ -130,9 +130,9 @@ def half_then_fail(path_argument: int):
 def test_checkpoint_write_failing_half_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    from silr import checkpoint
-    from silr.card import ModelCard
-    from silr.params import Params
+    from silr.core.params import Params
+    from silr.model import checkpoint
+    from silr.model.card import ModelCard
 
     card = ModelCard.for_run(Params(), loss_name="proposed", fold=1, data_hash="d", params_hash="p",
                              val_score_px=None, epoch=0)
@@ -153,7 +153,8 @@ def test_predictions_csv_and_plot_failing_half_way_leave_the_previous_files(tmp_
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from silr import plots, report
+    from silr.evaluation import plots
+    from silr.stages import report
 
     csv = tmp_path / "per_specimen.csv"
     png = tmp_path / "figure1.png"
@@ -318,7 +319,7 @@ def _params(function: ast.FunctionDef | ast.Lambda) -> list[str]:
 
 
 class Checker:
-    """Decides whether a path expression names a temporary file of silr.io."""
+    """Decides whether a path expression names a temporary file of silr.core.io."""
 
     def __init__(self, modules: dict[str, ast.Module]) -> None:
         self.modules = modules
@@ -349,7 +350,7 @@ class Checker:
             return False
         position = _params(function).index(name)
         if isinstance(function, ast.Lambda):
-            # write_with(path, lambda tmp: ...): the lambda's argument is silr.io's temporary name.
+            # write_with(path, lambda tmp: ...): the lambda's argument is silr.core.io's temporary name.
             parent = enclosing[enclosing.index(function) - 1] if function in enclosing else None
             return isinstance(parent, ast.Call) and getattr(parent.func, "id", getattr(parent.func, "attr", "")) \
                 == "write_with" and len(parent.args) > 1 and parent.args[1] is function and position == 0
@@ -390,17 +391,17 @@ def package_sources() -> dict[str, str]:
 
 def test_every_stage_writes_through_silr_io():
     safe, unsafe = scan_sources(package_sources())
-    assert unsafe == [], f"files written directly at their final path (use silr.io): {unsafe}"
+    assert unsafe == [], f"files written directly at their final path (use silr.core.io): {unsafe}"
     # The scan sees the real writers (else it would pass by seeing nothing).
     modules = {where.split(":")[0] for where in safe}
-    assert {"checkpoint.py", "synth.py", "deepfluoro.py", "plots.py", "results.py", "report.py",
-            "predict.py"} <= modules, safe
+    assert {"model/checkpoint.py", "stages/synth.py", "data/deepfluoro.py", "evaluation/plots.py",
+            "evaluation/results.py", "stages/report.py", "stages/predict.py"} <= modules, safe
 
 
 def test_scan_catches_writes_to_final_paths():
     sources = {"bad.py": '''
 import h5py, torch
-from silr.io import atomic_path, write_with
+from silr.core.io import atomic_path, write_with
 
 def write_direct(path):
     with h5py.File(path, "w") as f:

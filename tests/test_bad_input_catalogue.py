@@ -33,11 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-from silr import checkpoint, cli, inference, results  # noqa: E402
-from silr.anatomy import LANDMARK_NAMES  # noqa: E402
-from silr.card import ModelCard, params_hash_of  # noqa: E402
-from silr.io import TMP_PREFIX, write_json  # noqa: E402
-from silr.params import load_params  # noqa: E402
+from silr import cli  # noqa: E402
+from silr.core.anatomy import LANDMARK_NAMES  # noqa: E402
+from silr.core.io import TMP_PREFIX, write_json  # noqa: E402
+from silr.core.params import load_params  # noqa: E402
+from silr.evaluation import results  # noqa: E402
+from silr.inference import predictor  # noqa: E402
+from silr.model import checkpoint  # noqa: E402
+from silr.model.card import ModelCard, params_hash_of  # noqa: E402
 from tiny_project import TinyProject, make_project  # noqa: E402
 
 SILR = Path(sys.executable).parent / "silr"
@@ -145,7 +148,7 @@ def evaluate_outputs(p: TinyProject, loss: str = "proposed", fold: int = 1) -> l
 
 
 def report_outputs(p: TinyProject) -> list[Path]:
-    from silr.report import CURVE_FILES, PLOT_NAMES
+    from silr.stages.report import CURVE_FILES, PLOT_NAMES
 
     return ([p.metrics / n for n in ("summary/proposed.json", "details.json", "table2.md", "per_specimen.csv")]
             + [p.metrics / "curves" / n for n in CURVE_FILES.values()] + [p.plots / n for n in PLOT_NAMES])
@@ -153,7 +156,7 @@ def report_outputs(p: TinyProject) -> list[Path]:
 
 def save_tiny_checkpoint(p: TinyProject, *, fold: int = 1, trained_fold: int | None = None) -> Path:
     """A real silr checkpoint of an untrained tiny network at models/proposed/fold<fold>/best.pt."""
-    from silr.model import build_model
+    from silr.model.network import build_model
 
     params = load_params(p.params)
     card = ModelCard.for_run(params, loss_name="proposed", fold=trained_fold or fold, data_hash="d" * 16,
@@ -167,12 +170,12 @@ def save_tiny_checkpoint(p: TinyProject, *, fold: int = 1, trained_fold: int | N
 
 def write_evaluation(p: TinyProject, fold: int = 1) -> None:
     """A well-formed evaluation of fold `fold` (predictions = truth + 1 px), without a network."""
-    from silr.deepfluoro import read_processed
+    from silr.data.deepfluoro import read_processed
 
     data = read_processed(p.processed)
     spec = data.specimens[fold]
     count = spec.images.shape[0]
-    predicted = inference.FramePredictions(
+    predicted = predictor.FramePredictions(
         xy=spec.landmarks_xy + 1.0, present=np.ones((count, len(LANDMARK_NAMES)), bool),
         score=np.full((count, len(LANDMARK_NAMES)), 0.9), visibility_hat=np.ones((count, len(LANDMARK_NAMES))),
         labels=spec.labels.copy())

@@ -1,4 +1,4 @@
-"""Checkpoints and model cards (silr.checkpoint): round trip and every kind of bad file."""
+"""Checkpoints and model cards (silr.model.checkpoint): round trip and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pickle
 import pytest
 import torch
 
-from silr import checkpoint
-from silr.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
-from silr.card import ModelCard, NetworkSpec, params_hash_of
-from silr.codec import HeatmapCodec
-from silr.errors import CheckpointError
-from silr.model import build_model
-from silr.params import params_from_dict
+from silr.core.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
+from silr.core.errors import CheckpointError
+from silr.core.params import params_from_dict
+from silr.model import checkpoint
+from silr.model.card import ModelCard, NetworkSpec, params_hash_of
+from silr.model.codec import HeatmapCodec
+from silr.model.network import build_model
 
 PARAMS = params_from_dict({"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"}})
 

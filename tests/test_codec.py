@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from silr.codec import HeatmapCodec
-from silr.errors import ConfigError
+from silr.core.errors import ConfigError
+from silr.model.codec import HeatmapCodec
 
 
 def _logits_of(probabilities: torch.Tensor) -> torch.Tensor:

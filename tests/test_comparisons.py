@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silr import comparisons
+from silr.evaluation import comparisons
 
 
 def table(offsets: dict[int, float], loss: str, *, frames: int = 4, landmarks: int = 3, seeds=(0,),

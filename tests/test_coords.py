@@ -1,4 +1,4 @@
-"""Pins the coordinate conventions of silr.coords with hand-computed values.
+"""Pins the coordinate conventions of silr.core.coords with hand-computed values.
 
 The published DeepFluoro files put pixel i of an f-times downsampled frame on cropped
 full-resolution pixel f * i (x_f = (x - 50) / f) and turn frames after downsampling, in
@@ -8,7 +8,7 @@ the small frame (x -> W_f - 1 - x_f); see docs/method.md, "Preprocessing".
 import numpy as np
 import pytest
 
-from silr import coords
+from silr.core import coords
 
 
 def test_small_pixel_i_sits_on_cropped_pixel_f_times_i():

@@ -1,4 +1,4 @@
-"""The corruption suite (silr.corruptions) and the robustness stage (silr.robustness)."""
+"""The corruption suite (silr.evaluation.corruptions) and the robustness stage (silr.stages.robustness)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from silr import corruptions
-from silr.corruptions import CORRUPTIONS, SEVERITIES, FrameFacts, corrupt
-from silr.errors import ConfigError
-from silr.robustness_params import CORRUPTION_NAMES, RobustnessParams, robustness_params
+from silr.core.errors import ConfigError
+from silr.core.robustness_params import CORRUPTION_NAMES, RobustnessParams, robustness_params
+from silr.evaluation import corruptions
+from silr.evaluation.corruptions import CORRUPTIONS, SEVERITIES, FrameFacts, corrupt
 
 SETTINGS = RobustnessParams()
 
@@ -149,7 +149,7 @@ def test_robustness_params_are_checked(changes, message):
 
 def test_stage_clean_equals_evaluate_and_reruns_byte_identically(trained_tiny_run, tmp_path, one_thread):
     from silr import cli
-    from silr.robustness_summary import robustness_path
+    from silr.evaluation.robustness_summary import robustness_path
 
     run = trained_tiny_run
     common = ["--loss", "proposed", "--fold", "1", "--params", str(run["params"]), "--data", str(run["processed"]),
@@ -172,8 +172,8 @@ def test_stage_clean_equals_evaluate_and_reruns_byte_identically(trained_tiny_ru
 
 
 def _write_fold(root, loss, fold, clean_px, slope, presence=True):
-    from silr.io import write_json
-    from silr.robustness_summary import FORMAT, robustness_path
+    from silr.core.io import write_json
+    from silr.evaluation.robustness_summary import FORMAT, robustness_path
 
     counts = {"true_positive": 10, "false_positive": 1, "false_negative": 2, "true_negative": 3} if presence else None
     conditions = [{"corruption": "clean", "severity": 0, "mean_px": clean_px, "landmarks_in_frame": 12,
@@ -188,7 +188,7 @@ def _write_fold(root, loss, fold, clean_px, slope, presence=True):
 
 
 def test_summary_pools_folds_as_table2_does(tmp_path):
-    from silr import robustness_summary
+    from silr.evaluation import robustness_summary
 
     for fold, clean in ((1, 2.0), (2, 4.0)):
         _write_fold(tmp_path, "a", fold, clean, slope=1.0)
@@ -203,7 +203,7 @@ def test_summary_pools_folds_as_table2_does(tmp_path):
     assert a["absent_f1_clean"] == pytest.approx(6 / 9) and b["absent_f1_clean"] is None
     assert robustness_summary.least_degraded(summary) == "b"
     text = robustness_summary.markdown(summary)
-    from silr.metrics import loss_title
+    from silr.evaluation.metrics import loss_title
 
     # clean, then scatter at severities 1, 3, 5, contrast at 1, 3, 5, the relative error, F1
     assert f"| {loss_title('a')} | 3.00 | 4.00 | 6.00 | 8.00 | 5.00 | 9.00 | 13.00 |" in text
@@ -212,8 +212,8 @@ def test_summary_pools_folds_as_table2_does(tmp_path):
 
 
 def test_summary_names_a_missing_fold(tmp_path):
-    from silr import robustness_summary
-    from silr.errors import DataError
+    from silr.core.errors import DataError
+    from silr.evaluation import robustness_summary
 
     _write_fold(tmp_path, "a", 1, 2.0, slope=1.0)
     with pytest.raises(DataError, match=r"fold2.json: missing; run `dvc repro robustness@a-2` first"):

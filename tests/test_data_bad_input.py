@@ -112,7 +112,7 @@ def test_wrong_processed_lands_shape(good_processed, capsys):
 
 
 def test_extra_landmark_names_are_ignored_with_one_warning(good_fullres, capsys):
-    from silr import deepfluoro
+    from silr.data import deepfluoro
     with h5py.File(good_fullres, "r+") as f:
         f[f"{FRAME}/gt-landmarks/FH-x"] = np.full((2, 1), 7.0)
         f["18-1109/projections/000/gt-landmarks/FH-x"] = np.zeros((2, 1))

@@ -1,4 +1,4 @@
-"""Fold frames on the device and the batched augmentation (silr.dataset).
+"""Fold frames on the device and the batched augmentation (silr.training.dataset).
 
 The augmentation is checked against MONAI itself for fixed parameters (pixels, labels and
 the affine MONAI tracks for the points), and by the marker-dot test the issue asks for.
@@ -14,12 +14,12 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import AdjustContrast, Compose, Rotate, Zoom
 
-from silr import coords
-from silr.anatomy import FRAME_SIZE_PX, NETWORK_INPUT_PX, NUM_LANDMARKS
-from silr.dataset import AugmentDraw, augment, batch_indices, draw_augmentation, frame_set
-from silr.errors import DataError
-from silr.params import AugmentParams
-from silr.types import Batch
+from silr.core import coords
+from silr.core.anatomy import FRAME_SIZE_PX, NETWORK_INPUT_PX, NUM_LANDMARKS
+from silr.core.errors import DataError
+from silr.core.params import AugmentParams
+from silr.core.types import Batch
+from silr.training.dataset import AugmentDraw, augment, batch_indices, draw_augmentation, frame_set
 
 S = NETWORK_INPUT_PX
 OFFSET = coords.pad_offset()

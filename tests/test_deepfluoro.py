@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
-from silr import anatomy, deepfluoro  # noqa: E402
+from silr.core import anatomy  # noqa: E402
+from silr.data import deepfluoro  # noqa: E402
 
 # ------------------------------------------------------------------ readers
 

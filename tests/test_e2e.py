@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from silr import metrics, report
+from silr.evaluation import metrics
+from silr.stages import report
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: silr and dvc live there

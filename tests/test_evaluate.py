@@ -11,13 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from silr import checkpoint, evaluate, inference, metrics, results
-from silr.anatomy import LANDMARK_BONE_INDEX, LANDMARK_NAMES, LEFT_FEMUR, LEFT_HEMIPELVIS, NUM_CLASSES, NUM_LANDMARKS
-from silr.card import ModelCard
-from silr.codec import HeatmapCodec
-from silr.errors import CheckpointError
-from silr.params import params_from_dict
-from silr.types import ModelOutput
+from silr.core.anatomy import (
+    LANDMARK_BONE_INDEX,
+    LANDMARK_NAMES,
+    LEFT_FEMUR,
+    LEFT_HEMIPELVIS,
+    NUM_CLASSES,
+    NUM_LANDMARKS,
+)
+from silr.core.errors import CheckpointError
+from silr.core.params import params_from_dict
+from silr.core.types import ModelOutput
+from silr.evaluation import metrics, results
+from silr.inference import predictor
+from silr.model import checkpoint
+from silr.model.card import ModelCard
+from silr.model.codec import HeatmapCodec
+from silr.stages import evaluate
 
 PAD = 6  # (192 - 180) / 2
 
@@ -49,7 +59,7 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
     label_map[:, 60:] = LEFT_HEMIPELVIS
     model = PeakModel(peaks, logits, label_map)
     images = np.random.default_rng(0).uniform(0, 1, (3, 180, 180)).astype(np.float32)
-    predicted = inference.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
+    predicted = predictor.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
 
     assert predicted.xy.shape == (3, NUM_LANDMARKS, 2)
     np.testing.assert_array_equal(predicted.xy[2], peaks - PAD)  # frame = input - pad offset
@@ -73,7 +83,7 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
 def test_predictions_table_layout_and_errors():
     gt = np.zeros((2, NUM_LANDMARKS, 2)) + 50.0
     gt[1, 0] = (-3.0, 50.0)  # FH-l of frame 7 outside the frame
-    predicted = inference.FramePredictions(
+    predicted = predictor.FramePredictions(
         xy=gt + np.array([3.0, 4.0]), present=np.ones((2, NUM_LANDMARKS), bool),
         score=np.full((2, NUM_LANDMARKS), 1 / 3), visibility_hat=np.ones((2, NUM_LANDMARKS)),
         labels=np.zeros((2, 180, 180), np.uint8))

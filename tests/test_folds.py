@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from silr import cli, deepfluoro
-from silr.errors import DataError
-from silr.params import FoldsParams
-from silr.splits import load_folds, make_folds, validation_count
+from silr import cli
+from silr.core.errors import DataError
+from silr.core.params import FoldsParams
+from silr.data import deepfluoro
+from silr.data.splits import load_folds, make_folds, validation_count
 
 
 def write_small_processed(path: Path, frames_per_specimen: dict[int, int]) -> Path:
@@ -76,7 +77,7 @@ def test_cli_writes_folds_json_that_loads_back(tmp_path, capsys):
 def test_load_folds_rejects_frames_missing_from_data(tmp_path):
     data = write_small_processed(tmp_path / "ds.h5", {1: 4, 2: 6})
     out = tmp_path / "folds.json"
-    from silr.folds import run
+    from silr.stages.folds import run
     run(FoldsParams(0.1, 0), data, out)
     smaller = deepfluoro.read_processed(write_small_processed(tmp_path / "small.h5", {1: 4, 2: 5}))
     with pytest.raises(DataError, match=r"folds\.json: fold \d .* frame \[2, 5\].*has 5 frames"):

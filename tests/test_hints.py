@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from silr import cli, results  # noqa: E402
-from silr.errors import ConfigError  # noqa: E402
-from silr.params import LOSS_TERM_NAMES, params_from_dict  # noqa: E402
+from silr import cli  # noqa: E402
+from silr.core.errors import ConfigError  # noqa: E402
+from silr.core.params import LOSS_TERM_NAMES, params_from_dict  # noqa: E402
+from silr.evaluation import results  # noqa: E402
 from test_bad_input_catalogue import Case, World, check_failure, evaluate_outputs  # noqa: E402
 from tiny_project import TinyProject  # noqa: E402
 
@@ -138,7 +139,7 @@ def test_a_loss_term_typo_fails_in_every_command(command, world, capsys):
 
 
 def test_params_term_names_are_the_loss_registry():
-    from silr.losses import LOSS_TERMS
+    from silr.model.losses import LOSS_TERMS
 
     assert tuple(LOSS_TERMS) == LOSS_TERM_NAMES
 

@@ -21,9 +21,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from silr import cli  # noqa: E402
-from silr import io as silr_io  # noqa: E402
-from silr.errors import OutputError  # noqa: E402
-from silr.io import TMP_PREFIX, atomic_path, clean_stale_temporaries, write_text  # noqa: E402
+from silr.core import io as silr_io  # noqa: E402
+from silr.core.errors import OutputError  # noqa: E402
+from silr.core.io import TMP_PREFIX, atomic_path, clean_stale_temporaries, write_text  # noqa: E402
 from test_atomic import kill_synth_mid_write, leftovers  # noqa: E402
 from test_bad_input_catalogue import Case, check_failure, fullres_case  # noqa: E402
 from test_bad_input_catalogue import world as world  # noqa: E402,F401 - the fixture

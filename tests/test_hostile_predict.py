@@ -18,8 +18,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_predict  # noqa: E402
-from silr import plots, predict  # noqa: E402
-from silr.limits import MEMORY_BUDGET_ENV  # noqa: E402
+from silr.core.limits import MEMORY_BUDGET_ENV  # noqa: E402
+from silr.evaluation import plots  # noqa: E402
+from silr.stages import predict  # noqa: E402
 from test_predict import MarkerModel, dot_image, run_predict  # noqa: E402
 
 fake_models = test_predict.fake_models  # the stand-in models fixture, shared
@@ -147,7 +148,8 @@ HUGE_RUN = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     from test_predict import MarkerModel, card
-    from silr import checkpoint, cli
+    from silr import cli
+    from silr.model import checkpoint
     def load_model(path, device="cpu"):
         return MarkerModel().eval(), card()
     checkpoint.load_model = load_model

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from silr import checkpoint, cli  # noqa: E402
+from silr import cli  # noqa: E402
+from silr.model import checkpoint  # noqa: E402
 from test_bad_input_catalogue import Case, check_failure, evaluate_outputs, save_tiny_checkpoint  # noqa: E402
 from test_bad_input_catalogue import world as world  # noqa: E402,F401 - the fixture
 

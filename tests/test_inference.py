@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from silr import checkpoint, cli, inference, train
-from silr.dataset import frame_set
-from silr.deepfluoro import read_processed
-from silr.device import DeviceSetup
-from silr.splits import load_folds
+from silr import cli
+from silr.core.device import DeviceSetup
+from silr.data.deepfluoro import read_processed
+from silr.data.splits import load_folds
+from silr.inference import predictor
+from silr.model import checkpoint
+from silr.stages import train
+from silr.training.dataset import frame_set
 
 
 def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_run, tmp_path, one_thread):
@@ -25,7 +28,7 @@ def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_
     image = data.specimens[key[0]].images[key[1]]
     truth = data.specimens[key[0]].landmarks_xy[key[1]]
 
-    evaluated = inference.predict_frames(model, codec, image[None]).xy[0]
+    evaluated = predictor.predict_frames(model, codec, image[None]).xy[0]
 
     np.save(tmp_path / "frame.npy", image)
     assert cli.main(["predict", "--model", str(best), "--out", str(tmp_path / "out"), "--device", "cpu",

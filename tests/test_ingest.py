@@ -11,7 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import AIR, Frame, Specimen, blank_frame, gaussian_marker, write_fullres  # noqa: E402
-from silr import anatomy, cli, deepfluoro, ingest  # noqa: E402
+from silr import cli  # noqa: E402
+from silr.core import anatomy  # noqa: E402
+from silr.data import deepfluoro  # noqa: E402
+from silr.stages import ingest  # noqa: E402
 
 
 def centroid(image: np.ndarray, around: tuple[float, float] | None = None, radius: float = 0.0) -> tuple[float, float]:

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from silr import anatomy
-from silr.anatomy import LANDMARK_BONE_INDEX
-from silr.codec import DecodedLandmarks, HeatmapCodec
-from silr.errors import ConfigError
-from silr.losses import (
+from silr.core import anatomy
+from silr.core.anatomy import LANDMARK_BONE_INDEX
+from silr.core.errors import ConfigError
+from silr.core.types import Batch, ModelOutput
+from silr.model.codec import DecodedLandmarks, HeatmapCodec
+from silr.model.losses import (
     LOSS_TERMS,
     build_loss,
     dice_ce_loss,
@@ -25,7 +26,6 @@ from silr.losses import (
     soft_visibility,
     visibility_loss,
 )
-from silr.types import Batch, ModelOutput
 
 L = anatomy.NUM_LANDMARKS
 FH_L = anatomy.LANDMARK_NAMES.index("FH-l")
@@ -306,7 +306,7 @@ def test_a_user_defined_mix_is_the_weighted_sum_of_its_terms():
      "losses.kl_only: unknown term 'kll' (known: bone_distance, dice_ce, kl, kl_null, mse, ncc, presence_bce, "
      "visibility, visibility_continuous, visibility_soft)"),
     ([("kl", 0.1)], "losses.kl_only: expected a mapping of term -> weight"),
-])  # the weights themselves are checked by silr.params (tests/test_anatomy_params.py)
+])  # the weights themselves are checked by silr.core.params (tests/test_anatomy_params.py)
 def test_build_loss_errors_name_the_key(weights, message):
     with pytest.raises(ConfigError) as caught:
         build_loss(weights, codec=HeatmapCodec(), key="losses.kl_only")
@@ -337,8 +337,8 @@ def test_mse_with_target_weights_leaves_absent_maps_out():
 
 
 def test_named_loss_options_reach_the_loss_and_the_codec():
-    from silr.card import codec_for_run
-    from silr.params import params_from_dict
+    from silr.core.params import params_from_dict
+    from silr.model.card import codec_for_run
 
     params = params_from_dict({"losses": {"m": {"mse": 1.0, "sigma": 8.0},
                                           "w": {"mse": 1.0, "mse_foreground_weight": 1000, "mse_target_weight": False}},

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silr import metrics
-from silr.anatomy import LANDMARK_NAMES
+from silr.core.anatomy import LANDMARK_NAMES
+from silr.evaluation import metrics
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from silr import anatomy
-from silr.errors import CheckpointError, ConfigError
-from silr.model import BACKBONES, build_model, model_config
-from silr.types import ModelOutput
+from silr.core import anatomy
+from silr.core.errors import CheckpointError, ConfigError
+from silr.core.types import ModelOutput
+from silr.model.network import BACKBONES, build_model, model_config
 
 DEFAULT = ("hrnet_w18_small", [32, 16])
 

@@ -1,4 +1,4 @@
-"""Parallel and distributed runs (silr.parallel, silr.device placement, the resume store).
+"""Parallel and distributed runs (silr.stages.parallel, silr.core.device placement, the resume store).
 
 The fast tests check the pieces: how the study is split, the workers' environment, the
 GPU claims, the lock probe, and that train and evaluate stages are ones DVC's run-cache
@@ -20,8 +20,9 @@ import pytest
 import torch
 import yaml
 
-from silr import device, parallel
-from silr.errors import ConfigError
+from silr.core import device
+from silr.core.errors import ConfigError
+from silr.stages import parallel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def test_gpu_claims_give_each_process_its_own_gpu(tmp_path):
         assert device.claim_gpu([0, 1], tmp_path) == 1
         assert device.claim_gpu([0, 1], tmp_path) is None
         # Another process sees both taken, and gets the GPU back once the holder lets go.
-        probe = [sys.executable, "-c", "import sys; from silr import device; "
+        probe = [sys.executable, "-c", "import sys; from silr.core import device; "
                  f"print(device.claim_gpu([0, 1], {str(tmp_path)!r}))"]
         assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "None"
         device._HELD_CLAIMS.pop(held).close()  # the worker on GPU 0 exits

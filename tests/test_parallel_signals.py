@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from silr import cli, parallel
+from silr import cli
+from silr.stages import parallel
 
 
 @pytest.mark.parametrize(("argv", "words"), [
@@ -71,7 +72,7 @@ def test_the_filter_matches_dvcs_wording():
 
 
 def test_worker_progress_lines_stream_with_the_time_left(tmp_path):
-    from silr.parallel import WorkerLogs
+    from silr.stages.parallel import WorkerLogs
 
     run_dir = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc123"
     run_dir.mkdir(parents=True)
@@ -91,7 +92,7 @@ def test_worker_progress_lines_stream_with_the_time_left(tmp_path):
 
 
 def test_a_worker_that_quit_with_tasks_queued_is_replaced(tmp_path, monkeypatch):
-    from silr import parallel
+    from silr.stages import parallel
 
     states = iter([{"a": "Running", "b": "Queued"}] * 3 + [{"a": "Success", "b": "Success"}])
     monkeypatch.setattr(parallel, "queue_status", lambda repo, env: next(states))

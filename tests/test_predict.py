@@ -3,7 +3,7 @@
 Most tests use `MarkerModel`, a deterministic stand-in for a trained network: every
 landmark's heatmap peaks exactly at the brightest pixel of the input, so where a marker
 dot is drawn is where the landmark must be reported, with no training and no tolerance.
-It is served through `silr.checkpoint.load_model` (monkeypatched); the checkpoint round
+It is served through `silr.model.checkpoint.load_model` (monkeypatched); the checkpoint round
 trip itself is tested with a real tiny model at the end.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from silr import checkpoint, cli, inputs
-from silr.anatomy import (
+from silr import cli
+from silr.core.anatomy import (
     FRAME_SIZE_PX,
     LABEL_NAMES,
     LANDMARK_BONE,
@@ -28,9 +28,11 @@ from silr.anatomy import (
     NETWORK_INPUT_PX,
     SPECIMEN_IDS,
 )
-from silr.card import ModelCard, params_hash_of
-from silr.coords import pad_offset
-from silr.types import ModelOutput
+from silr.core.coords import pad_offset
+from silr.core.types import ModelOutput
+from silr.inference import inputs
+from silr.model import checkpoint
+from silr.model.card import ModelCard, params_hash_of
 
 PEAK_LOGIT = 10.0
 ABSENT = {"GSN-r", "IPS-l"}  # MarkerModel predicts these two absent
@@ -397,8 +399,8 @@ def test_missing_model_and_non_checkpoint_file(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) smallest network saved as a silr checkpoint with its model card."""
-    from silr.model import build_model
-    from silr.params import HeatmapParams, ModelParams, Params
+    from silr.core.params import HeatmapParams, ModelParams, Params
+    from silr.model.network import build_model
 
     # Argmax decoding (refine none), which the prediction test below recomputes from the network.
     params = Params(model=ModelParams(backbone="hrnet_w18_small", decoder_channels=(4, 4)),
@@ -428,7 +430,7 @@ def test_info_prints_the_model_card(tiny_checkpoint, capsys):
 
 
 def test_real_checkpoint_prediction_matches_the_network(tiny_checkpoint, tmp_path):
-    from silr.frames import to_network_input
+    from silr.core.frames import to_network_input
 
     frame = np.random.default_rng(3).random((FRAME_SIZE_PX, FRAME_SIZE_PX)).astype(np.float32)
     np.save(tmp_path / "noise.npy", frame)
@@ -525,7 +527,7 @@ def test_outputs_in_the_input_pixels_and_outside_landmarks_absent(fake_models, t
     np.save(tmp_path / "edge.npy", dot_image(90, 90, slice(89, 90), slice(40, 41)).astype(np.float32))
     out = tmp_path / "out"
     assert run_predict("--model", ckpt, "--out", out, tmp_path / "wide.png", tmp_path / "edge.npy") == 0
-    from silr.anatomy import LABEL_COLORS
+    from silr.core.anatomy import LABEL_COLORS
 
     with Image.open(out / "wide_seg.png") as seg:
         assert seg.mode == "P" and seg.size == (300, 200)
@@ -765,8 +767,9 @@ def test_a_table_of_coordinates_is_not_an_image(fake_models, tmp_path, capsys):
 def test_the_summary_line_names_the_training_data_once(tmp_path):
     import h5py
 
-    from silr import deepfluoro, predict
-    from silr.predict import describe_facts
+    from silr.data import deepfluoro
+    from silr.stages import predict
+    from silr.stages.predict import describe_facts
 
     source = tmp_path / "phantom_full_res.h5"
     with h5py.File(source, "w") as f:

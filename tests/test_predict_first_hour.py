@@ -13,8 +13,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import test_predict  # noqa: E402
 from conftest import TEMPLATE_XY  # noqa: E402
-from silr import checkpoint, plots, predict  # noqa: E402
-from silr.anatomy import LANDMARK_NAMES  # noqa: E402
+from silr.core.anatomy import LANDMARK_NAMES  # noqa: E402
+from silr.evaluation import plots  # noqa: E402
+from silr.model import checkpoint  # noqa: E402
+from silr.stages import predict  # noqa: E402
 from test_predict import MarkerModel, dot_image, landmarks_json, run_predict  # noqa: E402
 
 fake_models = test_predict.fake_models  # the stand-in models fixture, shared

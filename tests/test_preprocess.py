@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from silr import preprocess
+from silr.data import preprocess
 
 
 def test_log_transform_and_clipping_without_downsampling():

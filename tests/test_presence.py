@@ -10,14 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from silr import anatomy, metrics
-from silr.anatomy import LANDMARK_BONE_INDEX, LANDMARK_BONE_LABELS, NUM_LANDMARKS
-from silr.codec import HeatmapCodec, presence_logit
-from silr.dataset import AugmentDraw, augment, bone_distance_maps
-from silr.errors import ConfigError
-from silr.losses import bone_distance_loss, build_loss, kl_loss, kl_null_loss, presence_bce_loss
-from silr.model import build_model
-from silr.types import Batch
+from silr.core import anatomy
+from silr.core.anatomy import LANDMARK_BONE_INDEX, LANDMARK_BONE_LABELS, NUM_LANDMARKS
+from silr.core.errors import ConfigError
+from silr.core.types import Batch
+from silr.evaluation import metrics
+from silr.model.codec import HeatmapCodec, presence_logit
+from silr.model.losses import bone_distance_loss, build_loss, kl_loss, kl_null_loss, presence_bce_loss
+from silr.model.network import build_model
+from silr.training.dataset import AugmentDraw, augment, bone_distance_maps
 
 L = NUM_LANDMARKS
 FH_L = anatomy.LANDMARK_NAMES.index("FH-l")
@@ -194,7 +195,7 @@ def test_the_presence_head_trains_only_itself():
 
 
 def test_outlier_frames_keep_the_padding_and_are_not_the_frame():
-    from silr.dataset import outlier_frames
+    from silr.training.dataset import outlier_frames
 
     images = torch.zeros(2, 1, 192, 192)
     images[:, :, 6:186, 6:186] = torch.rand(2, 1, 180, 180, generator=torch.Generator().manual_seed(0))
@@ -276,7 +277,8 @@ def test_a_presence_loss_trains_a_refitted_head_and_evaluates_every_rule(tmp_pat
     import json
 
     from conftest import train_argv, write_tiny_run
-    from silr import checkpoint, cli
+    from silr import cli
+    from silr.model import checkpoint
 
     losses = {"with_head": {"dice_ce": 1.0, "kl": 0.1, "presence_bce": 1.0, "bone_distance": 0.05},
               "plain": {"dice_ce": 1.0, "kl": 0.1, "bone_distance": 0.05}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from silr.progress import EpochLines, training_progress
+from silr.training.progress import EpochLines, training_progress
 
 
 class _Terminal(io.StringIO):

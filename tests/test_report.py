@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silr import deepfluoro, inference, metrics, report, results
-from silr.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
-from silr.errors import DataError
-from silr.io import write_json
-from silr.params import params_from_dict
-from silr.splits import folds_to_json, make_folds
+from silr.core.anatomy import LANDMARK_NAMES, LEFT_HEMIPELVIS, NUM_LANDMARKS
+from silr.core.errors import DataError
+from silr.core.io import write_json
+from silr.core.params import params_from_dict
+from silr.data import deepfluoro
+from silr.data.splits import folds_to_json, make_folds
+from silr.evaluation import metrics, results
+from silr.inference import predictor
+from silr.stages import report
 
 SPECIMENS = (1, 2, 3)
 FRAMES = 2
@@ -48,7 +51,7 @@ def write_evaluations(metrics_dir: Path, specimens: dict[int, deepfluoro.Specime
         for fold in SPECIMENS:  # fold k tests specimen k
             spec = specimens[fold]
             predicted_labels = spec.labels.copy() if loss == "proposed" else np.zeros_like(spec.labels)
-            predicted = inference.FramePredictions(
+            predicted = predictor.FramePredictions(
                 xy=spec.landmarks_xy + offset_for(loss, fold),
                 present=np.ones((FRAMES, NUM_LANDMARKS), bool),
                 score=np.full((FRAMES, NUM_LANDMARKS), 0.9),
@@ -284,7 +287,7 @@ def test_missing_evaluation_names_the_stage(reported, tmp_path):
 @pytest.fixture
 def figures(reported, monkeypatch, tmp_path):
     """Every Figure `silr report` saves, by file name."""
-    from silr import plots
+    from silr.evaluation import plots
 
     root, params, data_path, _ = reported
     saved = {}
@@ -309,7 +312,7 @@ def _error_table(errors_by_loss: dict[str, list[float]], specimen: int = 1) -> p
 
 
 def test_per_specimen_error_bars_never_go_below_zero(figures):
-    from silr import plots
+    from silr.evaluation import plots
 
     # Mean 7.5, SD 13: a mean ± SD bar would reach -5.5 px; the interquartile range is 0..7.5.
     figure = plots.per_specimen_errors(_error_table({"proposed": [0, 0, 0, 30], "mse": [5, 5, 5, 5]}),
@@ -326,7 +329,7 @@ def test_per_specimen_error_bars_never_go_below_zero(figures):
 
 
 def test_cumulative_errors_show_0_to_20_mm_and_label_thresholds_without_overlap(figures):
-    from silr import plots
+    from silr.evaluation import plots
 
     ax = figures["cumulative_errors.png"].axes[0]
     assert ax.get_xlim() == (0.0, plots.CUMULATIVE_XMAX_MM) == (0.0, 20.0)
@@ -358,7 +361,7 @@ def test_training_curves_have_one_panel_per_loss_and_integer_epochs(figures):
 
 
 def test_figure1_draws_every_prediction_absent_ones_with_their_own_marker(reported):
-    from silr import plots
+    from silr.evaluation import plots
 
     root, _, data_path, _ = reported
     table = pd.concat([pd.read_csv(root / "metrics" / "predictions" / loss / "fold1.csv") for loss in LOSSES])
@@ -384,7 +387,7 @@ def test_figure1_draws_every_prediction_absent_ones_with_their_own_marker(report
 
 
 def test_figure1_says_presence_is_not_defined_for_shape_only_losses(reported):
-    from silr import plots
+    from silr.evaluation import plots
 
     root, _, data_path, _ = reported
     table = pd.concat([pd.read_csv(root / "metrics" / "predictions" / loss / "fold1.csv") for loss in LOSSES])

@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import code_deps
 import silr
 from conftest import resume_state, train_argv, write_tiny_run
-from silr import checkpoint, cli, resume, train
-from silr.errors import CheckpointError
-from silr.resume import RunIdentity, read_resume_state
+from silr import cli
+from silr.core.errors import CheckpointError
+from silr.model import checkpoint
+from silr.stages import train
+from silr.training import resume
+from silr.training.resume import RunIdentity, read_resume_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,31 +213,39 @@ def test_sigkill_anywhere_then_rerun_gives_the_same_best_checkpoint(tmp_path):
 def test_code_identity_covers_every_module_the_training_stage_imports():
     modules = resume.imported_modules()
     # The modules the old hand-written list left out are there, found by reading the imports.
-    assert {"silr.train", "silr.coords", "silr.frames", "silr.anatomy", "silr.deepfluoro", "silr.splits",
-            "silr.card", "silr.resume", "silr.inference", "silr"} <= set(modules)
+    assert {"silr.stages.train", "silr.core.coords", "silr.core.frames", "silr.core.anatomy",
+            "silr.data.deepfluoro", "silr.data.splits", "silr.model.card", "silr.training.resume",
+            "silr.inference.predictor", "silr", "silr.core"} <= set(modules)
     # Nothing that training does not run (the report, predict) is in it.
-    assert not {"silr.report", "silr.predict", "silr.plots", "silr.evaluate"} & set(modules)
+    assert not {"silr.stages.report", "silr.stages.predict", "silr.evaluation.plots",
+                "silr.stages.evaluate"} & set(modules)
     assert resume.code_hash() == resume.code_hash(modules.items())
 
 
-@pytest.mark.parametrize("stage", ["synth", "ingest", "folds", "train", "evaluate", "robustness", "report"])
-def test_dvc_yaml_lists_every_module_a_stage_imports(stage):
-    """DVC reruns a stage when a dependency changes: every silr module the stage's code imports
-    (as the resume identity finds them) must be a dependency, a file or a folder above it."""
+@pytest.mark.parametrize("stage", sorted(code_deps.STAGE_MODULES))
+def test_dvc_yaml_lists_exactly_the_modules_a_stage_imports(stage):
+    """DVC reruns a stage when a dependency changes: every silr file the stage's code imports (as
+    the resume identity finds them) must be a dependency, and nothing else, so that a stage reruns
+    when and only when its code changes."""
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
-    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["deps"]
-    package = Path(silr.__file__).resolve().parent
-    needed = {f"src/silr/{path.resolve().relative_to(package).as_posix()}"
-              for path in resume.imported_modules(f"silr.{stage}").values()}
-    missing = sorted(path for path in needed
-                     if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps))
-    assert not missing, f"dvc.yaml's {stage} stage does not depend on {missing}"
+    deps = yaml.safe_load((code_deps.ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    listed = [dep for dep in deps if dep.startswith("src/")]
+    expected = code_deps.code_deps(stage)
+    assert sorted(listed) == sorted(expected), (
+        f"dvc.yaml's {stage} stage lists {sorted(set(listed) - set(expected))} it does not import and "
+        f"misses {sorted(set(expected) - set(listed))}; run `python tests/code_deps.py --write`")
+
+
+def test_code_deps_name_a_folder_only_when_the_stage_imports_all_of_it():
+    # synth imports every module of the phantom; train imports only part of silr.evaluation.
+    assert "src/silr/phantom" in code_deps.code_deps("synth")
+    train = code_deps.code_deps("train")
+    assert "src/silr/evaluation" not in train and "src/silr/evaluation/metrics.py" in train
 
 
 def test_editing_an_imported_module_makes_the_rerun_retrain(tmp_path):
-    """A copy of the package; after a finished run, an edit to silr/coords.py (which DVC would
+    """A copy of the package; after a finished run, an edit to silr/core/coords.py (which DVC would
     see as a changed dependency) makes the rerun start from scratch instead of handing back
     the old best.pt."""
     package = tmp_path / "src" / "silr"
@@ -252,7 +264,7 @@ def test_editing_an_imported_module_makes_the_rerun_retrain(tmp_path):
     assert "best validation error" in first
     assert "already trained (1 epochs" in train_once()  # unchanged code: nothing to retrain
 
-    coords_py = package / "coords.py"
+    coords_py = package / "core" / "coords.py"
     coords_py.write_text(coords_py.read_text() + "\n# an edit DVC sees as a changed dependency\n")
     after_edit = train_once()
     assert "it was written for different code" in after_edit and "starting from scratch" in after_edit

@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from conftest import train_argv, write_tiny_run
-from silr import checkpoint, cli, report
-from silr.params import params_from_dict
-from silr.results import checkpoint_path, output_paths
+from silr import cli
+from silr.core.params import params_from_dict
+from silr.evaluation.results import checkpoint_path, output_paths
+from silr.model import checkpoint
+from silr.stages import report
 
 REPO_DVC_YAML = __import__("pathlib").Path(__file__).resolve().parents[1] / "dvc.yaml"
 
@@ -71,7 +73,7 @@ def test_the_report_pools_seeds_and_gives_their_spread():
 
 
 def test_study_seeds_are_checked():
-    from silr.errors import ConfigError
+    from silr.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="study.seeds must be a list of distinct seeds"):
         params_from_dict({"study": {"seeds": [1, 1]}})

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from silr import anatomy, baselines, coords
-from silr.errors import ConfigError
-from silr.params import SynthParams
+from silr.core import anatomy, coords
+from silr.core.errors import ConfigError
+from silr.core.params import SynthParams
+from silr.data.splits import make_folds
+from silr.evaluation import baselines
 from silr.phantom.geometry import Ellipsoid, ray_intervals, union_minus_holes_length
 from silr.phantom.projector import MAX_INTENSITY, Detector, project_points, sample_pose
 from silr.phantom.specimen import make_specimen
-from silr.splits import make_folds
-from silr.synth import run, specimen_ids, specimen_rng, write_phantom
+from silr.stages.synth import run, specimen_ids, specimen_rng, write_phantom
 
 SIZE = anatomy.FULLRES_SIZE_PX
 IMAGE_GROUP = ("pixels", "origin", "spacing", "dir-mat")
@@ -266,8 +267,9 @@ def test_ray_lengths_are_exact():
 
 @pytest.mark.slow
 def test_default_phantom_size_and_landmarks(tmp_path):
-    from silr import ingest, metrics, report
-    from silr.deepfluoro import read_processed
+    from silr.data.deepfluoro import read_processed
+    from silr.evaluation import metrics
+    from silr.stages import ingest, report
 
     path = tmp_path / "phantom_full_res.h5"
     summary = run(path, frames=SynthParams().frames, seed=0, preview=tmp_path / "preview.png")

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from conftest import resume_state, train_argv, write_tiny_run
-from silr import checkpoint, cli
-from silr.anatomy import NUM_LANDMARKS
-from silr.card import params_hash_of
-from silr.codec import HeatmapCodec
-from silr.dataset import FrameSet
-from silr.device import DeviceSetup, select_device
-from silr.errors import ConfigError
-from silr.train import validation_error
-from silr.types import ModelOutput
+from silr import cli
+from silr.core.anatomy import NUM_LANDMARKS
+from silr.core.device import DeviceSetup, select_device
+from silr.core.errors import ConfigError
+from silr.core.types import ModelOutput
+from silr.model import checkpoint
+from silr.model.card import params_hash_of
+from silr.model.codec import HeatmapCodec
+from silr.stages.train import validation_error
+from silr.training.dataset import FrameSet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +42,7 @@ def test_train_writes_checkpoints_card_and_logs(trained_tiny_run):
     assert card.val_score_px == min(scores)
     assert card.epoch == history[scores.index(min(scores))]["epoch"]
     assert card.params_hash == params_hash_of(
-        __import__("silr.params", fromlist=["load_params"]).load_params(run["params"]), "proposed")
+        __import__("silr.core.params", fromlist=["load_params"]).load_params(run["params"]), "proposed")
     with torch.no_grad():
         output = model(torch.zeros(1, 1, 192, 192))
     assert output.heatmaps.shape == (1, NUM_LANDMARKS, 192, 192)

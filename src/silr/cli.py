@@ -12,20 +12,20 @@ import importlib
 import sys
 
 from silr import __version__
-from silr.errors import SilrError
+from silr.core.errors import SilrError
 
 # subcommand -> (module, one-line help). dvc.yaml calls these; each module is one stage.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("silr.synth", "generate the synthetic phantom in the full-resolution DeepFluoro layout"),
-    "ingest": ("silr.ingest", "crop, log-transform and downsample raw frames into the preprocessed layout"),
-    "folds": ("silr.folds", "leave-one-specimen-out train/validation/test splits"),
-    "train": ("silr.train", "train one named loss on one fold"),
-    "evaluate": ("silr.evaluate", "predict a fold's test specimen and write its metrics"),
-    "robustness": ("silr.robustness", "score a fold's test specimen under the corruption suite"),
-    "report": ("silr.report", "Table 2, Figure 1 and the summary plots"),
-    "show": ("silr.show", "print Table 2, the presence and robustness summaries and where the outputs are"),
-    "predict": ("silr.predict", "apply trained models to new frames"),
-    "parallel": ("silr.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
+    "synth": ("silr.stages.synth", "generate the synthetic phantom in the full-resolution DeepFluoro layout"),
+    "ingest": ("silr.stages.ingest", "crop, log-transform and downsample raw frames into the preprocessed layout"),
+    "folds": ("silr.stages.folds", "leave-one-specimen-out train/validation/test splits"),
+    "train": ("silr.stages.train", "train one named loss on one fold"),
+    "evaluate": ("silr.stages.evaluate", "predict a fold's test specimen and write its metrics"),
+    "robustness": ("silr.stages.robustness", "score a fold's test specimen under the corruption suite"),
+    "report": ("silr.stages.report", "Table 2, Figure 1 and the summary plots"),
+    "show": ("silr.stages.show", "print Table 2, the presence and robustness summaries and where the outputs are"),
+    "predict": ("silr.stages.predict", "apply trained models to new frames"),
+    "parallel": ("silr.stages.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from silr import anatomy
+from silr.core import anatomy
 from silr.phantom.geometry import Body, ray_intervals, rotation_about, union_minus_holes_length
 from silr.phantom.specimen import Specimen
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from silr import anatomy
+from silr.core import anatomy
 from silr.phantom.geometry import Body, Ellipsoid, frame_from, rotation_about
 
 X_AXIS = np.array([1.0, 0.0, 0.0])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from silr import anatomy
+from silr.core import anatomy
 from silr.phantom.geometry import Body
 from silr.phantom.specimen import Specimen
 

@@ -1,0 +1,105 @@
+"""Model checkpoints and their model cards.
+
+A silr checkpoint is a `torch.save`d dict:
+
+    {"format": "silr-checkpoint", "format_version": 1,
+     "card": {...},            # silr.model.card.ModelCard as plain values: what the model is and how it was made
+     "model_state": {...},     # the network's state dict (CPU tensors)
+     ...extra}                 # e.g. "resume" in last.pt (optimiser, RNG states, epoch, ...)
+
+The card (silr.model.card) says everything a reader needs to use the model without params.yaml.
+`load_model` rebuilds the network from the card alone, so evaluation and inference never
+need the training params.
+
+Checkpoints are read with `torch.load(weights_only=True)`: a foreign pickle cannot run
+code here, and every value we store is a tensor or a plain container of plain values.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from silr import __version__
+from silr.core.errors import CheckpointError, quoted
+from silr.core.io import atomic_path
+from silr.model.card import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, ModelCard
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], card: ModelCard,
+                    **extra: Any) -> None:
+    """Write model weights (a network or its state dict) + card (+ `extra` entries) to `path` atomically."""
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"card must be a silr.model.card.ModelCard, got {type(card).__name__}")
+    reserved = {"format", "format_version", "card", "model_state"} & set(extra)
+    if reserved:
+        raise ValueError(f"extra checkpoint entries may not be named {sorted(reserved)}")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "card": card.to_dict(),
+        "model_state": model_state_cpu(model) if isinstance(model, torch.nn.Module) else dict(model),
+        **extra,
+    }
+    # Through a file object, not the path: given a path, torch.save names the archive's root
+    # folder after the (random) temporary file, so equal checkpoints would differ in bytes and
+    # DVC would see a changed output on every rerun.
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(payload, stream)
+
+
+def model_state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors (a channels_last CUDA model saves like any other)."""
+    return {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, checked to be a silr checkpoint of a version we can read; its "card"
+    is read into a `ModelCard` (CheckpointError naming the file and field if it is unusable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, MemoryError,
+            OSError, AttributeError, ImportError, TypeError, IndexError, KeyError, RecursionError) as exc:
+        # torch's own messages run to paragraphs; the exception type is enough to tell them apart.
+        raise CheckpointError(f"{path}: not a readable silr checkpoint (corrupt, truncated, not a torch "
+                              f"file or holding foreign objects: {type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a silr checkpoint (expected format {CHECKPOINT_FORMAT!r}, "
+                              f"found {found!r})")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported "
+                              f"(this silr {__version__} reads version {CHECKPOINT_FORMAT_VERSION})")
+    card, state = payload.get("card"), payload.get("model_state")
+    if not isinstance(card, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: silr checkpoint lacks its model card or weights (incomplete file)")
+    payload["card"] = ModelCard.from_dict(card, path)
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+    """(network in eval mode on `device`, model card) from a silr checkpoint; CheckpointError if unusable."""
+    payload = read_checkpoint(path)
+    card = payload["card"]
+    model = card.build_network(path)
+    for name, value in payload["model_state"].items():
+        # NaN or inf weights give every landmark at (0, 0) with score NaN and exit 0: refuse them
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: holds non-finite weights in {quoted(str(name))} (NaN or inf); "
+                                  f"the run that wrote it diverged or the file is damaged")
+    try:
+        model.load_state_dict(payload["model_state"], strict=True)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit the network its card describes "
+                              f"({first[1].strip() if len(first) > 1 else first[0][:160]})") from None
+    return model.to(device).eval(), card
