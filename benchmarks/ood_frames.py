@@ -1,7 +1,7 @@
 """What `silr predict` says about frames that are not what the models were trained on.
 
-  python benchmarks/ood_frames.py --model models/proposed_plus/fold1/best.pt [--data data/processed/ds_8x.h5]
-      [--folds data/folds.json] [--out /tmp/ood_frames]
+  python benchmarks/ood_frames.py --model models/proposed_plus/fold1/best.pt
+      [--data data/processed/ds_8x.h5] [--folds data/folds.json] [--out /tmp/ood_frames]
 
 Inputs, all written here from files the project has (nothing downloaded):
 - `heldout.png`: the first test frame of the model's fold (the control), as a 16-bit PNG;
@@ -25,7 +25,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
+from pydicom.data import get_testdata_file
+
+from silr.data.processed import read_processed
+from silr.data.splits import load_folds
+from silr.model import checkpoint
 
 
 def to_png16(path: Path, pixels: np.ndarray) -> None:
@@ -42,13 +48,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/ood_frames"))
     args = parser.parse_args()
 
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    from silr.data.deepfluoro import read_processed
-    from silr.data.splits import load_folds
-    from silr.model import checkpoint
-
     card = checkpoint.read_checkpoint(args.model[0])["card"]
     data = read_processed(args.data)
     specimen, frame = sorted(load_folds(args.folds, data)[card.fold].test)[0]
@@ -61,15 +60,17 @@ def main() -> int:
     ct = get_testdata_file("CT_small.dcm")
     (inputs / "ct_slice.dcm").write_bytes(Path(ct).read_bytes())
     to_png16(inputs / "ct_slice.png", pydicom.dcmread(ct).pixel_array)
-    to_png16(inputs / "mr_slice.png", pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
+    to_png16(inputs / "mr_slice.png",
+             pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
     to_png16(inputs / "noise.png", np.random.default_rng(0).random((180, 180)))
-    names = ["heldout.png", "inverted.png", "ct_slice.dcm", "ct_slice.png", "mr_slice.png", "noise.png"]
+    names = ["heldout.png", "inverted.png", "ct_slice.dcm", "ct_slice.png", "mr_slice.png",
+             "noise.png"]
     command = ["silr", "predict", "--model", *args.model, "--out", str(args.out / "predictions"),
                *(str(inputs / n) for n in names)]
     done = subprocess.run(command, capture_output=True, text=True)
     print("$ " + " ".join(command).replace(str(args.out), "OUT"))
-    print(f"exit status {done.returncode}; models: {', '.join(args.model)}; control frame: specimen {specimen}, "
-          f"frame {frame} (the fold's first test frame)\n")
+    print(f"exit status {done.returncode}; models: {', '.join(args.model)}; control frame: "
+          f"specimen {specimen}, frame {frame} (the fold's first test frame)\n")
     warnings = [line for line in done.stderr.splitlines() if line.startswith("silr: warning:")]
     print(f"{'input':<14} {'present':>8} {'mean score':>11} {'mean error px':>14}  warnings")
     for name in names:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+# tests/ is not a package: the fresh-copy helper of the end-to-end tests is imported from its path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_e2e import fresh_copy  # noqa: E402
 
@@ -31,13 +32,14 @@ params["model"].update({"backbone": "hrnet_w18_small", "decoder_channels": []})
 params["train"].update({"epochs": 12, "val_every": 1, "batch_size": 2, "device": "cpu"})
 params["study"].update({"losses": ["proposed"], "folds": [1, 2]})
 (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 env.pop("PYTHONPATH", None)
 subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
 subprocess.run(["git", "commit", "-qm", "tiny"], cwd=root, env=env, check=True)
-first = subprocess.Popen(["silr", "parallel", "--jobs", "2", "--keep"], cwd=root, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+first = subprocess.Popen(["silr", "parallel", "--jobs", "2", "--keep"], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 store = root / ".silr" / "resume" / "proposed" / "fold1"
 
 
@@ -61,16 +63,18 @@ print("killed", pids, "at epoch", killed_at, flush=True)
 out, err = first.communicate()
 print("first silr parallel exit", first.returncode)
 print(err[-1500:])
-second = subprocess.run(["silr", "parallel", "--jobs", "2", "--keep"], cwd=root, env=env, capture_output=True,
-                        text=True)
+second = subprocess.run(["silr", "parallel", "--jobs", "2", "--keep"], cwd=root, env=env,
+                        capture_output=True, text=True)
 print("second silr parallel exit", second.returncode)
 print(second.stderr[-1200:])
-status = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True, text=True).stdout
+status = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True,
+                        text=True).stdout
 print(status)
 for line in status.splitlines():
     if "fold1" in line and "Success" in line:
         name = line.split()[1]
-        logs = subprocess.run(["dvc", "queue", "logs", name], cwd=root, env=env, capture_output=True, text=True).stdout
+        logs = subprocess.run(["dvc", "queue", "logs", name], cwd=root, env=env,
+                              capture_output=True, text=True).stdout
         print([row for row in logs.splitlines()
                if "resuming" in row or "already trained" in row or "best validation" in row])
 state = next(store.glob("*.pt"))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from silr.core import coords
-from silr.data.deepfluoro import read_processed
+from silr.data.processed import read_processed
 from silr.data.splits import load_folds
 from silr.inference import predictor
 from silr.model import checkpoint
@@ -52,8 +52,10 @@ def main() -> None:
                 errors = np.linalg.norm(xy - truth, axis=-1)[inside]
                 means[mode].append(errors.mean())
                 cells.append(f"{mode} {errors.mean():6.2f} / {np.median(errors):5.2f}")
-            print(f"{loss:10s} fold {fold} (stride {base.stride}, {base.kind}): " + " | ".join(cells))
-        print(f"{loss:10s} mean over folds: " + " | ".join(f"{m} {np.mean(v):6.2f}" for m, v in means.items()))
+            print(f"{loss:10s} fold {fold} (stride {base.stride}, {base.kind}): "
+                  + " | ".join(cells))
+        print(f"{loss:10s} mean over folds: "
+              + " | ".join(f"{m} {np.mean(v):6.2f}" for m, v in means.items()))
 
 
 if __name__ == "__main__":

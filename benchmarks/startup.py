@@ -33,7 +33,8 @@ def timed(argv: list[str], repeats: int, expect: int | None = 0) -> tuple[float,
         seconds.append(time.perf_counter() - start)
         code = done.returncode
         if expect is not None and code != expect:
-            raise SystemExit(f"{' '.join(argv)} exited {code}, expected {expect}:\n{done.stderr[-2000:]}")
+            raise SystemExit(f"{' '.join(argv)} exited {code}, expected {expect}:\n"
+                             f"{done.stderr[-2000:]}")
     return statistics.median(seconds), code
 
 
@@ -48,18 +49,18 @@ def main() -> int:
     frame = work / "frame.png"
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((180, 180)) * 255).astype(np.uint8)).save(frame)
+    predict = [silr, "predict", "--model", str(args.model), "--out"]
     cases = [
         ("silr --help", [silr, "--help"], 0),
         ("silr predict --help", [silr, "predict", "--help"], 0),
-        ("predict on a missing input", [silr, "predict", "--model", str(args.model), "--out", str(work / "o0"),
-                                        str(work / "missing.png")], 1),
-        ("first prediction, one 180x180 PNG, one model", [silr, "predict", "--model", str(args.model), "--out",
-                                                          str(work / "o1"), str(frame)], 0),
-        ("one raw full-resolution frame (HDF5), one model", [silr, "predict", "--model", str(args.model), "--out",
-                                                             str(work / "o2"), "--specimen", "1", "--frames", "0",
-                                                             str(args.fullres)], 0),
+        ("predict on a missing input", [*predict, str(work / "o0"), str(work / "missing.png")], 1),
+        ("first prediction, one 180x180 PNG, one model",
+         [*predict, str(work / "o1"), str(frame)], 0),
+        ("one raw full-resolution frame (HDF5), one model",
+         [*predict, str(work / "o2"), "--specimen", "1", "--frames", "0", str(args.fullres)], 0),
     ]
-    print(f"silr start-up, median of {args.repeats} runs, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    print(f"silr start-up, median of {args.repeats} runs, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d')}")
     for name, argv, expect in cases:
         seconds, code = timed(argv, args.repeats, expect)
         print(f"{name:<50} {seconds:6.2f} s  (exit {code})")

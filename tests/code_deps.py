@@ -16,9 +16,17 @@ from silr.training import resume
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(silr.__file__).resolve().parent
 # dvc.yaml stage -> the module its `cmd` runs
-STAGE_MODULES = {"synth": "synth", "ingest": "ingest", "folds": "folds", "train": "train",
-                 "train_seed": "train", "evaluate": "evaluate", "evaluate_seed": "evaluate",
-                 "robustness": "robustness", "report": "report"}
+STAGE_MODULES = {
+    "synth": "synth",
+    "ingest": "ingest",
+    "folds": "folds",
+    "train": "train",
+    "train_seed": "train",
+    "evaluate": "evaluate",
+    "evaluate_seed": "evaluate",
+    "robustness": "robustness",
+    "report": "report",
+}
 
 
 def code_deps(stage: str) -> list[str]:

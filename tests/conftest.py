@@ -17,19 +17,36 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from silr.core.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_INDEX, LANDMARK_NAMES, VERTEBRAE, specimen_group
+from silr import cli
+from silr.core.anatomy import (
+    FRAME_SIZE_PX,
+    LANDMARK_BONE_INDEX,
+    LANDMARK_NAMES,
+    VERTEBRAE,
+    specimen_group,
+)
 
 # A rough AP pelvis in the 180x180 frame, (x, y) per landmark in LANDMARK_NAMES order.
-TEMPLATE_XY = np.array([
-    [130.0, 108.0], [50.0, 108.0],   # FH
-    [122.0, 62.0], [58.0, 62.0],     # GSN
-    [112.0, 140.0], [68.0, 140.0],   # IOF
-    [104.0, 122.0], [76.0, 122.0],   # MOF
-    [96.0, 106.0], [84.0, 106.0],    # SPS
-    [97.0, 152.0], [83.0, 152.0],    # IPS
-    [150.0, 38.0], [30.0, 38.0],     # ASIS
-])
+TEMPLATE_XY = np.array(
+    [
+        [130.0, 108.0],
+        [50.0, 108.0],  # FH
+        [122.0, 62.0],
+        [58.0, 62.0],  # GSN
+        [112.0, 140.0],
+        [68.0, 140.0],  # IOF
+        [104.0, 122.0],
+        [76.0, 122.0],  # MOF
+        [96.0, 106.0],
+        [84.0, 106.0],  # SPS
+        [97.0, 152.0],
+        [83.0, 152.0],  # IPS
+        [150.0, 38.0],
+        [30.0, 38.0],  # ASIS
+    ]
+)
 
 
 @pytest.fixture
@@ -45,8 +62,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_frames(count: int, rng: np.random.Generator, size: int = FRAME_SIZE_PX,
-                shift_out_first: bool = True):
+def tiny_frames(
+    count: int, rng: np.random.Generator, size: int = FRAME_SIZE_PX, shift_out_first: bool = True
+):
     """(images float32 (N,H,W), labels uint8 (N,H,W), landmarks (N,14,2) frame (x, y))."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     images = np.zeros((count, size, size), np.float32)
@@ -68,8 +86,8 @@ def tiny_frames(count: int, rng: np.random.Generator, size: int = FRAME_SIZE_PX,
         image = 0.4 * band.astype(np.float64)
         for (x, y), bone in zip(xy, LANDMARK_BONE_INDEX):
             r2 = (xx - x) ** 2 + (yy - y) ** 2
-            labels[n][r2 <= 8.0 ** 2] = bone
-            image += 0.3 * (r2 <= 8.0 ** 2) + 1.5 * np.exp(-r2 / (2 * 1.5 ** 2))
+            labels[n][r2 <= 8.0**2] = bone
+            image += 0.3 * (r2 <= 8.0**2) + 1.5 * np.exp(-r2 / (2 * 1.5**2))
         image += rng.normal(0.0, 0.02, size=image.shape)
         images[n] = (image + 1.0).astype(np.float32)  # line integrals are positive
     return images, labels, landmarks
@@ -103,11 +121,21 @@ def tiny_folds(specimens, frames: int, val_per_fold: int = 1) -> dict:
             if specimen == test:
                 continue
             keys = [[specimen, n] for n in range(frames)]
-            train += keys[:frames - val_per_fold]
-            val += keys[frames - val_per_fold:]
-        folds[str(test)] = {"test_specimen": test, "train": train, "val": val,
-                            "test": [[test, n] for n in range(frames)]}
-    return {"data": "tiny.h5", "val_fraction": 0.25, "seed": 0, "specimens": list(specimens), "folds": folds}
+            train += keys[: frames - val_per_fold]
+            val += keys[frames - val_per_fold :]
+        folds[str(test)] = {
+            "test_specimen": test,
+            "train": train,
+            "val": val,
+            "test": [[test, n] for n in range(frames)],
+        }
+    return {
+        "data": "tiny.h5",
+        "val_fraction": 0.25,
+        "seed": 0,
+        "specimens": list(specimens),
+        "folds": folds,
+    }
 
 
 @pytest.fixture
@@ -126,8 +154,15 @@ def tiny_data(tmp_path_factory) -> dict:
 # A training configuration small enough for tests: smallest HRNet, 4-channel decoders.
 TINY_TRAIN_PARAMS = {
     "model": {"backbone": "hrnet_w18_small", "decoder_channels": [4, 4]},
-    "train": {"epochs": 3, "batch_size": 2, "lr": 0.001, "val_every": 1, "seed": 0, "device": "cpu",
-              "checkpoint_every": 1},
+    "train": {
+        "epochs": 3,
+        "batch_size": 2,
+        "lr": 0.001,
+        "val_every": 1,
+        "seed": 0,
+        "device": "cpu",
+        "checkpoint_every": 1,
+    },
 }
 
 
@@ -136,8 +171,6 @@ def write_tiny_run(root: Path, frames: int = 3, params: dict | None = None) -> d
 
     With 3 specimens x 3 frames, fold 1 trains on 4 frames and validates on 2.
     """
-    import yaml
-
     root.mkdir(parents=True, exist_ok=True)
     processed = root / "ds_8x.h5"
     write_tiny_processed(processed, specimens=(1, 2, 3), frames=frames)
@@ -151,18 +184,42 @@ def write_tiny_run(root: Path, frames: int = 3, params: dict | None = None) -> d
     merged["data"] = {"processed": str(processed)}
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(merged))
-    return {"root": root, "processed": processed, "folds": folds_path, "params": params_path,
-            "models": root / "models", "live": root / "dvclive", "resume": root / "resume"}
+    return {
+        "root": root,
+        "processed": processed,
+        "folds": folds_path,
+        "params": params_path,
+        "models": root / "models",
+        "live": root / "dvclive",
+        "resume": root / "resume",
+    }
 
 
 def train_argv(run: dict, loss: str = "proposed", fold: int = 1, *extra: str) -> list[str]:
-    return ["train", "--loss", loss, "--fold", str(fold), "--params", str(run["params"]),
-            "--folds", str(run["folds"]), "--out-dir", str(run["models"]), "--live-dir", str(run["live"]),
-            "--resume-dir", str(run["resume"]), "--no-progress", *extra]
+    return [
+        "train",
+        "--loss",
+        loss,
+        "--fold",
+        str(fold),
+        "--params",
+        str(run["params"]),
+        "--folds",
+        str(run["folds"]),
+        "--out-dir",
+        str(run["models"]),
+        "--live-dir",
+        str(run["live"]),
+        "--resume-dir",
+        str(run["resume"]),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def resume_state(run: dict, loss: str = "proposed", fold: int = 1, seed: int = 0) -> Path:
-    """The one training state of (loss, fold, seed) in the run's resume store (silr.training.resume)."""
+    """The one training state of (loss, fold, seed) in the run's resume store
+    (silr.training.resume)."""
     states = sorted((Path(run["resume"]) / loss / f"fold{fold}" / f"seed{seed}").glob("*.pt"))
     assert len(states) == 1, f"expected one resume state, found {states}"
     return states[0]
@@ -175,10 +232,6 @@ def trained_tiny_run(tmp_path_factory) -> dict:
     Read-only for the tests that use it (they compare other runs with it). Trained on one
     thread: two OpenMP threads on a busy 2-core machine can be 10x slower.
     """
-    import torch
-
-    from silr import cli
-
     run = write_tiny_run(tmp_path_factory.mktemp("trained-tiny-run"))
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,8 +14,22 @@ import h5py
 import numpy as np
 
 # Spelled out here on purpose (not imported from silr): the test writer is independent.
-NAMES = ("FH-l", "FH-r", "GSN-l", "GSN-r", "IOF-l", "IOF-r", "MOF-l", "MOF-r",
-         "SPS-l", "SPS-r", "IPS-l", "IPS-r", "ASIS-l", "ASIS-r")
+NAMES = (
+    "FH-l",
+    "FH-r",
+    "GSN-l",
+    "GSN-r",
+    "IOF-l",
+    "IOF-r",
+    "MOF-l",
+    "MOF-r",
+    "SPS-l",
+    "SPS-r",
+    "IPS-l",
+    "IPS-r",
+    "ASIS-l",
+    "ASIS-r",
+)
 AIR = 60000.0  # raw intensity where nothing attenuates
 
 
@@ -23,8 +37,8 @@ AIR = 60000.0  # raw intensity where nothing attenuates
 class Frame:
     """One projection as stored in the file (not turned)."""
 
-    intensity: np.ndarray                      # (H, W) raw detector intensity, bone dark
-    labels: np.ndarray                         # (H, W) uint8
+    intensity: np.ndarray  # (H, W) raw detector intensity, bone dark
+    labels: np.ndarray  # (H, W) uint8
     landmarks: dict[str, tuple[float, float]]  # name -> (column, row)
     rot180: int = 0
 
@@ -35,27 +49,43 @@ class Specimen:
     frames: list[Frame] = field(default_factory=list)
 
 
-def blank_frame(size: int, rot180: int = 0, landmark_xy: tuple[float, float] = (100.0, 100.0)) -> Frame:
-    return Frame(np.full((size, size), AIR, np.float32), np.zeros((size, size), np.uint8),
-                 {name: landmark_xy for name in NAMES}, rot180)
+def blank_frame(
+    size: int, rot180: int = 0, landmark_xy: tuple[float, float] = (100.0, 100.0)
+) -> Frame:
+    return Frame(
+        np.full((size, size), AIR, np.float32),
+        np.zeros((size, size), np.uint8),
+        {name: landmark_xy for name in NAMES},
+        rot180,
+    )
 
 
-def gaussian_marker(frame: Frame, xy: tuple[float, float], *, peak: float = 3.0, sigma: float = 6.0) -> None:
+def gaussian_marker(
+    frame: Frame, xy: tuple[float, float], *, peak: float = 3.0, sigma: float = 6.0
+) -> None:
     """Attenuate a round blob centred at (column, row) = xy: line integral peak * gauss(r)."""
     rows, cols = np.indices(frame.intensity.shape, dtype=np.float64)
     r2 = (cols - xy[0]) ** 2 + (rows - xy[1]) ** 2
     frame.intensity *= np.exp(-peak * np.exp(-r2 / (2 * sigma**2))).astype(np.float32)
 
 
-def write_fullres(path: Path, specimens: list[Specimen], *, size: int | None = None,
-                  pad_keys: bool = True, attrs: dict | None = None) -> Path:
+def write_fullres(
+    path: Path,
+    specimens: list[Specimen],
+    *,
+    size: int | None = None,
+    pad_keys: bool = True,
+    attrs: dict | None = None,
+) -> Path:
     """Write `specimens` in the full-resolution layout; projection keys 000, 001, ... (or
     unpadded 0, 1, ..., 10 with pad_keys=False, to check numeric ordering)."""
     size = size or specimens[0].frames[0].intensity.shape[0]
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs or {})
         params = f.create_group("proj-params")
-        params["intrinsic"] = np.array([[5257.7, 0.0, size / 2], [0.0, 5257.7, size / 2], [0.0, 0.0, 1.0]])
+        params["intrinsic"] = np.array(
+            [[5257.7, 0.0, size / 2], [0.0, 5257.7, size / 2], [0.0, 0.0, 1.0]]
+        )
         params["extrinsic"] = np.eye(4)
         params["num-cols"] = np.int64(size)
         params["num-rows"] = np.int64(size)

@@ -40,10 +40,13 @@ def leftovers(directory: Path) -> list[str]:
 
 # ------------------------------------------------------------------ silr.core.io
 
+
 def test_block_writes_a_hidden_temporary_beside_the_target_with_its_suffix(tmp_path):
     target = tmp_path / "sub" / "table.csv"
     with atomic_path(target) as tmp:
-        assert tmp.parent == target.parent and tmp.name.startswith(TMP_PREFIX) and tmp.suffix == ".csv"
+        assert (
+            tmp.parent == target.parent and tmp.name.startswith(TMP_PREFIX) and tmp.suffix == ".csv"
+        )
         tmp.write_text("a,b\n")
         assert not target.exists()  # nothing is published before the block ends
     assert target.read_text() == "a,b\n"
@@ -96,7 +99,9 @@ def test_a_writer_that_writes_nothing_publishes_nothing(tmp_path):
 def test_json_is_stable_and_nan_becomes_null(tmp_path):
     target = tmp_path / "summary.json"
     write_json(target, {"b": float("nan"), "a": np.float32(0.5), "c": [np.int64(3), float("inf")]})
-    assert target.read_text() == '{\n  "a": 0.5,\n  "b": null,\n  "c": [\n    3,\n    null\n  ]\n}\n'
+    assert (
+        target.read_text() == '{\n  "a": 0.5,\n  "b": null,\n  "c": [\n    3,\n    null\n  ]\n}\n'
+    )
     assert json.loads(target.read_text())["b"] is None
 
 
@@ -114,8 +119,10 @@ def test_ensure_writable_probes_without_leaving_anything(tmp_path):
 
 # ------------------------------------------------------------------ stage writers failing half way
 
+
 def half_then_fail(path_argument: int):
     """A stand-in writer: half a file at its path (or open file) argument, then a crash."""
+
     def write(*args, **kwargs):
         target = args[path_argument]
         if hasattr(target, "write"):
@@ -124,6 +131,7 @@ def half_then_fail(path_argument: int):
         else:
             Path(target).write_bytes(b"\x00" * 100)
         raise RuntimeError("killed mid-write")
+
     return write
 
 
@@ -134,8 +142,15 @@ def test_checkpoint_write_failing_half_way_keeps_the_previous_checkpoint(tmp_pat
     from silr.model import checkpoint
     from silr.model.card import ModelCard
 
-    card = ModelCard.for_run(Params(), loss_name="proposed", fold=1, data_hash="d", params_hash="p",
-                             val_score_px=None, epoch=0)
+    card = ModelCard.for_run(
+        Params(),
+        loss_name="proposed",
+        fold=1,
+        data_hash="d",
+        params_hash="p",
+        val_score_px=None,
+        epoch=0,
+    )
     path = tmp_path / "last.pt"
     checkpoint.save_checkpoint(path, {"w": torch.ones(2)}, card)
     before = path.read_bytes()
@@ -148,13 +163,13 @@ def test_checkpoint_write_failing_half_way_keeps_the_previous_checkpoint(tmp_pat
 
 def test_predictions_csv_and_plot_failing_half_way_leave_the_previous_files(tmp_path, monkeypatch):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from silr.evaluation import plots
-    from silr.stages import report
+    from silr.evaluation import plots, results
 
     csv = tmp_path / "per_specimen.csv"
     png = tmp_path / "figure1.png"
@@ -171,16 +186,31 @@ def test_predictions_csv_and_plot_failing_half_way_leave_the_previous_files(tmp_
     plt.close(figure)
     assert csv.read_text() == "old table\n" and png.read_bytes() == b"old png"
     assert leftovers(tmp_path) == []
-    assert report.write_with is write_with  # the report writes through the same helper
+    assert results.write_with is write_with  # report and evaluate write through results.write_csv
 
 
 # ------------------------------------------------------------------ a real process, SIGKILLed
 
+
 def kill_synth_mid_write(target: Path, timeout: float = 180.0) -> tuple[int, int]:
     """Start `silr synth` on `target`, SIGKILL it once its temporary file holds data; returns
     (bytes in the temporary file when killed, exit status)."""
-    process = subprocess.Popen([str(SILR), "synth", "--out", str(target), "--specimens", "4", "--frames", "6",
-                                "--seed", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            str(SILR),
+            "synth",
+            "--out",
+            str(target),
+            "--specimens",
+            "4",
+            "--frames",
+            "6",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + timeout
     size = 0
     try:
@@ -190,8 +220,10 @@ def kill_synth_mid_write(target: Path, timeout: float = 180.0) -> tuple[int, int
             if size >= 256 * 1024:  # the file is being written: kill it now
                 break
             time.sleep(0.02)
-        assert process.poll() is None, (f"silr synth ended ({process.returncode}) before it could be killed "
-                                        f"mid-write: {process.stderr.read().decode()[-2000:]}")
+        assert process.poll() is None, (
+            f"silr synth ended ({process.returncode}) before it could be killed "
+            f"mid-write: {process.stderr.read().decode()[-2000:]}"
+        )
         assert size >= 256 * 1024, "no growing temporary file appeared"
         process.send_signal(signal.SIGKILL)
         return size, process.wait(timeout=30)
@@ -235,7 +267,9 @@ class WriteScan(ast.NodeVisitor):
     """Calls in one module that write a file, and the expression of the path they write."""
 
     def __init__(self) -> None:
-        self.sinks: list[tuple[ast.Call, ast.expr, list[ast.AST]]] = []  # call, path, enclosing nodes
+        self.sinks: list[
+            tuple[ast.Call, ast.expr, list[ast.AST]]
+        ] = []  # call, path, enclosing nodes
         self.stack: list[ast.AST] = []
 
     def generic_visit(self, node: ast.AST) -> None:
@@ -251,16 +285,29 @@ class WriteScan(ast.NodeVisitor):
 
 
 def _mode(node: ast.Call, position: int) -> str:
-    value = node.args[position] if len(node.args) > position else \
-        next((k.value for k in node.keywords if k.arg == "mode"), None)
+    value = (
+        node.args[position]
+        if len(node.args) > position
+        else next((k.value for k in node.keywords if k.arg == "mode"), None)
+    )
     return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else "r"
 
 
 def sink_path(node: ast.Call) -> ast.expr | None:
     """The path argument of a file-writing call, or None for any other call."""
     func = node.func
-    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-    owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+    name = (
+        func.attr
+        if isinstance(func, ast.Attribute)
+        else func.id
+        if isinstance(func, ast.Name)
+        else ""
+    )
+    owner = (
+        func.value.id
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+        else ""
+    )
     first = node.args[0] if node.args else None
     if name in ("File", "ZipFile") or (name == "open" and owner in ("", "io", "gzip", "bz2")):
         return first if any(m in _mode(node, 1) for m in WRITE_MODES) else None
@@ -268,12 +315,20 @@ def sink_path(node: ast.Call) -> ast.expr | None:
         return node.args[1] if len(node.args) > 1 else None
     if owner in ("np", "numpy") and name in ("save", "savez", "savez_compressed", "savetxt"):
         return first
-    if name in ("savefig", "to_csv", "to_parquet", "to_hdf", "imwrite", "tofile") or \
-            (name == "save" and owner != "torch"):
+    if name in ("savefig", "to_csv", "to_parquet", "to_hdf", "imwrite", "tofile") or (
+        name == "save" and owner != "torch"
+    ):
         return first
     if isinstance(func, ast.Attribute) and name in ("write_text", "write_bytes", "touch"):
         return func.value  # Path(...).write_text(...): the receiver is the path
-    if owner in ("os", "shutil") and name in ("replace", "rename", "copy", "copy2", "copyfile", "move"):
+    if owner in ("os", "shutil") and name in (
+        "replace",
+        "rename",
+        "copy",
+        "copy2",
+        "copyfile",
+        "move",
+    ):
         return node.args[1] if len(node.args) > 1 else None
     return None
 
@@ -283,9 +338,12 @@ def _bound_by_atomic_path(name: str, enclosing: list[ast.AST]) -> bool:
         if isinstance(node, ast.With):
             for item in node.items:
                 call = item.context_expr
-                if isinstance(call, ast.Call) and getattr(call.func, "id", getattr(call.func, "attr", "")) \
-                        == "atomic_path" and isinstance(item.optional_vars, ast.Name) \
-                        and item.optional_vars.id == name:
+                if (
+                    isinstance(call, ast.Call)
+                    and getattr(call.func, "id", getattr(call.func, "attr", "")) == "atomic_path"
+                    and isinstance(item.optional_vars, ast.Name)
+                    and item.optional_vars.id == name
+                ):
                     return True
     return False
 
@@ -296,8 +354,13 @@ def _opened_path(name: str, enclosing: list[ast.AST]) -> ast.expr | None:
         if isinstance(node, ast.With):
             for item in node.items:
                 call = item.context_expr
-                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "open" and call.args \
-                        and isinstance(item.optional_vars, ast.Name) and item.optional_vars.id == name:
+                if (
+                    isinstance(call, ast.Call)
+                    and getattr(call.func, "id", "") == "open"
+                    and call.args
+                    and isinstance(item.optional_vars, ast.Name)
+                    and item.optional_vars.id == name
+                ):
                     return call.args[0]
     return None
 
@@ -307,9 +370,12 @@ def _in_memory(name: str, enclosing: list[ast.AST]) -> bool:
     for node in enclosing:
         if isinstance(node, (ast.FunctionDef, ast.Lambda)):
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Assign) and any(getattr(t, "id", None) == name for t in sub.targets) \
-                        and isinstance(sub.value, ast.Call) and getattr(sub.value.func, "attr", "") in \
-                        ("BytesIO", "StringIO"):
+                if (
+                    isinstance(sub, ast.Assign)
+                    and any(getattr(t, "id", None) == name for t in sub.targets)
+                    and isinstance(sub.value, ast.Call)
+                    and getattr(sub.value.func, "attr", "") in ("BytesIO", "StringIO")
+                ):
                     return True
     return False
 
@@ -344,19 +410,34 @@ class Checker:
         opened = _opened_path(name, enclosing)
         if opened is not None:  # a stream is as safe as the path it was opened on
             return self.safe(opened, enclosing, depth + 1)
-        function = next((n for n in reversed(enclosing) if isinstance(n, (ast.FunctionDef, ast.Lambda))
-                         and name in _params(n)), None)
+        function = next(
+            (
+                n
+                for n in reversed(enclosing)
+                if isinstance(n, (ast.FunctionDef, ast.Lambda)) and name in _params(n)
+            ),
+            None,
+        )
         if function is None:
             return False
         position = _params(function).index(name)
         if isinstance(function, ast.Lambda):
-            # write_with(path, lambda tmp: ...): the lambda's argument is silr.core.io's temporary name.
+            # write_with(path, lambda tmp: ...): the lambda's argument is silr.core.io's
+            # temporary name.
             parent = enclosing[enclosing.index(function) - 1] if function in enclosing else None
-            return isinstance(parent, ast.Call) and getattr(parent.func, "id", getattr(parent.func, "attr", "")) \
-                == "write_with" and len(parent.args) > 1 and parent.args[1] is function and position == 0
+            return (
+                isinstance(parent, ast.Call)
+                and getattr(parent.func, "id", getattr(parent.func, "attr", "")) == "write_with"
+                and len(parent.args) > 1
+                and parent.args[1] is function
+                and position == 0
+            )
         calls = self.calls.get(function.name, [])
-        passed_to_write_with = [c for c, _ in self.calls.get("write_with", [])
-                                if len(c.args) > 1 and getattr(c.args[1], "id", None) == function.name]
+        passed_to_write_with = [
+            c
+            for c, _ in self.calls.get("write_with", [])
+            if len(c.args) > 1 and getattr(c.args[1], "id", None) == function.name
+        ]
         if passed_to_write_with and position == 0:
             return True
         # A helper that writes in place to the path its callers give it (write_phantom,
@@ -364,8 +445,11 @@ class Checker:
         if not calls:
             return False
         for call, stack in calls:
-            argument = call.args[position] if len(call.args) > position else \
-                next((k.value for k in call.keywords if k.arg == name), None)
+            argument = (
+                call.args[position]
+                if len(call.args) > position
+                else next((k.value for k in call.keywords if k.arg == name), None)
+            )
             if argument is None or not self.safe(argument, stack, depth + 1):
                 return False
         return True
@@ -386,7 +470,11 @@ def scan_sources(sources: dict[str, str]) -> tuple[list[str], list[str]]:
 
 
 def package_sources() -> dict[str, str]:
-    return {str(p.relative_to(SRC)): p.read_text() for p in sorted(SRC.rglob("*.py")) if p.name != "io.py"}
+    return {
+        str(p.relative_to(SRC)): p.read_text()
+        for p in sorted(SRC.rglob("*.py"))
+        if p.name != "io.py"
+    }
 
 
 def test_every_stage_writes_through_silr_io():
@@ -394,12 +482,19 @@ def test_every_stage_writes_through_silr_io():
     assert unsafe == [], f"files written directly at their final path (use silr.core.io): {unsafe}"
     # The scan sees the real writers (else it would pass by seeing nothing).
     modules = {where.split(":")[0] for where in safe}
-    assert {"model/checkpoint.py", "stages/synth.py", "data/deepfluoro.py", "evaluation/plots.py",
-            "evaluation/results.py", "stages/report.py", "stages/predict.py"} <= modules, safe
+    assert {
+        "model/checkpoint.py",
+        "stages/synth.py",
+        "data/processed.py",
+        "evaluation/plots.py",
+        "evaluation/results.py",
+        "inference/writers.py",
+    } <= modules, safe
 
 
 def test_scan_catches_writes_to_final_paths():
-    sources = {"bad.py": '''
+    sources = {
+        "bad.py": """
 import h5py, torch
 from silr.core.io import atomic_path, write_with
 
@@ -420,7 +515,8 @@ def stage(out):
         torch.save({}, stream)             # fine: a stream on the temporary name
     with open(out, "wb") as stream:        # the final path ...
         torch.save({}, stream)             # ... and a stream on it
-'''}
+"""
+    }
     safe, unsafe = scan_sources(sources)
     assert unsafe == ["bad.py:6", "bad.py:11", "bad.py:15", "bad.py:17", "bad.py:20", "bad.py:21"]
     assert safe == ["bad.py:13", "bad.py:14", "bad.py:18", "bad.py:19"]

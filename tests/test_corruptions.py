@@ -1,4 +1,5 @@
-"""The corruption suite (silr.evaluation.corruptions) and the robustness stage (silr.stages.robustness)."""
+"""The corruption suite (silr.evaluation.corruptions) and the robustness stage
+(silr.stages.robustness)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from silr.core.errors import ConfigError
-from silr.core.robustness_params import CORRUPTION_NAMES, RobustnessParams, robustness_params
+from silr.core.robustness_params import CORRUPTION_NAMES, RobustnessParams
 from silr.evaluation import corruptions
 from silr.evaluation.corruptions import CORRUPTIONS, SEVERITIES, FrameFacts, corrupt
 
@@ -33,18 +34,24 @@ def check_corruption(name: str, frame: np.ndarray | None = None) -> None:
     deterministic for one frame key; and the frame moves further from clean as severity grows."""
     frame = line_integral_frame() if frame is None else frame
     clean = corrupt(frame, name, 0, SETTINGS, FACTS)
-    assert clean.dtype == np.float32 and np.array_equal(clean, frame), f"{name}: severity 0 is not the identity"
+    assert clean.dtype == np.float32 and np.array_equal(clean, frame), (
+        f"{name}: severity 0 is not the identity"
+    )
     distances = []
     for severity in SEVERITIES:
         out = corrupt(frame, name, severity, SETTINGS, FACTS)
-        assert out.shape == frame.shape and out.dtype == np.float32, f"{name} {severity}: {out.shape} {out.dtype}"
+        assert out.shape == frame.shape and out.dtype == np.float32, (
+            f"{name} {severity}: {out.shape} {out.dtype}"
+        )
         assert np.isfinite(out).all(), f"{name} {severity}: not finite"
         again = corrupt(frame, name, severity, SETTINGS, FACTS)
         assert np.array_equal(out, again), f"{name} {severity}: not deterministic"
         distances.append(float(np.abs(out.astype(np.float64) - frame).mean()))
     assert distances[0] > 0, f"{name}: severity 1 leaves the frame as it is"
-    assert all(b > a for a, b in zip(distances, distances[1:])), \
-        f"{name}: the change from clean does not grow with severity: {np.round(distances, 5).tolist()}"
+    assert all(b > a for a, b in zip(distances, distances[1:])), (
+        f"{name}: the change from clean does not grow with severity: "
+        f"{np.round(distances, 5).tolist()}"
+    )
 
 
 @pytest.mark.parametrize("name", CORRUPTION_NAMES)
@@ -72,10 +79,14 @@ def test_the_registry_is_the_params_list():
 
 
 def test_quantum_noise_variance_follows_poisson_statistics():
-    # p' = -log(N / n), N ~ Poisson(n e^-p): Var p' ~ 1 / (n e^-p) = e^p / n, doubling as the dose halves.
+    # p' = -log(N / n), N ~ Poisson(n e^-p): Var p' ~ 1 / (n e^-p) = e^p / n, doubling as the
+    # dose halves.
     for level in (1.0, 3.0):
         frame = np.full((200, 200), level, np.float32)
-        variances = [float(corrupt(frame, "quantum_noise", s, SETTINGS).astype(np.float64).var()) for s in SEVERITIES]
+        variances = [
+            float(corrupt(frame, "quantum_noise", s, SETTINGS).astype(np.float64).var())
+            for s in SEVERITIES
+        ]
         expected = [np.exp(level) / (SETTINGS.photons_air / 2 ** (s - 1)) for s in SEVERITIES]
         assert np.allclose(variances, expected, rtol=0.05), (level, variances, expected)
         ratios = np.array(variances[1:]) / np.array(variances[:-1])
@@ -103,7 +114,9 @@ def test_physical_directions():
 def test_collimation_covers_the_severity_share():
     frame = line_integral_frame()
     for severity, share in zip(SEVERITIES, SETTINGS.collimation_fraction):
-        covered = (corrupt(frame, "collimation", severity, SETTINGS) - frame) > corruptions.SHUTTER_ATTENUATION / 2
+        covered = (
+            corrupt(frame, "collimation", severity, SETTINGS) - frame
+        ) > corruptions.SHUTTER_ATTENUATION / 2
         assert abs(covered.mean() - share) < 0.03, (severity, covered.mean(), share)
 
 
@@ -121,7 +134,9 @@ def test_random_numbers_depend_on_the_frame_key_only():
     b = corrupt(frame, "quantum_noise", 2, SETTINGS, FrameFacts(key=(1, 3)))
     assert not np.array_equal(a, b)
     other_seed = RobustnessParams(seed=1)
-    assert not np.array_equal(a, corrupt(frame, "quantum_noise", 2, other_seed, FrameFacts(key=(1, 2))))
+    assert not np.array_equal(
+        a, corrupt(frame, "quantum_noise", 2, other_seed, FrameFacts(key=(1, 2)))
+    )
 
 
 def test_bad_arguments_are_refused():
@@ -134,26 +149,54 @@ def test_bad_arguments_are_refused():
         corrupt(frame.astype(np.int32), "scatter", 1, SETTINGS)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"detector_blur_px": [1.0, 0.5, 1.5, 2.0, 3.0]}, "robustness.detector_blur_px must be non-decreasing"),
-    ({"contrast_levels": [4, 8, 16, 32, 64]}, "robustness.contrast_levels must be non-increasing"),
-    ({"motion_blur_px": [1.0, 2.0]}, "robustness.motion_blur_px must be a list of 5 values"),
-    ({"corruptions": ["fog"]}, "robustness.corruptions[] must be one of quantum_noise"),
-    ({"collimation_fraction": [0.1, 0.2, 0.3, 0.4, 1.0]}, "robustness.collimation_fraction[4] must be <= 0.9"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"detector_blur_px": [1.0, 0.5, 1.5, 2.0, 3.0]},
+            "robustness.detector_blur_px must be non-decreasing",
+        ),
+        (
+            {"contrast_levels": [4, 8, 16, 32, 64]},
+            "robustness.contrast_levels must be non-increasing",
+        ),
+        ({"motion_blur_px": [1.0, 2.0]}, "robustness.motion_blur_px must be a list of 5 values"),
+        ({"corruptions": ["fog"]}, "robustness.corruptions[] must be one of quantum_noise"),
+        (
+            {"collimation_fraction": [0.1, 0.2, 0.3, 0.4, 1.0]},
+            "robustness.collimation_fraction[4] must be <= 0.9",
+        ),
+    ],
+)
 def test_robustness_params_are_checked(changes, message):
     with pytest.raises(ConfigError) as error:
-        robustness_params(changes)
+        RobustnessParams.from_dict(changes)
     assert message in str(error.value)
 
 
-def test_stage_clean_equals_evaluate_and_reruns_byte_identically(trained_tiny_run, tmp_path, one_thread):
+def test_stage_clean_equals_evaluate_and_reruns_byte_identically(
+    trained_tiny_run, tmp_path, one_thread
+):
     from silr import cli
     from silr.evaluation.robustness_summary import robustness_path
 
     run = trained_tiny_run
-    common = ["--loss", "proposed", "--fold", "1", "--params", str(run["params"]), "--data", str(run["processed"]),
-              "--folds", str(run["folds"]), "--models", str(run["models"]), "--device", "cpu"]
+    common = [
+        "--loss",
+        "proposed",
+        "--fold",
+        "1",
+        "--params",
+        str(run["params"]),
+        "--data",
+        str(run["processed"]),
+        "--folds",
+        str(run["folds"]),
+        "--models",
+        str(run["models"]),
+        "--device",
+        "cpu",
+    ]
     assert cli.main(["evaluate", *common, "--out", str(tmp_path / "m")]) == 0
     outputs = []
     for name in ("a", "b"):
@@ -175,16 +218,44 @@ def _write_fold(root, loss, fold, clean_px, slope, presence=True):
     from silr.core.io import write_json
     from silr.evaluation.robustness_summary import FORMAT, robustness_path
 
-    counts = {"true_positive": 10, "false_positive": 1, "false_negative": 2, "true_negative": 3} if presence else None
-    conditions = [{"corruption": "clean", "severity": 0, "mean_px": clean_px, "landmarks_in_frame": 12,
-                   "presence": counts}]
-    conditions += [{"corruption": name, "severity": s, "mean_px": clean_px + slope * s * (k + 1),
-                    "landmarks_in_frame": 12, "presence": counts}
-                   for k, name in enumerate(("scatter", "contrast")) for s in SEVERITIES]
-    write_json(robustness_path(root, loss, fold), {"format": FORMAT, "loss": loss, "fold": fold, "seed": 0,
-                                                   "test_specimens": [fold], "frames": 2,
-                                                   "presence_rule": "learned" if presence else None,
-                                                   "conditions": conditions})
+    counts = (
+        {"true_positive": 10, "false_positive": 1, "false_negative": 2, "true_negative": 3}
+        if presence
+        else None
+    )
+    conditions = [
+        {
+            "corruption": "clean",
+            "severity": 0,
+            "mean_px": clean_px,
+            "landmarks_in_frame": 12,
+            "presence": counts,
+        }
+    ]
+    conditions += [
+        {
+            "corruption": name,
+            "severity": s,
+            "mean_px": clean_px + slope * s * (k + 1),
+            "landmarks_in_frame": 12,
+            "presence": counts,
+        }
+        for k, name in enumerate(("scatter", "contrast"))
+        for s in SEVERITIES
+    ]
+    write_json(
+        robustness_path(root, loss, fold),
+        {
+            "format": FORMAT,
+            "loss": loss,
+            "fold": fold,
+            "seed": 0,
+            "test_specimens": [fold],
+            "frames": 2,
+            "presence_rule": "learned" if presence else None,
+            "conditions": conditions,
+        },
+    )
 
 
 def test_summary_pools_folds_as_table2_does(tmp_path):
@@ -198,7 +269,9 @@ def test_summary_pools_folds_as_table2_does(tmp_path):
     assert a["clean_px"] == 3.0  # mean over the two held-out specimens
     assert a["error_px"]["scatter"]["1"] == 4.0 and a["error_px"]["contrast"]["5"] == 13.0
     assert a["mean_over_types_px"]["2"] == pytest.approx((5.0 + 7.0) / 2)
-    assert a["monotone_over_types"] and not b["monotone_over_types"]  # b gets *better* with severity
+    assert (
+        a["monotone_over_types"] and not b["monotone_over_types"]
+    )  # b gets *better* with severity
     # absent F1 from pooled counts: 2 x 3 / (2 x 3 + 2 + 1)
     assert a["absent_f1_clean"] == pytest.approx(6 / 9) and b["absent_f1_clean"] is None
     assert robustness_summary.least_degraded(summary) == "b"
@@ -216,5 +289,7 @@ def test_summary_names_a_missing_fold(tmp_path):
     from silr.evaluation import robustness_summary
 
     _write_fold(tmp_path, "a", 1, 2.0, slope=1.0)
-    with pytest.raises(DataError, match=r"fold2.json: missing; run `dvc repro robustness@a-2` first"):
+    with pytest.raises(
+        DataError, match=r"fold2.json: missing; run `dvc repro robustness@a-2` first"
+    ):
         robustness_summary.summarise(tmp_path, ["a"], [1, 2])

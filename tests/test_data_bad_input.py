@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
 from silr import cli  # noqa: E402
+from silr.data.processed import read_processed  # noqa: E402
+from test_deepfluoro import write_published_8x  # noqa: E402
 
 FRAME = "17-1882/projections/001"
 
@@ -19,13 +21,15 @@ FRAME = "17-1882/projections/001"
 @pytest.fixture
 def good_fullres(tmp_path) -> Path:
     """Two specimens of two 32x32 frames: valid, then each test breaks one thing."""
-    specimens = [Specimen(sid, [blank_frame(32), blank_frame(32, rot180=1)]) for sid in ("17-1882", "18-1109")]
+    specimens = [
+        Specimen(sid, [blank_frame(32), blank_frame(32, rot180=1)])
+        for sid in ("17-1882", "18-1109")
+    ]
     return write_fullres(tmp_path / "full.h5", specimens)
 
 
 @pytest.fixture
 def good_processed(tmp_path) -> Path:
-    from test_deepfluoro import write_published_8x
     path = tmp_path / "ds_8x.h5"
     write_published_8x(path, frames=1)
     return path
@@ -34,7 +38,9 @@ def good_processed(tmp_path) -> Path:
 def ingest_fails(path: Path, capsys, *expected: str) -> str:
     """Run the real CLI in-process; check the failure contract; return the message."""
     out = path.parent / "out" / "ds.h5"
-    rc = cli.main(["ingest", "--raw", str(path), "--out", str(out), "--crop", "4", "--downsample", "4"])
+    rc = cli.main(
+        ["ingest", "--raw", str(path), "--out", str(out), "--crop", "4", "--downsample", "4"]
+    )
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert rc == 2, captured
@@ -43,13 +49,20 @@ def ingest_fails(path: Path, capsys, *expected: str) -> str:
     for text in expected:
         assert text in lines[0], lines[0]
     assert not out.exists()
-    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # no temporary file left either
+    # no temporary file left either
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
     return lines[0]
 
 
 def test_missing_input_says_how_to_get_data(tmp_path, capsys):
-    ingest_fails(tmp_path / "nowhere.h5", capsys, "no such file", "silr synth", "dvc repro synth",
-                 "data/raw/README.md")
+    ingest_fails(
+        tmp_path / "nowhere.h5",
+        capsys,
+        "no such file",
+        "silr synth",
+        "dvc repro synth",
+        "data/raw/README.md",
+    )
 
 
 def test_not_hdf5(tmp_path, capsys):
@@ -94,7 +107,9 @@ def test_wrong_frame_shape(good_fullres, capsys):
     with h5py.File(good_fullres, "r+") as f:
         del f[f"{FRAME}/image/pixels"]
         f[f"{FRAME}/image/pixels"] = np.full((30, 32), 6e4, np.float32)
-    ingest_fails(good_fullres, capsys, f"{FRAME}/image/pixels has shape (30, 32), expected (32, 32)")
+    ingest_fails(
+        good_fullres, capsys, f"{FRAME}/image/pixels has shape (30, 32), expected (32, 32)"
+    )
 
 
 def test_wrong_landmark_shape(good_fullres, capsys):
@@ -112,20 +127,33 @@ def test_wrong_processed_lands_shape(good_processed, capsys):
 
 
 def test_extra_landmark_names_are_ignored_with_one_warning(good_fullres, capsys):
-    from silr.data import deepfluoro
     with h5py.File(good_fullres, "r+") as f:
         f[f"{FRAME}/gt-landmarks/FH-x"] = np.full((2, 1), 7.0)
         f["18-1109/projections/000/gt-landmarks/FH-x"] = np.zeros((2, 1))
         f["18-1109/projections/000/gt-landmarks/COCCYX"] = np.zeros((2, 1))
     out = good_fullres.parent / "out" / "ds.h5"
-    rc = cli.main(["ingest", "--raw", str(good_fullres), "--out", str(out), "--crop", "4", "--downsample", "4"])
+    rc = cli.main(
+        [
+            "ingest",
+            "--raw",
+            str(good_fullres),
+            "--out",
+            str(out),
+            "--crop",
+            "4",
+            "--downsample",
+            "4",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured
     warnings_printed = captured.err.strip().splitlines()
-    assert warnings_printed == [f"silr: warning: {good_fullres}: gt-landmarks of 2 frame(s) also has landmark(s) "
-                                f"['COCCYX', 'FH-x'], not among the 14 silr uses (FH-l, FH-r, GSN-l, GSN-r, "
-                                f"IOF-l, IOF-r, MOF-l, MOF-r, SPS-l, SPS-r, IPS-l, IPS-r, ASIS-l, ASIS-r); ignored"]
-    data = deepfluoro.read_processed(out)
+    assert warnings_printed == [
+        f"silr: warning: {good_fullres}: gt-landmarks of 2 frame(s) also has landmark(s) "
+        f"['COCCYX', 'FH-x'], not among the 14 silr uses (FH-l, FH-r, GSN-l, GSN-r, "
+        f"IOF-l, IOF-r, MOF-l, MOF-r, SPS-l, SPS-r, IPS-l, IPS-r, ASIS-l, ASIS-r); ignored"
+    ]
+    data = read_processed(out)
     assert data.specimens[1].landmarks_xy.shape == (2, 14, 2)
 
 
@@ -152,7 +180,11 @@ def test_labels_outside_range(good_fullres, capsys):
 def test_non_finite_pixels(good_fullres, capsys):
     with h5py.File(good_fullres, "r+") as f:
         f[f"{FRAME}/image/pixels"][3, 7] = np.nan
-    ingest_fails(good_fullres, capsys, f"{FRAME}/image/pixels has 1 non-finite value(s) (first at index (3, 7))")
+    ingest_fails(
+        good_fullres,
+        capsys,
+        f"{FRAME}/image/pixels has 1 non-finite value(s) (first at index (3, 7))",
+    )
 
 
 def test_specimen_with_no_frames(good_fullres, capsys):
@@ -175,8 +207,25 @@ def test_subprocess_exit_status_and_no_traceback(good_fullres, tmp_path):
     with h5py.File(good_fullres, "r+") as f:
         del f[f"{FRAME}/rot-180-for-up"]
     out = tmp_path / "out.h5"
-    result = subprocess.run([sys.executable, "-m", "silr", "ingest", "--raw", str(good_fullres), "--out", str(out),
-                             "--crop", "4", "--downsample", "4"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "silr",
+            "ingest",
+            "--raw",
+            str(good_fullres),
+            "--out",
+            str(out),
+            "--crop",
+            "4",
+            "--downsample",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == f"silr: error: {good_fullres}: missing dataset {FRAME}/rot-180-for-up\n"
     assert result.stdout == "" and not out.exists()

@@ -38,7 +38,8 @@ def blocks_batch(batch_size: int = 1, seed: int = 0) -> Batch:
 def monai_pipeline(zoom, angle, gamma, mode):
     steps = []
     if zoom is not None:
-        steps.append(Zoom(zoom, mode="bilinear" if mode == "bilinear" else "nearest-exact", keep_size=True))
+        label_mode = "bilinear" if mode == "bilinear" else "nearest-exact"
+        steps.append(Zoom(zoom, mode=label_mode, keep_size=True))
     if angle is not None:
         steps.append(Rotate(angle, mode=mode, keep_size=True))
     if gamma is not None and mode == "bilinear":
@@ -46,12 +47,20 @@ def monai_pipeline(zoom, angle, gamma, mode):
     return Compose(steps)
 
 
-@pytest.mark.parametrize("zoom, angle, gamma", [
-    (1.0, None, None), (1.13, None, None), (1.2999, None, None),
-    (None, 0.17, None), (None, -0.1, None),
-    (None, None, 0.7), (None, None, 1.5),
-    (1.21, 0.13, 0.8), (1.05, -0.17, 1.4),
-])
+@pytest.mark.parametrize(
+    "zoom, angle, gamma",
+    [
+        (1.0, None, None),
+        (1.13, None, None),
+        (1.2999, None, None),
+        (None, 0.17, None),
+        (None, -0.1, None),
+        (None, None, 0.7),
+        (None, None, 1.5),
+        (1.21, 0.13, 0.8),
+        (1.05, -0.17, 1.4),
+    ],
+)
 def test_augmentation_equals_monai_for_fixed_parameters(zoom, angle, gamma):
     batch = blocks_batch()
     ours = augment(batch, AugmentDraw.fixed(1, zoom=zoom, angle=angle, gamma=gamma))
@@ -82,11 +91,12 @@ def test_not_drawn_transforms_leave_the_sample_bit_exact():
 
 
 def dot_image(xy: torch.Tensor, sigma: float = 1.2) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij"
+    )
     image = torch.zeros(S, S)
     for x, y in xy:
-        image += torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2))
+        image += torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
     return image
 
 
@@ -101,8 +111,11 @@ def local_centroid(image: torch.Tensor, xy: torch.Tensor, radius: int = 5) -> to
     y0, y1 = max(cy - radius, 0), min(cy + radius + 1, S)
     window = image[y0:y1, x0:x1]
     weights = (window - 0.5 * window.max()).clamp(min=0)
-    ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float32), torch.arange(x0, x1, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(y0, y1, dtype=torch.float32),
+        torch.arange(x0, x1, dtype=torch.float32),
+        indexing="ij",
+    )
     total = weights.sum()
     return torch.stack([(weights * xs).sum() / total, (weights * ys).sum() / total])
 
@@ -110,17 +123,33 @@ def local_centroid(image: torch.Tensor, xy: torch.Tensor, radius: int = 5) -> to
 def test_marker_dots_follow_their_landmarks_through_200_augmentations():
     # Landmarks >= 20 px apart at sub-pixel positions; three sit near the frame's edges so
     # that zoom and rotation push them out.
-    frame_xy = torch.tensor([
-        [20.3, 30.7], [60.5, 25.2], [100.1, 35.9], [140.8, 28.4],
-        [30.2, 80.6], [75.7, 70.3], [120.4, 90.1], [160.9, 75.5],
-        [45.5, 130.2], [95.3, 125.8], [145.6, 140.4],
-        [1.5, 100.5], [178.2, 50.5], [90.5, 177.6],
-    ])
+    frame_xy = torch.tensor(
+        [
+            [20.3, 30.7],
+            [60.5, 25.2],
+            [100.1, 35.9],
+            [140.8, 28.4],
+            [30.2, 80.6],
+            [75.7, 70.3],
+            [120.4, 90.1],
+            [160.9, 75.5],
+            [45.5, 130.2],
+            [95.3, 125.8],
+            [145.6, 140.4],
+            [1.5, 100.5],
+            [178.2, 50.5],
+            [90.5, 177.6],
+        ]
+    )
     xy = frame_xy + OFFSET
     count = 200
     image = dot_image(xy)
-    batch = Batch(image.expand(count, 1, S, S).clone(), torch.zeros(count, S, S, dtype=torch.long),
-                  xy.expand(count, -1, -1).clone(), torch.ones(count, NUM_LANDMARKS, dtype=torch.bool))
+    batch = Batch(
+        image.expand(count, 1, S, S).clone(),
+        torch.zeros(count, S, S, dtype=torch.long),
+        xy.expand(count, -1, -1).clone(),
+        torch.ones(count, NUM_LANDMARKS, dtype=torch.bool),
+    )
     draw = draw_augmentation(AugmentParams(), count, torch.Generator().manual_seed(7))
     out = augment(batch, draw)
 
@@ -148,9 +177,14 @@ def test_marker_dots_follow_their_landmarks_through_200_augmentations():
 
 def test_zoom_pushes_an_edge_landmark_out_and_keeps_the_centre():
     centre = (S - 1) / 2
-    xy = torch.tensor([[[OFFSET + 2.0, 95.5], [centre, centre]]])  # frame x = 2: 2 px from the left edge
-    batch = Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), xy,
-                  torch.ones(1, 2, dtype=torch.bool))
+    # frame x = 2: 2 px from the left edge
+    xy = torch.tensor([[[OFFSET + 2.0, 95.5], [centre, centre]]])
+    batch = Batch(
+        torch.zeros(1, 1, S, S),
+        torch.zeros(1, S, S, dtype=torch.long),
+        xy,
+        torch.ones(1, 2, dtype=torch.bool),
+    )
     out = augment(batch, AugmentDraw.fixed(1, zoom=1.3))
     # MONAI resizes 192 -> floor(249.6) = 249 px and crops 28 px per side: scale 249/192.
     expected_x = (OFFSET + 2.0 + 0.5) * 249 / 192 - 0.5 - 28
@@ -164,8 +198,8 @@ def test_zoom_pushes_an_edge_landmark_out_and_keeps_the_centre():
 def test_absent_landmarks_stay_absent():
     xy = torch.full((1, NUM_LANDMARKS, 2), 96.0)
     present = torch.zeros(1, NUM_LANDMARKS, dtype=torch.bool)
-    out = augment(Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), xy, present),
-                  AugmentDraw.fixed(1, angle=0.1))
+    empty = Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), xy, present)
+    out = augment(empty, AugmentDraw.fixed(1, angle=0.1))
     assert not out.present.any()
 
 
@@ -192,7 +226,8 @@ def test_frame_set_scales_pads_and_shifts():
     landmarks[0, 0] = (20.0, 10.0)
     landmarks[0, 1] = (180.0, 10.0)  # x > W - 1: outside
     landmarks[0, 2] = (np.nan, np.nan)
-    data = SimpleNamespace(specimens={4: SimpleNamespace(images=images, labels=labels, landmarks_xy=landmarks)})
+    specimen = SimpleNamespace(images=images, labels=labels, landmarks_xy=landmarks)
+    data = SimpleNamespace(specimens={4: specimen})
     frames = frame_set(data, [(4, 0), (4, 1)])
     assert frames.images.shape == (2, 1, S, S) and frames.labels.shape == (2, S, S)
     assert frames.images[0, 0, 10 + OFFSET, 20 + OFFSET].item() == 1.0

@@ -10,9 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fullres_writer import Specimen, blank_frame, write_fullres  # noqa: E402
 from silr.core import anatomy  # noqa: E402
-from silr.data import deepfluoro  # noqa: E402
+from silr.data import deepfluoro, fullres, processed  # noqa: E402
 
 # ------------------------------------------------------------------ readers
+
 
 def write_published_8x(path: Path, frames: int = 2) -> dict[str, np.ndarray]:
     """The published ipcai_2020_ds_8x.h5 layout as its own files have it: no root attributes,
@@ -35,7 +36,7 @@ def write_published_8x(path: Path, frames: int = 2) -> dict[str, np.ndarray]:
 def test_read_published_processed_file_by_name(tmp_path):
     lands = write_published_8x(tmp_path / "ipcai_2020_ds_8x.h5")
     assert deepfluoro.detect_layout(tmp_path / "ipcai_2020_ds_8x.h5") == deepfluoro.PROCESSED
-    data = deepfluoro.read_processed(tmp_path / "ipcai_2020_ds_8x.h5")
+    data = processed.read_processed(tmp_path / "ipcai_2020_ds_8x.h5")
     assert data.downsample == 8 and data.pixel_spacing_mm == pytest.approx(1.552)
     assert data.data_kind == "deepfluoro" and data.specimen_ids == {1: "17-1882", 2: "18-1109"}
     spec = data.specimens[2]
@@ -48,16 +49,20 @@ def test_read_published_processed_file_by_name(tmp_path):
 def test_fullres_reader_numeric_order_and_numbering(tmp_path):
     # Unpadded keys 0..10: lexical order would put 10 before 2.
     frames = [blank_frame(64, landmark_xy=(float(i), 1.0)) for i in range(11)]
-    path = write_fullres(tmp_path / "full.h5", [Specimen("99-0008", frames[:2]), Specimen("18-2800", frames),
-                                                Specimen("99-0007", frames[:1])], pad_keys=False)
+    specimens = [
+        Specimen("99-0008", frames[:2]),
+        Specimen("18-2800", frames),
+        Specimen("99-0007", frames[:1]),
+    ]
+    path = write_fullres(tmp_path / "full.h5", specimens, pad_keys=False)
     assert deepfluoro.detect_layout(path) == deepfluoro.FULLRES
-    index = deepfluoro.fullres_frame_index(path)
+    index = fullres.fullres_frame_index(path)
     assert list(index) == [5, 7, 8]
     assert index[5] == tuple(str(i) for i in range(11))
     with h5py.File(path) as f:
-        scanned = deepfluoro.scan_fullres(f, path)
+        scanned = fullres.scan_fullres(f, path)
         assert scanned.specimen_ids == {5: "18-2800", 7: "99-0007", 8: "99-0008"}
-        xs = [frame.landmarks_xy[0, 0] for frame in deepfluoro.iter_raw_frames(f, path, scanned)]
+        xs = [frame.landmarks_xy[0, 0] for frame in fullres.iter_raw_frames(f, path, scanned)]
     assert xs[:11] == [float(i) for i in range(11)] and len(xs) == 14
-    intensity, rotate = deepfluoro.read_fullres_frame(path, 5, 10)
+    intensity, rotate = fullres.read_fullres_frame(path, 5, 10)
     assert intensity.shape == (64, 64) and rotate is False

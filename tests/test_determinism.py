@@ -27,12 +27,50 @@ from tiny_project import make_project  # noqa: E402
 
 # One process runs the stages as dvc.yaml does, with paths relative to the project.
 STAGES = [
-    ["train", "--loss", "proposed", "--fold", "1", "--data", "ds_8x.h5", "--folds", "folds.json",
-     "--out-dir", "models", "--live-dir", "dvclive", "--no-progress"],
-    ["evaluate", "--loss", "proposed", "--fold", "1", "--data", "ds_8x.h5", "--folds", "folds.json",
-     "--models", "models", "--out", "metrics"],
-    ["report", "--metrics", "metrics", "--out-plots", "plots", "--data", "ds_8x.h5", "--live", "dvclive",
-     "--folds", "folds.json"],
+    [
+        "train",
+        "--loss",
+        "proposed",
+        "--fold",
+        "1",
+        "--data",
+        "ds_8x.h5",
+        "--folds",
+        "folds.json",
+        "--out-dir",
+        "models",
+        "--live-dir",
+        "dvclive",
+        "--no-progress",
+    ],
+    [
+        "evaluate",
+        "--loss",
+        "proposed",
+        "--fold",
+        "1",
+        "--data",
+        "ds_8x.h5",
+        "--folds",
+        "folds.json",
+        "--models",
+        "models",
+        "--out",
+        "metrics",
+    ],
+    [
+        "report",
+        "--metrics",
+        "metrics",
+        "--out-plots",
+        "plots",
+        "--data",
+        "ds_8x.h5",
+        "--live",
+        "dvclive",
+        "--folds",
+        "folds.json",
+    ],
 ]
 RUNNER = """
 import json, sys
@@ -45,21 +83,30 @@ for argv in json.loads(sys.argv[1]):
 
 
 def files_under(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_stages(project: Path, hash_seed: str) -> None:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    result = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(STAGES)], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps(STAGES)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys):
     from silr import cli
 
-    first = make_project(tmp_path / "first", frames=2,
-                         params={"data": {"processed": "ds_8x.h5"}})
+    first = make_project(tmp_path / "first", frames=2, params={"data": {"processed": "ds_8x.h5"}})
     second = tmp_path / "second"
     shutil.copytree(first.root, second)  # the same data and params, byte for byte
 
@@ -70,9 +117,17 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
     run_stages(second, "2")
 
     metrics_a, metrics_b = files_under(first.root / "metrics"), files_under(second / "metrics")
-    expected = {"predictions/proposed/fold1.csv", "folds/proposed/fold1.json", "segmentation/proposed/fold1.npz",
-                "summary/proposed.json", "details.json", "table2.md", "per_specimen.csv", "curves/train_loss.csv",
-                "curves/val_error_px.csv"}
+    expected = {
+        "predictions/proposed/fold1.csv",
+        "folds/proposed/fold1.json",
+        "segmentation/proposed/fold1.npz",
+        "summary/proposed.json",
+        "details.json",
+        "table2.md",
+        "per_specimen.csv",
+        "curves/train_loss.csv",
+        "curves/val_error_px.csv",
+    }
     assert expected <= set(metrics_a), sorted(metrics_a)
     assert sorted(metrics_a) == sorted(metrics_b)
     differing = [name for name in metrics_a if metrics_a[name] != metrics_b[name]]
@@ -82,9 +137,15 @@ def test_two_cpu_runs_give_byte_identical_metrics(tmp_path, monkeypatch, capsys)
     assert plots_a and [n for n in plots_a if plots_a[n] != plots_b.get(n)] == []
 
     # The metrics are rounded; the weights themselves must agree to the bit.
-    states = [(root / "models/proposed/fold1/best.pt", *(root / ".silr/resume/proposed/fold1/seed0").glob("*.pt"))
-              for root in (first.root, second)]
-    assert [len(s) for s in states] == [2, 2] and states[0][1].name == states[1][1].name  # same run hash
+    states = [
+        (
+            root / "models/proposed/fold1/best.pt",
+            *(root / ".silr/resume/proposed/fold1/seed0").glob("*.pt"),
+        )
+        for root in (first.root, second)
+    ]
+    assert [len(s) for s in states] == [2, 2]
+    assert states[0][1].name == states[1][1].name  # same run hash
     for path_a, path_b in zip(*states):
         name = path_a.name
         a = torch.load(path_a, weights_only=True)["model_state"]
@@ -105,8 +166,19 @@ def test_dvc_repro_twice_gives_byte_identical_metrics(tmp_path):
         root = fresh_copy(tmp_path / name)
         tiny_params(root / "params.yaml", ["proposed", "mse"], [1, 2])
         checked(["git", "add", "-A"], root)
-        checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm",
-                 "tiny configuration"], root)
+        checked(
+            [
+                "git",
+                "-c",
+                "user.name=silr tests",
+                "-c",
+                "user.email=tests@silr.invalid",
+                "commit",
+                "-qm",
+                "tiny configuration",
+            ],
+            root,
+        )
         checked(["dvc", "repro"], root, timeout=1500)
         runs.append(files_under(root / "metrics"))
     first, second = runs

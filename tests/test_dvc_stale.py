@@ -1,4 +1,5 @@
-"""`dvc exp run -S losses.proposed_plus.bone_distance=0.1` must make exactly the proposed_plus stages stale.
+"""`dvc exp run -S losses.proposed_plus.bone_distance=0.1` must make exactly the proposed_plus
+stages stale.
 
 Each train stage declares only the params it uses (`losses.${item.loss}`, not all of
 `losses`), so changing one named loss's weights must leave the other losses' trained
@@ -34,7 +35,9 @@ def _stale(root: Path) -> set[str]:
 
 def _dvc(root: Path, *args: str) -> str:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([str(DVC), *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(DVC), *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -55,8 +58,12 @@ def locked_project(tmp_path_factory) -> Path:
     # Placeholder deps and outs: a path with a suffix is a file, one without a directory.
     with Repo(str(root)) as repo:
         stages = list(repo.index.stages)
-        paths = {Path(p.def_path) for stage in stages for p in (*stage.deps, *stage.outs)
-                 if not isinstance(p, ParamsDependency)}
+        paths = {
+            Path(p.def_path)
+            for stage in stages
+            for p in (*stage.deps, *stage.outs)
+            if not isinstance(p, ParamsDependency)
+        }
     for path in sorted(paths):
         target = root / path
         if target.suffix:
@@ -87,7 +94,9 @@ def test_changing_one_loss_weight_stales_only_that_loss(locked_project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     folds = params["study"]["folds"]
 
-    stale = _stale_after(locked_project, lambda p: p["losses"]["proposed_plus"].update(bone_distance=0.1))
+    stale = _stale_after(
+        locked_project, lambda p: p["losses"]["proposed_plus"].update(bone_distance=0.1)
+    )
     assert stale == {f"train@proposed_plus-{k}" for k in folds}
     stale = _stale_after(locked_project, lambda p: p["losses"]["proposed"].update(visibility=5.0))
     assert stale == {f"train@proposed-{k}" for k in folds}
@@ -98,9 +107,14 @@ def test_changing_one_loss_weight_stales_only_that_loss(locked_project):
 
 def test_shared_training_params_stale_every_train_stage(locked_project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    expected = {f"train@{loss}-{k}" for loss in params["study"]["losses"] for k in params["study"]["folds"]}
+    expected = {
+        f"train@{loss}-{k}" for loss in params["study"]["losses"] for k in params["study"]["folds"]
+    }
     assert _stale_after(locked_project, lambda p: p["train"].update(lr=0.5)) == expected
-    assert _stale_after(locked_project, lambda p: p["losses"].update(visibility_mode="soft")) == expected
+    assert (
+        _stale_after(locked_project, lambda p: p["losses"].update(visibility_mode="soft"))
+        == expected
+    )
 
 
 def test_evaluate_and_report_follow_their_train_stage(locked_project):

@@ -30,18 +30,28 @@ REPRO_TIMEOUT_S = 1500
 
 
 def run_cmd(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           # no analytics, no update checks, no pager: the run stays local and quiet
-           "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1", "DVC_PAGER": "cat", "PAGER": "cat",
-           "GIT_AUTHOR_NAME": "silr-test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "silr-test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # no analytics, no update checks, no pager: the run stays local and quiet
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_NO_UPDATER": "1",
+        "DVC_PAGER": "cat",
+        "PAGER": "cat",
+        "GIT_AUTHOR_NAME": "silr-test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "silr-test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def checked(args: list[str], cwd: Path, timeout: float = 300) -> str:
     result = run_cmd(args, cwd, timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n" \
-                                   f"{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+        f"{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -50,7 +60,8 @@ RESULT_PATHS = ("dvc.lock", "metrics/", "plots/")
 
 
 def fresh_copy(destination: Path) -> Path:
-    """The working tree's source files (tracked, and new ones git does not ignore) in a new git repo."""
+    """The working tree's source files (tracked, and new ones git does not ignore) in a new git
+    repo."""
     listed = checked(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO)
     for name in filter(None, listed.split("\0")):
         source = REPO / name
@@ -89,8 +100,19 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
     fresh_copy(root)
     tiny_params(root / "params.yaml", losses, folds)
     checked(["git", "add", "-A"], root)
-    checked(["git", "-c", "user.name=silr tests", "-c", "user.email=tests@silr.invalid", "commit", "-qm",
-                 "tiny configuration"], root)
+    checked(
+        [
+            "git",
+            "-c",
+            "user.name=silr tests",
+            "-c",
+            "user.email=tests@silr.invalid",
+            "commit",
+            "-qm",
+            "tiny configuration",
+        ],
+        root,
+    )
 
     checked(["dvc", "repro"], root, timeout=REPRO_TIMEOUT_S)
 
@@ -110,7 +132,9 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
             in_frame = table["gt_in_frame"] == 1
             assert table.loc[in_frame, "error_px"].notna().all()
             assert table.loc[~in_frame, "error_px"].isna().all()
-            fold_json = json.loads((root / "metrics" / "folds" / loss / f"fold{fold}.json").read_text())
+            fold_json = json.loads(
+                (root / "metrics" / "folds" / loss / f"fold{fold}.json").read_text()
+            )
             assert fold_json["counts"]["frames"] == 2 and all_finite(fold_json)
 
     summary = json.loads((root / "metrics" / "details.json").read_text())
@@ -128,7 +152,8 @@ def run_pipeline(root: Path, losses: list[str], folds: list[int]) -> None:
         assert (root / "plots" / name).stat().st_size > 10_000, name
 
     # The researcher's loop: nothing left to do, metrics diff against the last commit, plots.
-    # Nothing stale but `show`, the always-changed stage that prints the results at the end of a repro.
+    # Nothing stale but `show`, the always-changed stage that prints the results at the end of a
+    # repro.
     status = json.loads(checked(["dvc", "status", "--json"], root))
     assert status == {"show": ["always changed"]}, status
     diff = checked(["dvc", "metrics", "diff", "--json"], root)

@@ -35,7 +35,9 @@ PAD = 6  # (192 - 180) / 2
 class PeakModel(nn.Module):
     """Heatmaps with one peak per landmark at fixed input pixels; a fixed label map."""
 
-    def __init__(self, peaks_xy: np.ndarray, peak_logits: np.ndarray, label_map: np.ndarray) -> None:
+    def __init__(
+        self, peaks_xy: np.ndarray, peak_logits: np.ndarray, label_map: np.ndarray
+    ) -> None:
         super().__init__()
         self.peaks_xy, self.peak_logits = peaks_xy, peak_logits
         self.label_map = torch.from_numpy(label_map.astype(np.int64))
@@ -59,7 +61,9 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
     label_map[:, 60:] = LEFT_HEMIPELVIS
     model = PeakModel(peaks, logits, label_map)
     images = np.random.default_rng(0).uniform(0, 1, (3, 180, 180)).astype(np.float32)
-    predicted = predictor.predict_frames(model, HeatmapCodec(frame=(180, 180)), images, batch_size=2)
+    predicted = predictor.predict_frames(
+        model, HeatmapCodec(frame=(180, 180)), images, batch_size=2
+    )
 
     assert predicted.xy.shape == (3, NUM_LANDMARKS, 2)
     np.testing.assert_array_equal(predicted.xy[2], peaks - PAD)  # frame = input - pad offset
@@ -77,18 +81,28 @@ def test_predict_frames_maps_input_pixels_to_the_frame_and_scores_visibility():
     # IOF-l (60) in the left hemipelvis.
     assert expected[:5] == [1.0, 0.5, 0.5, 0.0, 1.0]
     assert predicted.labels.shape == (3, 180, 180) and predicted.labels.dtype == np.uint8
-    np.testing.assert_array_equal(predicted.labels[0], label_map[PAD:PAD + 180, PAD:PAD + 180])
+    np.testing.assert_array_equal(predicted.labels[0], label_map[PAD : PAD + 180, PAD : PAD + 180])
 
 
 def test_predictions_table_layout_and_errors():
     gt = np.zeros((2, NUM_LANDMARKS, 2)) + 50.0
     gt[1, 0] = (-3.0, 50.0)  # FH-l of frame 7 outside the frame
     predicted = predictor.FramePredictions(
-        xy=gt + np.array([3.0, 4.0]), present=np.ones((2, NUM_LANDMARKS), bool),
-        score=np.full((2, NUM_LANDMARKS), 1 / 3), visibility_hat=np.ones((2, NUM_LANDMARKS)),
-        labels=np.zeros((2, 180, 180), np.uint8))
-    table = results.predictions_table(loss="mse", fold=4, specimens=[4, 4], frame_indices=[2, 7], gt_xy=gt,
-                                       predicted=predicted, frame_size=(180, 180))
+        xy=gt + np.array([3.0, 4.0]),
+        present=np.ones((2, NUM_LANDMARKS), bool),
+        score=np.full((2, NUM_LANDMARKS), 1 / 3),
+        visibility_hat=np.ones((2, NUM_LANDMARKS)),
+        labels=np.zeros((2, 180, 180), np.uint8),
+    )
+    table = results.predictions_table(
+        loss="mse",
+        fold=4,
+        specimens=[4, 4],
+        frame_indices=[2, 7],
+        gt_xy=gt,
+        predicted=predicted,
+        frame_size=(180, 180),
+    )
     assert tuple(table.columns) == metrics.PREDICTION_COLUMNS
     assert len(table) == 2 * NUM_LANDMARKS
     assert table["landmark"].tolist()[:NUM_LANDMARKS] == list(LANDMARK_NAMES)
@@ -100,11 +114,35 @@ def test_predictions_table_layout_and_errors():
 
 
 def test_csv_and_label_maps_round_trip(tmp_path):
-    table = pd.DataFrame([{"loss": "ncc", "fold": 2, "seed": 0, "specimen": 2, "frame": 0, "landmark": "FH-l",
-                           "gt_x": 1.5, "gt_y": 2.0, "gt_in_frame": 0, "pred_x": 3.0, "pred_y": 4.0, "pred_present": 1,
-                           "score": 0.5, "visibility_hat": 0.5, "error_px": np.nan, "threshold_score": 0.5,
-                           "template_ncc": 0.25, "presence_prob": np.nan, "bone_x": np.nan, "bone_y": np.nan,
-                           "error_bone_px": np.nan, "pred_on_bone": np.nan, "gt_on_bone": np.nan}])
+    table = pd.DataFrame(
+        [
+            {
+                "loss": "ncc",
+                "fold": 2,
+                "seed": 0,
+                "specimen": 2,
+                "frame": 0,
+                "landmark": "FH-l",
+                "gt_x": 1.5,
+                "gt_y": 2.0,
+                "gt_in_frame": 0,
+                "pred_x": 3.0,
+                "pred_y": 4.0,
+                "pred_present": 1,
+                "score": 0.5,
+                "visibility_hat": 0.5,
+                "error_px": np.nan,
+                "threshold_score": 0.5,
+                "template_ncc": 0.25,
+                "presence_prob": np.nan,
+                "bone_x": np.nan,
+                "bone_y": np.nan,
+                "error_bone_px": np.nan,
+                "pred_on_bone": np.nan,
+                "gt_on_bone": np.nan,
+            }
+        ]
+    )
     path = tmp_path / "p.csv"
     results.write_predictions_csv(path, table)
     lines = path.read_text().splitlines()
@@ -126,39 +164,77 @@ def test_csv_and_label_maps_round_trip(tmp_path):
 
 def _save_tiny_model(path, params, loss: str, fold: int) -> None:
     torch.manual_seed(0)
-    card = ModelCard.for_run(params, loss_name=loss, fold=fold, data_hash="test", params_hash="test",
-                             val_score_px=12.5, epoch=3)
+    card = ModelCard.for_run(
+        params,
+        loss_name=loss,
+        fold=fold,
+        data_hash="test",
+        params_hash="test",
+        val_score_px=12.5,
+        epoch=3,
+    )
     model = card.build_network()
     checkpoint.save_checkpoint(path, model, card)
 
 
 @pytest.fixture
 def tiny_params():
-    return params_from_dict({"model": {"backbone": "hrnet_w18_small", "decoder_channels": [8, 8]},
-                             "evaluate": {"success_mm": [2.0, 100.0]}})
+    return params_from_dict(
+        {
+            "model": {"backbone": "hrnet_w18_small", "decoder_channels": [8, 8]},
+            "evaluate": {"success_mm": [2.0, 100.0]},
+        }
+    )
 
 
 def test_run_writes_predictions_metrics_and_label_maps(tmp_path, tiny_data, tiny_params):
     models = tmp_path / "models"
     _save_tiny_model(models / "proposed" / "fold2" / "best.pt", tiny_params, "proposed", 2)
-    paths = evaluate.run(tiny_params, loss="proposed", fold=2, data_path=tiny_data["processed"],
-                         folds_path=tiny_data["folds"], models_dir=models, out_dir=tmp_path / "metrics",
-                         device="cpu", batch_size=3)
+    paths = evaluate.run(
+        tiny_params,
+        loss="proposed",
+        fold=2,
+        data_path=tiny_data["processed"],
+        folds_path=tiny_data["folds"],
+        models_dir=models,
+        out_dir=tmp_path / "metrics",
+        device="cpu",
+        batch_size=3,
+    )
     table = results.read_predictions_csv(paths.predictions)
     assert len(table) == 4 * NUM_LANDMARKS  # the 4 frames of specimen 2
-    assert set(table["specimen"]) == {2} and set(table["loss"]) == {"proposed"} and set(table["fold"]) == {2}
+    assert (
+        set(table["specimen"]) == {2}
+        and set(table["loss"]) == {"proposed"}
+        and set(table["fold"]) == {2}
+    )
     in_frame = table["gt_in_frame"] == 1
-    assert table.loc[in_frame, "error_px"].notna().all() and table.loc[~in_frame, "error_px"].isna().all()
+    assert (
+        table.loc[in_frame, "error_px"].notna().all()
+        and table.loc[~in_frame, "error_px"].isna().all()
+    )
     assert (~in_frame).sum() >= 1  # frame 0 of the tiny data pushes a landmark out
 
     result = json.loads(paths.fold_metrics.read_text())
-    assert result["counts"] == {"frames": 4, "landmarks": 56, "landmarks_in_frame": int(in_frame.sum())}
-    assert result["error"]["mean_px"] == pytest.approx(table.loc[in_frame, "error_px"].mean(), abs=1e-6)
+    assert result["counts"] == {
+        "frames": 4,
+        "landmarks": 56,
+        "landmarks_in_frame": int(in_frame.sum()),
+    }
+    assert result["error"]["mean_px"] == pytest.approx(
+        table.loc[in_frame, "error_px"].mean(), abs=1e-6
+    )
     assert result["error"]["mean_mm"] == pytest.approx(result["error"]["mean_px"] * 1.552, abs=1e-5)
     assert set(result["success_rate"]) == {"within_2mm", "within_100mm"}
     assert sum(result["presence"].values()) == 56
-    assert set(result["dice"]) == {"left hemipelvis", "right hemipelvis", "vertebrae", "upper sacrum",
-                                   "left femur", "right femur"}
+    assert set(result["dice"]) == {
+        "left hemipelvis",
+        "right hemipelvis",
+        "vertebrae",
+        "upper sacrum",
+        "left femur",
+        "right femur",
+    }
     assert result["model"] == {"epoch": 3, "val_score_px": 12.5}
     maps = results.read_label_maps(paths.segmentation)
     assert maps["labels"].shape == (4, 180, 180) and maps["frame"].tolist() == [0, 1, 2, 3]
@@ -166,13 +242,28 @@ def test_run_writes_predictions_metrics_and_label_maps(tmp_path, tiny_data, tiny
 
 def test_missing_checkpoint_tells_how_to_train(tmp_path, tiny_data, tiny_params):
     with pytest.raises(CheckpointError, match=r"run|dvc repro train@ncc-3") as info:
-        evaluate.run(tiny_params, loss="ncc", fold=3, data_path=tiny_data["processed"],
-                     folds_path=tiny_data["folds"], models_dir=tmp_path, out_dir=tmp_path / "m")
+        evaluate.run(
+            tiny_params,
+            loss="ncc",
+            fold=3,
+            data_path=tiny_data["processed"],
+            folds_path=tiny_data["folds"],
+            models_dir=tmp_path,
+            out_dir=tmp_path / "m",
+        )
     assert "`dvc repro train@ncc-3`" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_checkpoint_of_another_fold_is_refused(tmp_path, tiny_data, tiny_params):
     _save_tiny_model(tmp_path / "mse" / "fold1" / "best.pt", tiny_params, "mse", 2)
     with pytest.raises(CheckpointError, match="fold 2, expected loss 'mse' fold 1"):
-        evaluate.run(tiny_params, loss="mse", fold=1, data_path=tiny_data["processed"],
-                     folds_path=tiny_data["folds"], models_dir=tmp_path, out_dir=tmp_path / "m", device="cpu")
+        evaluate.run(
+            tiny_params,
+            loss="mse",
+            fold=1,
+            data_path=tiny_data["processed"],
+            folds_path=tiny_data["folds"],
+            models_dir=tmp_path,
+            out_dir=tmp_path / "m",
+            device="cpu",
+        )

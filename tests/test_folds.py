@@ -9,20 +9,39 @@ import pytest
 from silr import cli
 from silr.core.errors import DataError
 from silr.core.params import FoldsParams
-from silr.data import deepfluoro
+from silr.data.deepfluoro import ATTR_DOWNSAMPLE
+from silr.data.processed import SpecimenFrames, read_processed, write_processed
 from silr.data.splits import load_folds, make_folds, validation_count
+from silr.stages import folds as folds_stage
 
 
 def write_small_processed(path: Path, frames_per_specimen: dict[int, int]) -> Path:
-    specimens = [deepfluoro.SpecimenFrames(n, np.zeros((c, 6, 6), np.float32), np.zeros((c, 6, 6), np.uint8),
-                                           np.full((c, 14, 2), 2.0)) for n, c in frames_per_specimen.items()]
-    deepfluoro.write_processed(path, specimens, {deepfluoro.ATTR_DOWNSAMPLE: 8})
+    specimens = [
+        SpecimenFrames(
+            n,
+            np.zeros((c, 6, 6), np.float32),
+            np.zeros((c, 6, 6), np.uint8),
+            np.full((c, 14, 2), 2.0),
+        )
+        for n, c in frames_per_specimen.items()
+    ]
+    write_processed(path, specimens, {ATTR_DOWNSAMPLE: 8})
     return path
 
 
-@pytest.mark.parametrize("pool, fraction, expected", [
-    (60, 0.1, 6), (9, 0.25, 2), (2, 0.1, 1), (1, 0.1, 0), (10, 0.9, 9), (5, 0.0, 0), (14, 0.1, 1), (15, 0.1, 2),
-])
+@pytest.mark.parametrize(
+    "pool, fraction, expected",
+    [
+        (60, 0.1, 6),
+        (9, 0.25, 2),
+        (2, 0.1, 1),
+        (1, 0.1, 0),
+        (10, 0.9, 9),
+        (5, 0.0, 0),
+        (14, 0.1, 1),
+        (15, 0.1, 2),
+    ],
+)
 def test_validation_count(pool, fraction, expected):
     assert validation_count(pool, fraction) == expected
 
@@ -63,12 +82,28 @@ def test_cli_writes_folds_json_that_loads_back(tmp_path, capsys):
     raw = json.loads(out.read_text())
     assert raw["val_fraction"] == 0.2 and raw["seed"] == 3 and raw["specimens"] == [1, 2, 7]
     assert raw["folds"]["7"]["test"] == [[7, i] for i in range(10)]
-    assert len(raw["folds"]["7"]["val"]) == 2 and len(raw["folds"]["1"]["val"]) == 3  # 0.2 * 10, 0.2 * 16
-    folds = load_folds(out, deepfluoro.read_processed(data))
+    # 0.2 * 10, 0.2 * 16
+    assert len(raw["folds"]["7"]["val"]) == 2 and len(raw["folds"]["1"]["val"]) == 3
+    folds = load_folds(out, read_processed(data))
     assert folds[2].test_specimen == 2 and len(folds[2].train) == 11
 
     # --seed overrides params.yaml; --val-fraction is validated like params.yaml.
-    assert cli.main(["folds", "--data", str(data), "--out", str(out), "--params", str(params), "--seed", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "folds",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--params",
+                str(params),
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["seed"] == 4
     assert cli.main(["folds", "--data", str(data), "--out", str(out), "--val-fraction", "1.5"]) == 2
     assert "folds.val_fraction" in capsys.readouterr().err
@@ -77,25 +112,44 @@ def test_cli_writes_folds_json_that_loads_back(tmp_path, capsys):
 def test_load_folds_rejects_frames_missing_from_data(tmp_path):
     data = write_small_processed(tmp_path / "ds.h5", {1: 4, 2: 6})
     out = tmp_path / "folds.json"
-    from silr.stages.folds import run
-    run(FoldsParams(0.1, 0), data, out)
-    smaller = deepfluoro.read_processed(write_small_processed(tmp_path / "small.h5", {1: 4, 2: 5}))
+    folds_stage.run(FoldsParams(0.1, 0), data, out)
+    smaller = read_processed(write_small_processed(tmp_path / "small.h5", {1: 4, 2: 5}))
     with pytest.raises(DataError, match=r"folds\.json: fold \d .* frame \[2, 5\].*has 5 frames"):
         load_folds(out, smaller)
-    other = deepfluoro.read_processed(write_small_processed(tmp_path / "other.h5", {1: 4, 3: 6}))
-    with pytest.raises(DataError, match=r"folds\.json: .*frame \[2, \d\].*specimen 2 does not exist"):
+    other = read_processed(write_small_processed(tmp_path / "other.h5", {1: 4, 3: 6}))
+    with pytest.raises(
+        DataError, match=r"folds\.json: .*frame \[2, \d\].*specimen 2 does not exist"
+    ):
         load_folds(out, other)
-    larger = deepfluoro.read_processed(write_small_processed(tmp_path / "large.h5", {1: 5, 2: 6}))
+    larger = read_processed(write_small_processed(tmp_path / "large.h5", {1: 5, 2: 6}))
     with pytest.raises(DataError, match=r"leaves frame \[1, 4\]"):
         load_folds(out, larger)
 
 
 def test_load_folds_rejects_a_frame_in_two_sets(tmp_path):
     path = tmp_path / "folds.json"
-    path.write_text(json.dumps({"folds": {"1": {"test_specimen": 1, "train": [[2, 0], [2, 1]],
-                                                "val": [[2, 1]], "test": [[1, 0]]}}}))
-    with pytest.raises(DataError, match=r"folds\.json: folds\.1: frame \[2, 1\] is in both train and val"):
+    path.write_text(
+        json.dumps(
+            {
+                "folds": {
+                    "1": {
+                        "test_specimen": 1,
+                        "train": [[2, 0], [2, 1]],
+                        "val": [[2, 1]],
+                        "test": [[1, 0]],
+                    }
+                }
+            }
+        )
+    )
+    with pytest.raises(
+        DataError, match=r"folds\.json: folds\.1: frame \[2, 1\] is in both train and val"
+    ):
         load_folds(path)
-    path.write_text(json.dumps({"folds": {"1": {"test_specimen": 1, "train": [[1, 3]], "val": [], "test": [[1, 0]]}}}))
+    path.write_text(
+        json.dumps(
+            {"folds": {"1": {"test_specimen": 1, "train": [[1, 3]], "val": [], "test": [[1, 0]]}}}
+        )
+    )
     with pytest.raises(DataError, match=r"frame \[1, 3\] breaks leave-one-out"):
         load_folds(path)

@@ -32,16 +32,21 @@ FRAME = "17-1882/projections/001"
 def ingest_fails(case: Case, capsys, *words: str) -> str:
     rc = cli.main(case.argv)
     captured = capsys.readouterr()
-    return check_failure(Case(case.argv, case.outputs, [*case.expected, *words]), rc, captured.out, captured.err)
+    return check_failure(
+        Case(case.argv, case.outputs, [*case.expected, *words]), rc, captured.out, captured.err
+    )
 
 
 def huge_processed(path: Path, shape=(120, 4096, 4096)) -> Path:
-    """A processed-layout file of about 1 MB declaring `shape` float32 frames (chunked, unwritten)."""
+    """A processed-layout file of about 1 MB declaring `shape` float32 frames (chunked,
+    unwritten)."""
     write_tiny_processed(path, specimens=(1,), frames=2)
     with h5py.File(path, "r+") as f:
         for name, dtype in (("projs", "f4"), ("segs", "u1")):
             del f[f"01/{name}"]
-            f.create_dataset(f"01/{name}", shape=shape, dtype=dtype, chunks=(1, 256, 256), compression="gzip")
+            f.create_dataset(
+                f"01/{name}", shape=shape, dtype=dtype, chunks=(1, 256, 256), compression="gzip"
+            )
         del f["01/lands"]
         f["01/lands"] = np.zeros((shape[0], 2, 14), np.float32)
     return path
@@ -49,12 +54,19 @@ def huge_processed(path: Path, shape=(120, 4096, 4096)) -> Path:
 
 # ------------------------------------------------------------------ ingest
 
+
 def test_an_external_link_is_refused(world, capsys):
     other = world.tmp / "elsewhere.h5"
     with h5py.File(other, "w") as f:
         f["pixels"] = np.zeros((32, 32), np.float32)
-    edit_fullres(world, lambda f: (f.__delitem__(f"{FRAME}/image/pixels"),
-                                   f.__setitem__(f"{FRAME}/image/pixels", h5py.ExternalLink(str(other), "pixels"))))
+    link = h5py.ExternalLink(str(other), "pixels")
+    edit_fullres(
+        world,
+        lambda f: (
+            f.__delitem__(f"{FRAME}/image/pixels"),
+            f.__setitem__(f"{FRAME}/image/pixels", link),
+        ),
+    )
     line = ingest_fails(fullres_case(world), capsys)
     assert "link" in line.lower()
 
@@ -84,6 +96,7 @@ def test_a_nan_scalar_is_a_clean_error(world, capsys):
 
 # ------------------------------------------------------------------ predict: the batch goes on
 
+
 def _good_png(folder: Path) -> Path:
     path = folder / "good.png"
     Image.fromarray(dot_image(180, 180, slice(3, 4), slice(4, 5))).save(path)
@@ -91,8 +104,10 @@ def _good_png(folder: Path) -> Path:
 
 
 HOSTILE = {
-    "malformed_npy_header": lambda d: (d / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran"
-                                                                  b"_order': False, 'shape': (3, (}" + b" " * 50),
+    "malformed_npy_header": lambda d: (d / "bad.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (3, (}"
+        + b" " * 50
+    ),
     "absurd_npy_values": lambda d: np.save(d / "huge.npy", np.full((64, 64), 3e38, np.float32)),
     "huge_declared_hdf5": lambda d: huge_processed(d / "bomb.h5"),
 }
@@ -107,7 +122,9 @@ def _write_float64_tiff(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_one_hostile_file_fails_alone_and_the_good_frame_is_predicted(name, fake_models, tmp_path, capsys):
+def test_one_hostile_file_fails_alone_and_the_good_frame_is_predicted(
+    name, fake_models, tmp_path, capsys
+):
     ckpt = fake_models("marker.pt", MarkerModel())
     folder = tmp_path / "in"
     folder.mkdir()
@@ -137,8 +154,8 @@ def test_a_symlink_loop_in_a_folder_is_reported(fake_models, tmp_path, capsys):
 BOMB_RUN = textwrap.dedent("""
     import resource, sys
     def peak_mb():
-        # VmHWM is this process's own peak; ru_maxrss would include the forking parent's (pytest's) RSS,
-        # which Linux carries across fork and exec.
+        # VmHWM is this process's own peak; ru_maxrss would include the forking parent's
+        # (pytest's) RSS, which Linux carries across fork and exec.
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
@@ -151,10 +168,15 @@ BOMB_RUN = textwrap.dedent("""
 
 def test_a_small_file_declaring_8_gb_is_refused_before_reading(tmp_path):
     raw = huge_processed(tmp_path / "bomb.h5")
-    assert raw.stat().st_size < 2 * 1024 ** 2
+    assert raw.stat().st_size < 2 * 1024**2
     out = tmp_path / "ds.h5"
-    done = subprocess.run([sys.executable, "-c", BOMB_RUN.format(raw=str(raw), out=str(out))], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(
+        [sys.executable, "-c", BOMB_RUN.format(raw=str(raw), out=str(out))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("exit 2"), done.stdout + done.stderr
     assert float(line.split()[-1]) < 1024, line  # the declaration would need 8 GB

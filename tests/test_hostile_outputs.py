@@ -47,10 +47,13 @@ def fresh_clean_cache():
 
 # ------------------------------------------------------------------ only regular files are replaced
 
+
 def test_a_fifo_at_the_output_path_is_refused_and_kept(tmp_path):
     fifo = tmp_path / "out.json"
     os.mkfifo(fifo)
-    with pytest.raises(OutputError, match="exists and is a FIFO, expected a regular file path; not replaced"):
+    with pytest.raises(
+        OutputError, match="exists and is a FIFO, expected a regular file path; not replaced"
+    ):
         write_text(fifo, "{}")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert leftovers(tmp_path) == []
@@ -83,10 +86,14 @@ def test_ingest_out_onto_a_node_fails_in_one_line_and_keeps_the_node(kind, world
     else:
         if not IS_ROOT:
             pytest.skip("making a device node needs root")
-        os.mknod(out, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a node made for the test: /dev/null's numbers
+        os.mknod(
+            out, stat.S_IFCHR | 0o600, os.makedev(1, 3)
+        )  # a node made for the test: /dev/null's numbers
     rc = cli.main(case.argv)
     captured = capsys.readouterr()
-    line = check_failure(Case(case.argv, [], [str(out), "not replaced"]), rc, captured.out, captured.err)
+    line = check_failure(
+        Case(case.argv, [], [str(out), "not replaced"]), rc, captured.out, captured.err
+    )
     assert "FIFO" in line or "character device" in line
     mode = os.lstat(out).st_mode
     assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
@@ -94,6 +101,7 @@ def test_ingest_out_onto_a_node_fails_in_one_line_and_keeps_the_node(kind, world
 
 
 # ------------------------------------------------------------------ stale temporaries
+
 
 def test_a_dead_writers_temporary_is_removed_by_the_next_write(tmp_path):
     orphan = tmp_path / f"{TMP_PREFIX}{dead_pid()}-0123abcd-table.csv"
@@ -143,8 +151,22 @@ def test_a_rerun_after_sigkill_leaves_no_temporary(tmp_path):
     size, status = kill_synth_mid_write(target)
     assert status == -signal.SIGKILL and size > 0
     assert leftovers(tmp_path)  # the kill left its temporary
-    rerun = subprocess.run([str(Path(sys.executable).parent / "silr"), "synth", "--out", str(target),
-                            "--specimens", "2", "--frames", "1", "--seed", "3"], capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "silr"),
+            "synth",
+            "--out",
+            str(target),
+            "--specimens",
+            "2",
+            "--frames",
+            "1",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert leftovers(tmp_path) == []

@@ -23,7 +23,9 @@ def rewrite(path: Path, edit) -> None:
 
 def evaluate_fails(world, capsys, *words: str) -> str:
     p = world.project
-    case = Case(p.argv("evaluate", loss="proposed", fold=1), evaluate_outputs(p), list(words), scan=[p.root])
+    case = Case(
+        p.argv("evaluate", loss="proposed", fold=1), evaluate_outputs(p), list(words), scan=[p.root]
+    )
     rc = cli.main(case.argv)
     captured = capsys.readouterr()
     return check_failure(case, rc, captured.out, captured.err)
@@ -55,7 +57,10 @@ def test_an_absurd_card_fails_before_anything_is_built(world, capsys):
     path = save_tiny_checkpoint(world.project)
     rewrite(path, lambda payload: payload["card"]["model"].update(decoder_channels=[100_000_000]))
     evaluate_fails(world, capsys, str(path), "decoder_channels", "1..4096")
-    rewrite(path, lambda payload: payload["card"]["model"].update(decoder_channels=[], num_landmarks=10 ** 9))
+    rewrite(
+        path,
+        lambda payload: payload["card"]["model"].update(decoder_channels=[], num_landmarks=10**9),
+    )
     evaluate_fails(world, capsys, str(path), "1000000000 landmarks")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from silr import cli
 from silr.core.device import DeviceSetup
-from silr.data.deepfluoro import read_processed
+from silr.data.processed import read_processed
 from silr.data.splits import load_folds
 from silr.inference import predictor
 from silr.model import checkpoint
@@ -18,7 +18,9 @@ from silr.stages import train
 from silr.training.dataset import frame_set
 
 
-def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_run, tmp_path, one_thread):
+def test_validation_evaluation_and_predict_agree_on_one_checkpoint(
+    trained_tiny_run, tmp_path, one_thread
+):
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     model, card = checkpoint.load_model(best)
@@ -31,8 +33,21 @@ def test_validation_evaluation_and_predict_agree_on_one_checkpoint(trained_tiny_
     evaluated = predictor.predict_frames(model, codec, image[None]).xy[0]
 
     np.save(tmp_path / "frame.npy", image)
-    assert cli.main(["predict", "--model", str(best), "--out", str(tmp_path / "out"), "--device", "cpu",
-                     str(tmp_path / "frame.npy")]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--model",
+                str(best),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                str(tmp_path / "frame.npy"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "out" / "frame_landmarks.json").read_text())
     predicted = np.array([[row["frame_x"], row["frame_y"]] for row in record["landmarks"]])
     np.testing.assert_allclose(predicted, evaluated, atol=1e-4)

@@ -40,23 +40,33 @@ def test_every_part_gets_a_gradient(default_model):
     default_model.zero_grad()
     output = default_model(torch.rand(2, 1, 64, 64))
     (output.heatmaps.mean() + output.segmentation.mean()).backward()
-    for part in (default_model.encoder.conv1, default_model.heatmap_decoder.head,
-                 default_model.segmentation_decoder.head):
+    for part in (
+        default_model.encoder.conv1,
+        default_model.heatmap_decoder.head,
+        default_model.segmentation_decoder.head,
+    ):
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
 
 
 def test_registry_holds_the_documented_backbones():
-    assert {"hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32"} <= set(BACKBONES)
+    assert {"hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32"} <= set(
+        BACKBONES
+    )
 
 
 def test_unknown_backbone_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"model\.backbone: unknown backbone 'resnet50' \(known: hrnet_w18_small, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.backbone: unknown backbone 'resnet50' \(known: hrnet_w18_small, ",
+    ):
         build_model("resnet50", [32, 16])
 
 
 @pytest.mark.parametrize("channels", [[32, 16, 8], [32, 0], "ab"])
 def test_decoder_channels_must_be_at_most_two_positive_integers(channels):
-    with pytest.raises(ConfigError, match=r"model\.decoder_channels must be at most 2 integers >= 1"):
+    with pytest.raises(
+        ConfigError, match=r"model\.decoder_channels must be at most 2 integers >= 1"
+    ):
         build_model("hrnet_w18_small", channels)
 
 
@@ -72,7 +82,9 @@ def test_fewer_decoder_steps_give_coarser_heatmaps_and_full_size_segmentation(ch
 
 @pytest.mark.parametrize("shape", [(1, 1, 190, 192), (1, 3, 64, 64), (1, 64, 64)])
 def test_wrong_input_shape_says_what_is_expected(default_model, shape):
-    with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, H, W\) with H and W divisible by 32"):
+    with pytest.raises(
+        ValueError, match=r"expects images of shape \(B, 1, H, W\) with H and W divisible by 32"
+    ):
         default_model(torch.rand(*shape))
 
 
@@ -99,11 +111,17 @@ def test_channels_last_gives_the_same_output(default_model):
 
 def test_config_rebuilds_the_same_architecture(default_model):
     config = model_config(default_model)
-    assert config == {"backbone": "hrnet_w18_small", "decoder_channels": [32, 16], "num_landmarks": 14,
-                      "num_classes": 7, "in_chans": 1}
+    assert config == {
+        "backbone": "hrnet_w18_small",
+        "decoder_channels": [32, 16],
+        "num_landmarks": 14,
+        "num_classes": 7,
+        "in_chans": 1,
+    }
     rebuilt = build_model(**config)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
-           {k: v.shape for k, v in default_model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in default_model.state_dict().items()
+    }
 
 
 def test_missing_init_checkpoint_names_the_path(tmp_path):
@@ -117,9 +135,16 @@ def test_init_checkpoint_of_the_whole_model_under_model_state(tmp_path, default_
     torch.save({"model_state": default_model.state_dict(), "epoch": 3}, path)
     torch.manual_seed(1)
     loaded = build_model(*DEFAULT, init_checkpoint=path)
-    assert loaded.init_report == {"path": str(path), "target": "model", "loaded": len(default_model.state_dict()),
-                                  "missing": 0, "unexpected": 0}
-    assert torch.equal(loaded.heatmap_decoder.head.weight, default_model.heatmap_decoder.head.weight)
+    assert loaded.init_report == {
+        "path": str(path),
+        "target": "model",
+        "loaded": len(default_model.state_dict()),
+        "missing": 0,
+        "unexpected": 0,
+    }
+    assert torch.equal(
+        loaded.heatmap_decoder.head.weight, default_model.heatmap_decoder.head.weight
+    )
 
 
 def test_init_checkpoint_of_an_rgb_encoder_folds_the_stem(tmp_path, default_model):
@@ -133,7 +158,9 @@ def test_init_checkpoint_of_an_rgb_encoder_folds_the_stem(tmp_path, default_mode
     loaded = build_model(*DEFAULT, init_checkpoint=path)
     report = loaded.init_report
     assert (report["target"], report["missing"], report["unexpected"]) == ("encoder", 0, 1)
-    torch.testing.assert_close(loaded.encoder.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(
+        loaded.encoder.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True)
+    )
     assert torch.equal(loaded.encoder.conv2.weight, default_model.encoder.conv2.weight)
 
 
@@ -142,7 +169,10 @@ def test_init_checkpoint_of_another_backbone_is_refused(tmp_path, default_model)
     state["conv2.weight"] = torch.rand(64, 64, 5, 5)
     path = tmp_path / "other.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"conv2\.weight has shape \(64, 64, 5, 5\), expected \(64, 64, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"conv2\.weight has shape \(64, 64, 5, 5\), expected \(64, 64, 3, 3\)",
+    ):
         build_model(*DEFAULT, init_checkpoint=path)
     torch.save({"foo": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="none of its 1 tensors"):

@@ -1,4 +1,5 @@
-"""Parallel and distributed runs (silr.stages.parallel, silr.core.device placement, the resume store).
+"""Parallel and distributed runs (silr.stages.parallel, silr.core.device placement, the resume
+store).
 
 The fast tests check the pieces: how the study is split, the workers' environment, the
 GPU claims, the lock probe, and that train and evaluate stages are ones DVC's run-cache
@@ -29,23 +30,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ the pieces
 
+
 def test_the_study_splits_into_experiments_by_fold_loss_or_run():
     by_fold = parallel.split_study(["proposed", "mse"], [1, 2, 3], "fold", "t")
-    assert [(p.name, p.overrides) for p in by_fold] == [("t-fold1", ("study.folds=[1]",)),
-                                                        ("t-fold2", ("study.folds=[2]",)),
-                                                        ("t-fold3", ("study.folds=[3]",))]
+    assert [(p.name, p.overrides) for p in by_fold] == [
+        ("t-fold1", ("study.folds=[1]",)),
+        ("t-fold2", ("study.folds=[2]",)),
+        ("t-fold3", ("study.folds=[3]",)),
+    ]
     by_loss = parallel.split_study(["proposed", "mse"], [1, 2, 3], "loss", "t")
     assert [p.overrides for p in by_loss] == [("study.losses=[proposed]",), ("study.losses=[mse]",)]
     by_run = parallel.split_study(["proposed", "mse"], [1, 2], "run", "t")
-    assert len(by_run) == 4 and by_run[1].overrides == ("study.losses=[proposed]", "study.folds=[2]")
+    assert len(by_run) == 4 and by_run[1].overrides == (
+        "study.losses=[proposed]",
+        "study.folds=[2]",
+    )
     with pytest.raises(ConfigError, match="--split must be one of fold, loss, run"):
         parallel.split_study(["proposed"], [1], "specimen", "t")
 
 
 def test_workers_share_one_resume_store_and_get_their_threads(tmp_path):
-    env = parallel.worker_environment({"PATH": "/bin"}, threads=3, resume_dir=tmp_path / "store", gpus="0,1")
+    env = parallel.worker_environment(
+        {"PATH": "/bin"}, threads=3, resume_dir=tmp_path / "store", gpus="0,1"
+    )
     assert env["SILR_THREADS"] == env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
-    assert env["SILR_RESUME_DIR"] == str((tmp_path / "store").resolve())  # absolute: every workspace
+    assert env["SILR_RESUME_DIR"] == str(
+        (tmp_path / "store").resolve()
+    )  # absolute: every workspace
     assert env["SILR_GPU_POOL"] == "0,1" and env["PATH"] == "/bin"
 
 
@@ -57,8 +68,12 @@ def test_gpu_claims_give_each_process_its_own_gpu(tmp_path):
         assert device.claim_gpu([0, 1], tmp_path) == 1
         assert device.claim_gpu([0, 1], tmp_path) is None
         # Another process sees both taken, and gets the GPU back once the holder lets go.
-        probe = [sys.executable, "-c", "import sys; from silr.core import device; "
-                 f"print(device.claim_gpu([0, 1], {str(tmp_path)!r}))"]
+        probe = [
+            sys.executable,
+            "-c",
+            "import sys; from silr.core import device; "
+            f"print(device.claim_gpu([0, 1], {str(tmp_path)!r}))",
+        ]
         assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "None"
         device._HELD_CLAIMS.pop(held).close()  # the worker on GPU 0 exits
         assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "0"
@@ -105,7 +120,9 @@ def test_a_held_dvc_lock_is_named_not_a_traceback(tmp_path, capsys):
         finally:
             os.chdir(cwd)
     err = capsys.readouterr().err
-    assert err.startswith("silr: error: another DVC command is running in") and "Traceback" not in err
+    assert (
+        err.startswith("silr: error: another DVC command is running in") and "Traceback" not in err
+    )
     assert len(err.strip().splitlines()) == 1
     assert parallel.lock_holder(tmp_path) is None  # released with the handle
 
@@ -117,20 +134,31 @@ def test_train_and_evaluate_stages_are_recorded_by_the_run_cache():
     for name in ("train", "evaluate"):
         for out in stages[name]["outs"]:
             if isinstance(out, dict):
-                (path, options), = out.items()
+                ((path, options),) = out.items()
                 assert not options.get("persist") and options.get("cache", True), f"{name}: {path}"
 
 
 # ------------------------------------------------------------------ the real thing (slow)
 
+
 def _env(**extra: str) -> dict[str, str]:
     bin_dir = Path(sys.executable).parent
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-            "DVC_NO_UPDATER": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid", **extra}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_NO_UPDATER": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t.invalid",
+        **extra,
+    }
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1800) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1800
+) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -150,11 +178,15 @@ def _tiny_study(root: Path) -> Path:
 
 def _results(root: Path) -> dict[str, bytes]:
     """The committed record of a run: dvc.lock's stage outputs and every file under metrics/."""
-    files = {str(path.relative_to(root)): path.read_bytes() for path in sorted((root / "metrics").rglob("*"))
-             if path.is_file() and path.name != ".gitignore"}
+    files = {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted((root / "metrics").rglob("*"))
+        if path.is_file() and path.name != ".gitignore"
+    }
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    files["dvc.lock outs"] = json.dumps({name: stage.get("outs") for name, stage in lock.items()},
-                                        sort_keys=True).encode()
+    files["dvc.lock outs"] = json.dumps(
+        {name: stage.get("outs") for name, stage in lock.items()}, sort_keys=True
+    ).encode()
     return files
 
 
@@ -164,9 +196,14 @@ def test_parallel_study_equals_the_serial_one_and_retrains_nothing(tmp_path):
     _run(["dvc", "repro"], serial, _env(SILR_THREADS="1", OMP_NUM_THREADS="1"))
 
     fanned = _tiny_study(tmp_path / "parallel")
-    done = _run([str(Path(sys.executable).parent / "silr"), "parallel", "--jobs", "2"], fanned, _env())
+    done = _run(
+        [str(Path(sys.executable).parent / "silr"), "parallel", "--jobs", "2"], fanned, _env()
+    )
     assert "experiments (fold split of 2 losses x 2 folds), 2 workers x 1 threads" in done.stderr
-    assert "silr parallel: 8 train/evaluate stages restored from the run-cache, 0 run again" in done.stderr
+    assert (
+        "silr parallel: 8 train/evaluate stages restored from the run-cache, 0 run again"
+        in done.stderr
+    )
     assert "Running stage 'train@" not in done.stdout and "Running stage 'report'" in done.stdout
     assert _results(fanned) == _results(serial)
     # The workers kept their training state in this workspace's store, one per run.
@@ -193,8 +230,15 @@ def test_two_machines_share_the_run_cache_through_a_remote(tmp_path):
     b = machines["b"]
     _run(["dvc", "fetch", "--run-cache"], b, env)
     done = _run(["dvc", "repro", "--pull"], b, env)
-    for stage in ("synth", "ingest", "folds", "train@proposed-1", "train@proposed-2", "evaluate@proposed-1",
-                  "evaluate@proposed-2"):
+    for stage in (
+        "synth",
+        "ingest",
+        "folds",
+        "train@proposed-1",
+        "train@proposed-2",
+        "evaluate@proposed-1",
+        "evaluate@proposed-2",
+    ):
         assert f"Stage '{stage}' is cached - skipping run" in done.stdout, stage
     assert "Running stage 'train@mse-1'" in done.stdout
 

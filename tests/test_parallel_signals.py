@@ -14,11 +14,14 @@ from silr import cli
 from silr.stages import parallel
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--threads", "-3"], "--threads must be 1..1024, got -3"),
-    (["--jobs", "0"], "--jobs must be 1..64, got 0"),
-    (["--jobs", "100000"], "--jobs must be 1..64, got 100000"),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--threads", "-3"], "--threads must be 1..1024, got -3"),
+        (["--jobs", "0"], "--jobs must be 1..64, got 0"),
+        (["--jobs", "100000"], "--jobs must be 1..64, got 100000"),
+    ],
+)
 def test_bad_arguments_fail_before_anything_starts(argv, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # not a DVC project: the argument check must come first
     calls = []
@@ -30,7 +33,12 @@ def test_bad_arguments_fail_before_anything_starts(argv, words, tmp_path, monkey
 
 def test_sigterm_while_waiting_stops_the_queue_and_exits_143(tmp_path, monkeypatch):
     commands: list[list[str]] = []
-    statuses = {"exp-fold1": "Running", "exp-fold2": "Queued", "exp-fold3": "Success", "other": "Running"}
+    statuses = {
+        "exp-fold1": "Running",
+        "exp-fold2": "Queued",
+        "exp-fold3": "Success",
+        "other": "Running",
+    }
 
     def fake_dvc(args, repo, env, echo=False):
         commands.append(list(args))
@@ -48,16 +56,20 @@ def test_sigterm_while_waiting_stops_the_queue_and_exits_143(tmp_path, monkeypat
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(parallel.Interrupted) as caught:
         parallel.wait_or_stop(tmp_path, {}, {"exp-fold1", "exp-fold2", "exp-fold3"})
-    assert caught.value.exit_code == 143 and "stopped the queue's workers and 2 pending" in str(caught.value)
+    assert caught.value.exit_code == 143 and "stopped the queue's workers and 2 pending" in str(
+        caught.value
+    )
     assert ["queue", "kill", "exp-fold1"] in commands  # ours only: "other" is not touched
     assert ["queue", "stop", "--kill"] in commands and ["queue", "remove", "exp-fold2"] in commands
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
 def test_the_final_repro_output_drops_restore_chatter():
-    text = ("Stage 'train@proposed-1' is cached - skipping run, checking out outputs\n\n"
-            "Stage 'train@proposed-2' is cached - skipping run, checking out outputs\n\n"
-            "Running stage 'show':\n> silr show --metrics metrics\n\n| Mean ± Std | 3.77 |\n")
+    text = (
+        "Stage 'train@proposed-1' is cached - skipping run, checking out outputs\n\n"
+        "Stage 'train@proposed-2' is cached - skipping run, checking out outputs\n\n"
+        "Running stage 'show':\n> silr show --metrics metrics\n\n| Mean ± Std | 3.77 |\n"
+    )
     out = parallel.quiet_repro_output(text)
     assert "is cached" not in out and out.startswith("Running stage 'show'")
     assert "| Mean ± Std | 3.77 |" in out and "\n\n\n" not in out
@@ -67,7 +79,9 @@ def test_the_filter_matches_dvcs_wording():
     """The phrase the filter drops is the one dvc prints (checked in dvc's own source)."""
     import importlib.util
 
-    source = Path(importlib.util.find_spec("dvc.stage.cache").origin).read_text()  # dvc comes with the project
+    source = Path(
+        importlib.util.find_spec("dvc.stage.cache").origin
+    ).read_text()  # dvc comes with the project
     assert "is cached - skipping run, checking out outputs" in source
 
 
@@ -79,13 +93,19 @@ def test_worker_progress_lines_stream_with_the_time_left(tmp_path):
     out = run_dir / "abc123.out"
     logs = WorkerLogs(tmp_path, trainings=2, epochs=10, started=0.0)
     assert logs.new_lines() == [] and logs.time_left(5.0) == "time left: not known yet"
-    out.write_text("Running stage 'train@proposed-1':\n> silr train --loss proposed --fold 1\n"
-                   "train proposed/fold1: epoch 1/10, loss 4.81, val 9.12 px\ntrain proposed/fold1: epo")
+    out.write_text(
+        "Running stage 'train@proposed-1':\n> silr train --loss proposed --fold 1\n"
+        "train proposed/fold1: epoch 1/10, loss 4.81, val 9.12 px\ntrain proposed/fold1: epo"
+    )
     assert logs.new_lines() == ["train proposed/fold1: epoch 1/10, loss 4.81, val 9.12 px"]
     with open(out, "a") as handle:  # the half-written line, completed, and an evaluation line
-        handle.write("ch 2/10, loss 3.10, val 7.00 px\nevaluate proposed fold 1 seed 2: mean error 3.1 px\n")
-    assert logs.new_lines() == ["train proposed/fold1: epoch 2/10, loss 3.10, val 7.00 px",
-                                "evaluate proposed fold 1 seed 2: mean error 3.1 px"]
+        handle.write(
+            "ch 2/10, loss 3.10, val 7.00 px\nevaluate proposed fold 1 seed 2: mean error 3.1 px\n"
+        )
+    assert logs.new_lines() == [
+        "train proposed/fold1: epoch 2/10, loss 3.10, val 7.00 px",
+        "evaluate proposed fold 1 seed 2: mean error 3.1 px",
+    ]
     assert logs.new_lines() == []
     # 2 of 20 epochs in 60 s: 18 epochs at 30 s each are left
     assert logs.time_left(60.0) == "2/20 epochs, about 9 min left"

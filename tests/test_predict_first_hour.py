@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_predict  # noqa: E402
 from conftest import TEMPLATE_XY  # noqa: E402
 from silr.core.anatomy import LANDMARK_NAMES  # noqa: E402
-from silr.evaluation import plots  # noqa: E402
+from silr.evaluation import overlay  # noqa: E402
+from silr.inference import checks  # noqa: E402
 from silr.model import checkpoint  # noqa: E402
-from silr.stages import predict  # noqa: E402
 from test_predict import MarkerModel, dot_image, landmarks_json, run_predict  # noqa: E402
 
 fake_models = test_predict.fake_models  # the stand-in models fixture, shared
@@ -36,7 +36,10 @@ def test_a_missing_input_fails_before_any_model_loads(tmp_path, monkeypatch, cap
 
 
 def test_a_missing_checkpoint_fails_before_anything(tmp_path, capsys):
-    assert run_predict("--model", tmp_path / "models" / "best.pt", "--out", tmp_path / "out", "x.png") == 2
+    assert (
+        run_predict("--model", tmp_path / "models" / "best.pt", "--out", tmp_path / "out", "x.png")
+        == 2
+    )
     assert "best.pt: no such checkpoint file" in capsys.readouterr().err
 
 
@@ -49,17 +52,24 @@ def test_landmark_names_do_not_collide_on_a_crowded_pelvis():
     anchors[4], anchors[10] = [100, 146], [98, 150]  # IOF-l right above IPS-l, as the issue found
     anchors_pt = anchors * 2.4  # 180 px drawn 6 inches wide: 2.4 points per pixel
     font = 9
-    offsets = plots.label_offsets(anchors_pt, LANDMARK_NAMES, font, 180 * 2.4)
+    offsets = overlay.label_offsets(anchors_pt, LANDMARK_NAMES, font, 180 * 2.4)
     boxes = []
     for (x, y), (dx, dy), text in zip(anchors_pt, offsets, LANDMARK_NAMES):
         w, h = 0.6 * font * len(text), 1.2 * font
         left = x + dx if dx >= 0 else x + dx - w
         boxes.append((left, y - dy - h / 2, left + w, y - dy + h / 2))
-    clashes = [(LANDMARK_NAMES[i], LANDMARK_NAMES[j]) for i in range(len(boxes)) for j in range(i)
-               if _boxes_overlap(boxes[i], boxes[j])]
+    clashes = [
+        (LANDMARK_NAMES[i], LANDMARK_NAMES[j])
+        for i in range(len(boxes))
+        for j in range(i)
+        if _boxes_overlap(boxes[i], boxes[j])
+    ]
     assert clashes == []
     # and the greedy rule is not vacuous: all labels to the right would clash here
-    right = [(x + 7, y - 5.4, x + 7 + 0.6 * font * len(t), y + 5.4) for (x, y), t in zip(anchors_pt, LANDMARK_NAMES)]
+    right = [
+        (x + 7, y - 5.4, x + 7 + 0.6 * font * len(t), y + 5.4)
+        for (x, y), t in zip(anchors_pt, LANDMARK_NAMES)
+    ]
     assert any(_boxes_overlap(right[i], right[j]) for i in range(len(right)) for j in range(i))
 
 
@@ -76,11 +86,11 @@ def test_a_turned_raw_frame_is_drawn_upright(fake_models, tmp_path, monkeypatch)
     ckpt = fake_models("marker.pt", MarkerModel())
     drawn = {}
 
-    def overlay(image, labels, xy, *args, **kwargs):
+    def stand_in(image, labels, xy, *args, **kwargs):
         drawn.update(image=image, xy=xy, subtitle=kwargs["subtitle"])
-        return plots.Figure()
+        return overlay.Figure()
 
-    monkeypatch.setattr(plots, "prediction_overlay", overlay)
+    monkeypatch.setattr(overlay, "prediction_overlay", stand_in)
     frame, _ = test_predict.raw_frame_with_dot(40, 30, rotate=True)
     path = tmp_path / "turned.h5"
     test_predict.write_fullres_h5(path, [(frame, 1)])
@@ -91,8 +101,12 @@ def test_a_turned_raw_frame_is_drawn_upright(fake_models, tmp_path, monkeypatch)
     record = next((tmp_path / "out").glob("*_landmarks.json"))
     import json
 
-    row = next(r for r in json.loads(record.read_text())["landmarks"] if r["name"] not in test_predict.ABSENT)
+    row = next(
+        r
+        for r in json.loads(record.read_text())["landmarks"]
+        if r["name"] not in test_predict.ABSENT
+    )
     height, width = stored.shape
     shown = drawn["xy"][LANDMARK_NAMES.index(row["name"])]
     assert np.allclose(shown, [width - 1 - row["x"], height - 1 - row["y"]])
-    assert predict.ANISOTROPY_TOLERANCE < 0.05
+    assert checks.ANISOTROPY_TOLERANCE < 0.05

@@ -23,7 +23,9 @@ def _drive(bar, epochs: int = 3, steps: int = 5) -> None:
 
 def test_a_log_gets_one_plain_line_per_epoch():
     stream = io.StringIO()
-    bar = training_progress(total=15, initial=0, desc="train proposed/fold1", epochs=3, enabled=True, stream=stream)
+    bar = training_progress(
+        total=15, initial=0, desc="train proposed/fold1", epochs=3, enabled=True, stream=stream
+    )
     assert isinstance(bar, EpochLines)
     _drive(bar)
     assert "\r" not in stream.getvalue()
@@ -36,15 +38,25 @@ def test_a_log_gets_one_plain_line_per_epoch():
 
 def test_an_epoch_without_validation_has_no_val_part():
     stream = io.StringIO()
-    bar = training_progress(total=1, initial=0, desc="train mse/fold2", epochs=100, enabled=True, stream=stream)
+    bar = training_progress(
+        total=1, initial=0, desc="train mse/fold2", epochs=100, enabled=True, stream=stream
+    )
     bar.end_epoch({"epoch": 7, "train/loss": 0.5})
     assert stream.getvalue() == "train mse/fold2: epoch 7/100, loss 0.5\n"
 
 
 def test_a_terminal_keeps_the_bar_and_disabled_is_silent():
     terminal = _Terminal()
-    _drive(training_progress(total=15, initial=0, desc="train x", epochs=3, enabled=True, stream=terminal))
+    _drive(
+        training_progress(
+            total=15, initial=0, desc="train x", epochs=3, enabled=True, stream=terminal
+        )
+    )
     assert "15/15" in terminal.getvalue() and "epoch 1/3" not in terminal.getvalue()
     quiet = io.StringIO()
-    _drive(training_progress(total=15, initial=0, desc="train x", epochs=3, enabled=False, stream=quiet))
+    _drive(
+        training_progress(
+            total=15, initial=0, desc="train x", epochs=3, enabled=False, stream=quiet
+        )
+    )
     assert quiet.getvalue() == ""

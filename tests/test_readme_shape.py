@@ -54,4 +54,6 @@ def test_each_docs_page_states_its_job_under_its_title():
     for page in DOCS:
         lines = [line for line in page.read_text().splitlines() if line.strip()]
         assert lines[0].startswith("# "), page.name
-        assert not lines[1].startswith("#"), f"{page.name}: a sentence saying the page's job comes first"
+        assert not lines[1].startswith("#"), (
+            f"{page.name}: a sentence saying the page's job comes first"
+        )

@@ -10,13 +10,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OUTSIDE = ("../" + "shared", "shared" + "/docs/")  # spelt in pieces so that this file does not match itself
+OUTSIDE = (
+    "../" + "shared",
+    "shared" + "/docs/",
+)  # spelt in pieces so that this file does not match itself
 METHOD = REPO / "docs" / "method.md"
 
 
 def tracked_text_files() -> list[Path]:
     try:
-        listing = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        listing = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     files = []
@@ -31,9 +36,14 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_no_tracked_file_refers_outside_the_repository():
-    offenders = [str(p.relative_to(REPO)) for p in tracked_text_files()
-                 if any(text in p.read_text(errors="replace") for text in OUTSIDE)]
-    assert not offenders, f"these files refer to {OUTSIDE[0]}, which a clone does not have: {offenders}"
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in tracked_text_files()
+        if any(text in p.read_text(errors="replace") for text in OUTSIDE)
+    ]
+    assert not offenders, (
+        f"these files refer to {OUTSIDE[0]}, which a clone does not have: {offenders}"
+    )
 
 
 def _anchors(markdown: str) -> set[str]:
@@ -48,9 +58,21 @@ def _anchors(markdown: str) -> set[str]:
 
 def test_method_doc_covers_the_method():
     anchors = _anchors(METHOD.read_text())
-    for section in ("data", "preprocessing-the-published-construction", "folds", "network-input", "network",
-                    "heatmap-encoding", "decoding", "losses", "training", "evaluation", "baselines",
-                    "deviations-from-the-paper", "where-the-measurements-are"):
+    for section in (
+        "data",
+        "preprocessing-the-published-construction",
+        "folds",
+        "network-input",
+        "network",
+        "heatmap-encoding",
+        "decoding",
+        "losses",
+        "training",
+        "evaluation",
+        "baselines",
+        "deviations-from-the-paper",
+        "where-the-measurements-are",
+    ):
         assert section in anchors, section
     text = METHOD.read_text()
     for term in ("dice_ce", "kl", "visibility", "visibility_soft", "mse", "ncc"):

@@ -31,7 +31,9 @@ def test_show_prints_table2_with_baselines_presence_robustness_and_locations(cap
 def test_show_without_a_report_says_what_to_run(tmp_path, capsys):
     assert cli.main(["show", "--metrics", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("silr: error: ") and "dvc repro report" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("silr: error: ") and "dvc repro report" in err and len(err.splitlines()) == 1
+    )
 
 
 def test_show_on_a_garbled_table_fails_in_one_line(tmp_path, capsys):

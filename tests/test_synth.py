@@ -10,11 +10,13 @@ from scipy import ndimage
 from silr.core import anatomy, coords
 from silr.core.errors import ConfigError
 from silr.core.params import SynthParams
+from silr.data.processed import read_processed
 from silr.data.splits import make_folds
-from silr.evaluation import baselines
+from silr.evaluation import baselines, metrics
 from silr.phantom.geometry import Ellipsoid, ray_intervals, union_minus_holes_length
 from silr.phantom.projector import MAX_INTENSITY, Detector, project_points, sample_pose
 from silr.phantom.specimen import make_specimen
+from silr.stages import ingest
 from silr.stages.synth import run, specimen_ids, specimen_rng, write_phantom
 
 SIZE = anatomy.FULLRES_SIZE_PX
@@ -47,7 +49,11 @@ def test_layout_is_complete(phantom):
         assert sorted(f) == sorted(["proj-params", "17-1882", "18-1109"])
         params = f["proj-params"]
         assert params["num-cols"][()] == params["num-rows"][()] == 1536
-        assert params["pixel-col-spacing"][()] == params["pixel-row-spacing"][()] == pytest.approx(0.194)
+        assert (
+            params["pixel-col-spacing"][()]
+            == params["pixel-row-spacing"][()]
+            == pytest.approx(0.194)
+        )
         # focal length in pixels = source-to-detector distance / pixel spacing = 1020 / 0.194
         assert params["intrinsic"][()][0, 0] == pytest.approx(5257.73, abs=0.01)
         assert params["extrinsic"].shape == (4, 4)
@@ -58,23 +64,33 @@ def test_layout_is_complete(phantom):
                 assert group["pixels"].ndim == 3 and group["spacing"].shape == (3,)
             assert spec["vol-seg/image/pixels"].dtype == np.uint8
             assert set(np.unique(spec["vol-seg/image/pixels"][()])) == set(range(7))
-            assert {int(k): spec["vol-seg/labels-def"][k][()].decode() for k in spec["vol-seg/labels-def"]} == \
-                {v: anatomy.LABEL_NAMES[v] for v in anatomy.BONE_LABELS}
+            labels_def = spec["vol-seg/labels-def"]
+            assert {int(k): labels_def[k][()].decode() for k in labels_def} == {
+                v: anatomy.LABEL_NAMES[v] for v in anatomy.BONE_LABELS
+            }
             assert sorted(spec["vol-landmarks"]) == sorted(anatomy.LANDMARK_NAMES)
             assert all(spec["vol-landmarks"][n].shape == (3, 1) for n in anatomy.LANDMARK_NAMES)
-            assert sorted(spec["projections"]) == ["000", "001", "002"][:{"17-1882": 3, "18-1109": 2}[sid]]
+            count = {"17-1882": 3, "18-1109": 2}[sid]
+            assert sorted(spec["projections"]) == ["000", "001", "002"][:count]
             for key in spec["projections"]:
                 proj = spec["projections"][key]
                 assert sorted(proj["image"]) == sorted(IMAGE_GROUP)
                 assert proj["image/pixels"].shape == (SIZE, SIZE)
                 assert proj["image/pixels"].dtype == np.float32
-                assert proj["gt-seg/pixels"].shape == (SIZE, SIZE) and proj["gt-seg/pixels"].dtype == np.uint8
+                assert proj["gt-seg/pixels"].shape == (SIZE, SIZE)
+                assert proj["gt-seg/pixels"].dtype == np.uint8
                 assert tuple(proj["image/spacing"][()]) == pytest.approx((0.194, 0.194))
                 assert sorted(proj["gt-landmarks"]) == sorted(anatomy.LANDMARK_NAMES)
                 assert all(proj["gt-landmarks"][n].shape == (2, 1) for n in anatomy.LANDMARK_NAMES)
-                assert sorted(proj["gt-poses"]) == sorted(["cam-to-pelvis-vol", "cam-to-left-femur-vol",
-                                                           "cam-to-right-femur-vol", "left-femur-good-fov",
-                                                           "right-femur-good-fov"])
+                assert sorted(proj["gt-poses"]) == sorted(
+                    [
+                        "cam-to-pelvis-vol",
+                        "cam-to-left-femur-vol",
+                        "cam-to-right-femur-vol",
+                        "left-femur-good-fov",
+                        "right-femur-good-fov",
+                    ]
+                )
                 assert proj["gt-poses/cam-to-pelvis-vol"].shape == (4, 4)
                 assert proj["rot-180-for-up"][()] in (0, 1)
 
@@ -111,14 +127,18 @@ def test_stored_landmarks_are_the_projections_of_the_3d_landmarks(phantom):
             stored = np.stack([proj["gt-landmarks"][n][()][:, 0] for n in anatomy.LANDMARK_NAMES])
             expected = project_points(vol, proj["gt-poses/cam-to-pelvis-vol"][()], intrinsic)
             assert stored == pytest.approx(expected, abs=1e-6)
-            # The femoral head centre is the femur's pivot: its own pose projects it to the same pixel.
+            # The femoral head centre is the femur's pivot: its own pose projects it to the same
+            # pixel.
             fh = anatomy.LANDMARK_NAMES.index("FH-l")
-            via_femur = project_points(vol[fh:fh + 1], proj["gt-poses/cam-to-left-femur-vol"][()], intrinsic)
+            via_femur = project_points(
+                vol[fh : fh + 1], proj["gt-poses/cam-to-left-femur-vol"][()], intrinsic
+            )
             assert via_femur[0] == pytest.approx(stored[fh], abs=1e-6)
 
 
 def _on_own_bone(path) -> tuple[int, int]:
-    """(in-frame landmarks whose nearest pixel carries their own bone's label, in-frame landmarks)."""
+    """(in-frame landmarks whose nearest pixel carries their own bone's label, in-frame
+    landmarks)."""
     hits, total = 0, 0
     for _, _, proj in _frames(path):
         labels = proj["gt-seg/pixels"][()]
@@ -144,7 +164,8 @@ def test_turned_frames_are_stored_upside_down(phantom):
     for _, _, proj in _frames(path):
         labels = proj["gt-seg/pixels"][()]
         spine_row = np.mean(np.nonzero(labels == anatomy.VERTEBRAE)[0])
-        femur_row = np.mean(np.nonzero(np.isin(labels, (anatomy.LEFT_FEMUR, anatomy.RIGHT_FEMUR)))[0])
+        femurs = np.isin(labels, (anatomy.LEFT_FEMUR, anatomy.RIGHT_FEMUR))
+        femur_row = np.mean(np.nonzero(femurs)[0])
         turned = bool(proj["rot-180-for-up"][()])
         assert (spine_row > femur_row) == turned
         flags.append(turned)
@@ -163,8 +184,11 @@ def _default_set_landmarks() -> dict[int, np.ndarray]:
         for frame in range(count):
             pose = sample_pose(specimen_rng(0, number, frame))
             xy = project_points(points, pose.cam_to_vol, detector.intrinsic)
-            frames.append(coords.ingested_landmarks(xy, crop=50, factor=8, turned=pose.rot180,
-                                                    fullres_size=(SIZE, SIZE)))
+            frames.append(
+                coords.ingested_landmarks(
+                    xy, crop=50, factor=8, turned=pose.rot180, fullres_size=(SIZE, SIZE)
+                )
+            )
         result[number] = np.stack(frames)
     return result
 
@@ -173,8 +197,8 @@ def test_default_set_size_and_out_of_frame_landmarks():
     per_specimen = _default_set_landmarks()
     assert {n: len(v) for n, v in per_specimen.items()} == {1: 22, 2: 21, 3: 5, 4: 10, 5: 11, 6: 5}
     inside = coords.in_frame(np.concatenate(list(per_specimen.values())), 180, 180)
-    assert 0.05 <= 1 - inside.mean() <= 0.3          # views leave some landmarks out, as real ones do
-    assert np.all(inside.mean(axis=0) > 0.5)         # every landmark in frame in most frames
+    assert 0.05 <= 1 - inside.mean() <= 0.3  # views leave some landmarks out, as real ones do
+    assert np.all(inside.mean(axis=0) > 0.5)  # every landmark in frame in most frames
 
 
 def test_default_set_defeats_the_mean_shape_guess():
@@ -186,7 +210,8 @@ def test_default_set_defeats_the_mean_shape_guess():
     for fold in folds.values():
         train = np.stack([per_specimen[s][i] for s, i in fold.train])
         test = np.stack([per_specimen[s][i] for s, i in fold.test])
-        means.append(baselines.test_errors_px(baselines.mean_shape(train, 180, 180), test, 180, 180).mean())
+        guess = baselines.mean_shape(train, 180, 180)
+        means.append(baselines.test_errors_px(guess, test, 180, 180).mean())
     assert np.mean(means) >= 30.0, means
 
 
@@ -213,7 +238,10 @@ def test_rendered_left_hemipelvis_lies_right_of_the_midline(phantom):
         if proj["rot-180-for-up"][()]:
             labels, xy = labels[::-1, ::-1], coords.rotate180(xy, SIZE, SIZE)
         midline = xy[heads, 0].mean()
-        for label, right_side in ((anatomy.LEFT_HEMIPELVIS, True), (anatomy.RIGHT_HEMIPELVIS, False)):
+        for label, right_side in (
+            (anatomy.LEFT_HEMIPELVIS, True),
+            (anatomy.RIGHT_HEMIPELVIS, False),
+        ):
             columns = np.nonzero(labels == label)[1]
             if columns.size < 1000:
                 continue
@@ -227,8 +255,12 @@ def test_same_seed_same_file_other_seed_other_file(tmp_path):
         write_phantom(path, frames=(1,), seed=seed, preview_panels=0)
         with h5py.File(path) as f:
             proj = f["17-1882/projections/000"]
-            return (proj["image/pixels"][()], proj["gt-seg/pixels"][()], proj["gt-landmarks/FH-l"][()],
-                    f["17-1882/vol-landmarks/ASIS-r"][()])
+            return (
+                proj["image/pixels"][()],
+                proj["gt-seg/pixels"][()],
+                proj["gt-landmarks/FH-l"][()],
+                f["17-1882/vol-landmarks/ASIS-r"][()],
+            )
 
     first, again, other = arrays(0, "a.h5"), arrays(0, "b.h5"), arrays(1, "c.h5")
     for x, y in zip(first, again):
@@ -254,23 +286,21 @@ def test_specimen_ids_and_bad_counts():
 
 
 def test_ray_lengths_are_exact():
-    # A ray along x through an ellipsoid with semi-axes (2, 1, 1) centred at x = 10: enters at 8, leaves at 12.
+    # A ray along x through an ellipsoid with semi-axes (2, 1, 1) centred at x = 10: enters at 8,
+    # leaves at 12.
     ellipsoid = Ellipsoid(np.array([10.0, 0, 0]), np.eye(3), np.array([2.0, 1.0, 1.0]))
     t_in, t_out = ray_intervals(np.zeros(3), np.array([[1.0, 0, 0], [0, 1.0, 0]]), ellipsoid)
-    assert t_in.tolist() == pytest.approx([8.0, 0.0]) and t_out.tolist() == pytest.approx([12.0, 0.0])
+    assert t_in.tolist() == pytest.approx([8.0, 0.0])
+    assert t_out.tolist() == pytest.approx([12.0, 0.0])
     # Union of [0,2], [1,3], [5,6] = 4 mm; minus the hole [2.5, 5.5] leaves 3 mm.
     solid_in, solid_out = np.array([[0.0], [1.0], [5.0]]), np.array([[2.0], [3.0], [6.0]])
     assert union_minus_holes_length(solid_in, solid_out)[0] == pytest.approx(4.0)
-    assert union_minus_holes_length(solid_in, solid_out, np.array([[2.5]]), np.array([[5.5]]))[0] == \
-        pytest.approx(3.0)
+    holes = np.array([[2.5]]), np.array([[5.5]])
+    assert union_minus_holes_length(solid_in, solid_out, *holes)[0] == pytest.approx(3.0)
 
 
 @pytest.mark.slow
 def test_default_phantom_size_and_landmarks(tmp_path):
-    from silr.data.deepfluoro import read_processed
-    from silr.evaluation import metrics
-    from silr.stages import ingest, report
-
     path = tmp_path / "phantom_full_res.h5"
     summary = run(path, frames=SynthParams().frames, seed=0, preview=tmp_path / "preview.png")
     assert os.path.getsize(path) < 300e6 and summary.frames == 74
@@ -281,6 +311,7 @@ def test_default_phantom_size_and_landmarks(tmp_path):
     ingest.run(path, tmp_path / "ds.h5", factor=8, crop=50, i0=65487.0)
     data = read_processed(tmp_path / "ds.h5")
     folds = make_folds(data.frames_per_specimen, 0.1, 0)
-    table = report.baseline_predictions(data, folds, list(folds))
-    means = metrics.table2(table, losses=["mean_shape"], mm_per_px=1.0, success_mm=())["mean_shape"]["per_specimen_px"]
+    table = baselines.baseline_predictions(data, folds, list(folds))
+    scores = metrics.table2(table, losses=["mean_shape"], mm_per_px=1.0, success_mm=())
+    means = scores["mean_shape"]["per_specimen_px"]
     assert np.mean(list(means.values())) >= 30.0

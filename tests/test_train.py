@@ -12,6 +12,7 @@ from silr import cli
 from silr.core.anatomy import NUM_LANDMARKS
 from silr.core.device import DeviceSetup, select_device
 from silr.core.errors import ConfigError
+from silr.core.params import load_params
 from silr.core.types import ModelOutput
 from silr.model import checkpoint
 from silr.model.card import params_hash_of
@@ -41,8 +42,7 @@ def test_train_writes_checkpoints_card_and_logs(trained_tiny_run):
     scores = [entry["val/error_px"] for entry in history]
     assert card.val_score_px == min(scores)
     assert card.epoch == history[scores.index(min(scores))]["epoch"]
-    assert card.params_hash == params_hash_of(
-        __import__("silr.core.params", fromlist=["load_params"]).load_params(run["params"]), "proposed")
+    assert card.params_hash == params_hash_of(load_params(run["params"]), "proposed")
     with torch.no_grad():
         output = model(torch.zeros(1, 1, 192, 192))
     assert output.heatmaps.shape == (1, NUM_LANDMARKS, 192, 192)
@@ -65,28 +65,51 @@ def test_same_params_on_the_cpu_give_the_same_weights(trained_tiny_run, tmp_path
     run = trained_tiny_run
     best = run["models"] / "proposed" / "fold1" / "best.pt"
     card = checkpoint.read_checkpoint(best)["card"]
-    again = dict(run, models=tmp_path / "again" / "models", live=tmp_path / "again" / "dvclive",
-                 resume=tmp_path / "again" / "resume")
+    again = dict(
+        run,
+        models=tmp_path / "again" / "models",
+        live=tmp_path / "again" / "dvclive",
+        resume=tmp_path / "again" / "resume",
+    )
     assert cli.main(train_argv(again)) == 0
     err = capsys.readouterr().err
     assert "proposed fold 1 on cpu" in err and "best validation error" in err
     _, card_again = checkpoint.load_model(again["models"] / "proposed" / "fold1" / "best.pt")
     state = checkpoint.read_checkpoint(best)["model_state"]
-    state_again = checkpoint.read_checkpoint(again["models"] / "proposed" / "fold1" / "best.pt")["model_state"]
+    again_best = again["models"] / "proposed" / "fold1" / "best.pt"
+    state_again = checkpoint.read_checkpoint(again_best)["model_state"]
     assert all(torch.equal(state[key], state_again[key]) for key in state)
     assert card_again.val_score_px == card.val_score_px
 
 
-@pytest.mark.parametrize("argv_change, params_change, message", [
-    (("--loss", "huber"), None, "losses.huber: no such loss in params.yaml"),
-    (("--fold", "9"), None, "folds.json: no fold 9 (folds: 1, 2, 3)"),
-    (None, {"losses": {"proposed": {"dice_ce": 1.0, "kl_div": 0.1}, "mse": {"mse": 1.0}, "ncc": {"ncc": 1.0}}},
-     "losses.proposed: unknown term 'kl_div'"),
-    (None, {"model": {"backbone": "hrnet_w999"}}, "model.backbone: unknown backbone 'hrnet_w999'"),
-    (None, {"train": {"batch_size": 0}}, "train.batch_size must be >= 1, got 0"),
-    (None, {"train": {"epochs": 0}}, "train.epochs must be >= 1, got 0"),
-])
-def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, argv_change, params_change, message):
+@pytest.mark.parametrize(
+    "argv_change, params_change, message",
+    [
+        (("--loss", "huber"), None, "losses.huber: no such loss in params.yaml"),
+        (("--fold", "9"), None, "folds.json: no fold 9 (folds: 1, 2, 3)"),
+        (
+            None,
+            {
+                "losses": {
+                    "proposed": {"dice_ce": 1.0, "kl_div": 0.1},
+                    "mse": {"mse": 1.0},
+                    "ncc": {"ncc": 1.0},
+                }
+            },
+            "losses.proposed: unknown term 'kl_div'",
+        ),
+        (
+            None,
+            {"model": {"backbone": "hrnet_w999"}},
+            "model.backbone: unknown backbone 'hrnet_w999'",
+        ),
+        (None, {"train": {"batch_size": 0}}, "train.batch_size must be >= 1, got 0"),
+        (None, {"train": {"epochs": 0}}, "train.epochs must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_and_write_nothing(
+    tmp_path, capsys, argv_change, params_change, message
+):
     run = write_tiny_run(tmp_path, params=params_change)
     argv = train_argv(run)
     if argv_change:
@@ -131,10 +154,20 @@ def test_validation_error_is_the_mean_distance_over_in_frame_landmarks():
     present[1, :4] = False  # absent landmarks do not count, wherever they are predicted
     predicted = truth + torch.tensor([3.0, 4.0])  # 5 px off everywhere...
     predicted[1, :4] = 150.0  # ...except far off where the truth is absent
-    frames = FrameSet(torch.zeros(2, 1, 192, 192), torch.zeros(2, 192, 192, dtype=torch.uint8), truth, present,
-                      [(1, 0), (1, 1)])
-    scores = validation_error(PeakModel(predicted), frames, HeatmapCodec(), batch_size=1,
-                              setup=DeviceSetup(torch.device("cpu")))
+    frames = FrameSet(
+        torch.zeros(2, 1, 192, 192),
+        torch.zeros(2, 192, 192, dtype=torch.uint8),
+        truth,
+        present,
+        [(1, 0), (1, 1)],
+    )
+    scores = validation_error(
+        PeakModel(predicted),
+        frames,
+        HeatmapCodec(),
+        batch_size=1,
+        runtime=DeviceSetup(torch.device("cpu")),
+    )
     assert scores["error_px"] == pytest.approx(5.0)
     # Every landmark is predicted present (peak sigmoid ~ 1): right for 24 of 28.
     assert scores["presence_accuracy"] == pytest.approx(24 / 28)
@@ -142,8 +175,12 @@ def test_validation_error_is_the_mean_distance_over_in_frame_landmarks():
 
 def test_device_selection():
     assert select_device("cpu").type == "cpu"
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if torch.cuda.is_available():
+        expected = "cuda"
+    else:
+        expected = "mps" if torch.backends.mps.is_available() else "cpu"
     assert select_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="train.device is 'cuda' but this machine has no usable CUDA"):
+        message = "train.device is 'cuda' but this machine has no usable CUDA"
+        with pytest.raises(ConfigError, match=message):
             select_device("cuda")

@@ -26,8 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 # The smallest configuration that trains the real network.
 TINY_PARAMS: dict[str, Any] = {
     "model": {"backbone": "hrnet_w18_small", "decoder_channels": [8, 8], "init_checkpoint": None},
-    "train": {"epochs": 1, "batch_size": 4, "lr": 0.0001, "weight_decay": 0.01, "val_every": 1, "seed": 0,
-              "device": "cpu", "checkpoint_every": 1},
+    "train": {
+        "epochs": 1,
+        "batch_size": 4,
+        "lr": 0.0001,
+        "weight_decay": 0.01,
+        "val_every": 1,
+        "seed": 0,
+        "device": "cpu",
+        "checkpoint_every": 1,
+    },
     "study": {"losses": ["proposed"], "folds": [1]},
 }
 
@@ -81,32 +89,64 @@ class TinyProject:
 
     def argv(self, stage: str, loss: str = "proposed", fold: int = 1) -> list[str]:
         """The stage's command line (as dvc.yaml runs it), every path inside the project."""
-        common = ["--params", str(self.params)]
+        common = [
+            "--params",
+            str(self.params),
+            "--data",
+            str(self.processed),
+            "--folds",
+            str(self.folds),
+        ]
+        run = ["--loss", loss, "--fold", str(fold), *common]
         if stage == "train":
-            return ["train", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
-                    "--folds", str(self.folds), "--out-dir", str(self.models), "--live-dir", str(self.live),
-                    "--resume-dir", str(self.resume), "--no-progress"]
-        if stage == "evaluate":
-            return ["evaluate", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
-                    "--folds", str(self.folds), "--models", str(self.models), "--out", str(self.metrics),
-                    "--device", "cpu"]
-        if stage == "robustness":
-            return ["robustness", "--loss", loss, "--fold", str(fold), *common, "--data", str(self.processed),
-                    "--folds", str(self.folds), "--models", str(self.models), "--out", str(self.metrics),
-                    "--device", "cpu"]
+            return [
+                "train",
+                *run,
+                "--out-dir",
+                str(self.models),
+                "--live-dir",
+                str(self.live),
+                "--resume-dir",
+                str(self.resume),
+                "--no-progress",
+            ]
+        if stage in ("evaluate", "robustness"):
+            return [
+                stage,
+                *run,
+                "--models",
+                str(self.models),
+                "--out",
+                str(self.metrics),
+                "--device",
+                "cpu",
+            ]
         if stage == "report":
-            return ["report", "--metrics", str(self.metrics), "--out-plots", str(self.plots), *common,
-                    "--data", str(self.processed), "--live", str(self.live), "--folds", str(self.folds)]
+            return [
+                "report",
+                "--metrics",
+                str(self.metrics),
+                "--out-plots",
+                str(self.plots),
+                *common,
+                "--live",
+                str(self.live),
+            ]
         raise ValueError(stage)
 
 
-def make_project(root: Path, specimens: tuple[int, ...] = (1, 2, 3), frames: int = 1,
-                 params: dict | None = None) -> TinyProject:
+def make_project(
+    root: Path, specimens: tuple[int, ...] = (1, 2, 3), frames: int = 1, params: dict | None = None
+) -> TinyProject:
     """A processed file of `specimens` x `frames`, its folds (no validation frames when
     frames == 1) and the tiny params.yaml, under `root`."""
     root.mkdir(parents=True, exist_ok=True)
-    project = TinyProject(root=root, params=root / "params.yaml", processed=root / "ds_8x.h5",
-                          folds=root / "folds.json")
+    project = TinyProject(
+        root=root,
+        params=root / "params.yaml",
+        processed=root / "ds_8x.h5",
+        folds=root / "folds.json",
+    )
     write_tiny_processed(project.processed, specimens=specimens, frames=frames)
     document = tiny_folds(specimens, frames=frames, val_per_fold=1 if frames > 1 else 0)
     document["data"] = str(project.processed)

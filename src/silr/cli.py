@@ -16,16 +16,21 @@ from silr.core.errors import SilrError
 
 # subcommand -> (module, one-line help). dvc.yaml calls these; each module is one stage.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("silr.stages.synth", "generate the synthetic phantom in the full-resolution DeepFluoro layout"),
-    "ingest": ("silr.stages.ingest", "crop, log-transform and downsample raw frames into the preprocessed layout"),
+    "synth": ("silr.stages.synth",
+              "generate the synthetic phantom in the full-resolution DeepFluoro layout"),
+    "ingest": ("silr.stages.ingest",
+               "crop, log-transform and downsample raw frames into the preprocessed layout"),
     "folds": ("silr.stages.folds", "leave-one-specimen-out train/validation/test splits"),
     "train": ("silr.stages.train", "train one named loss on one fold"),
     "evaluate": ("silr.stages.evaluate", "predict a fold's test specimen and write its metrics"),
-    "robustness": ("silr.stages.robustness", "score a fold's test specimen under the corruption suite"),
+    "robustness": ("silr.stages.robustness",
+                   "score a fold's test specimen under the corruption suite"),
     "report": ("silr.stages.report", "Table 2, Figure 1 and the summary plots"),
-    "show": ("silr.stages.show", "print Table 2, the presence and robustness summaries and where the outputs are"),
+    "show": ("silr.stages.show",
+             "print Table 2, the presence and robustness summaries and where the outputs are"),
     "predict": ("silr.stages.predict", "apply trained models to new frames"),
-    "parallel": ("silr.stages.parallel", "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
+    "parallel": ("silr.stages.parallel",
+                 "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
 }
 
 
@@ -39,6 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name != command:
             sub.add_parser(name, help=help_text)
             continue
+        # Only the chosen command's module: the others would load torch for `silr --help`.
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,6 +7,15 @@ these names; nothing else in the code base writes them out again.
 
 from __future__ import annotations
 
+__all__ = [
+    "BACKGROUND", "BONE_LABELS", "DEEPFLUORO_FRAMES", "FRAME_SIZE_PX", "FULLRES_PIXEL_SPACING_MM",
+    "FULLRES_SIZE_PX", "LABEL_COLORS", "LABEL_NAMES", "LANDMARK_BONE", "LANDMARK_BONE_INDEX",
+    "LANDMARK_BONE_LABELS", "LANDMARK_BONE_SLOT", "LANDMARK_NAMES", "LEFT_FEMUR",
+    "LEFT_HEMIPELVIS", "MAX_LABEL", "NETWORK_INPUT_PX", "NUM_CLASSES", "NUM_LANDMARKS",
+    "RIGHT_FEMUR", "RIGHT_HEMIPELVIS", "SOURCE_TO_DETECTOR_MM", "SPECIMEN_IDS", "SPECIMEN_NUMBERS",
+    "UPPER_SACRUM", "VERTEBRAE", "specimen_group",
+]
+
 # Canonical landmark order: the order of `land-names/land-00..13` in the published
 # preprocessed files. Files are always matched to it by name, never by position.
 LANDMARK_NAMES: tuple[str, ...] = (
@@ -42,7 +51,8 @@ NUM_CLASSES = len(LABEL_NAMES)
 MAX_LABEL = max(LABEL_NAMES)
 # The one bone palette of every figure (report, phantom preview, predict overlay), indexed by
 # label value; background black.
-LABEL_COLORS: tuple[str, ...] = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
+LABEL_COLORS: tuple[str, ...] = ("#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231",
+                                  "#911eb4")
 BONE_LABELS: tuple[int, ...] = tuple(v for v in LABEL_NAMES if v != BACKGROUND)
 
 
@@ -60,7 +70,8 @@ LANDMARK_BONE: dict[str, int] = {name: _bone_of(name) for name in LANDMARK_NAMES
 LANDMARK_BONE_INDEX: tuple[int, ...] = tuple(LANDMARK_BONE[n] for n in LANDMARK_NAMES)
 # The bones landmarks lie in (sorted label values), and each landmark's position among them.
 LANDMARK_BONE_LABELS: tuple[int, ...] = tuple(sorted(set(LANDMARK_BONE_INDEX)))
-LANDMARK_BONE_SLOT: tuple[int, ...] = tuple(LANDMARK_BONE_LABELS.index(b) for b in LANDMARK_BONE_INDEX)
+LANDMARK_BONE_SLOT: tuple[int, ...] = tuple(LANDMARK_BONE_LABELS.index(b)
+                                            for b in LANDMARK_BONE_INDEX)
 
 # Paper numbering (1..6, also the `01`..`06` groups of the preprocessed files) -> specimen id.
 SPECIMEN_IDS: dict[int, str] = {

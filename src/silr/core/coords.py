@@ -25,6 +25,11 @@ import numpy as np
 
 from silr.core.anatomy import FRAME_SIZE_PX, NETWORK_INPUT_PX
 
+__all__ = [
+    "downsampled_length", "downsampled_to_fullres", "fullres_to_downsampled", "in_frame",
+    "ingested_landmarks", "ingested_to_fullres", "pad_offset", "rescale", "rotate180",
+]
+
 
 def downsampled_length(size: int, crop: int, factor: int) -> int:
     """Pixels per axis after cropping `crop` per border and downsampling by `factor`:
@@ -61,7 +66,8 @@ def ingested_landmarks(xy: np.ndarray, *, crop: int, factor: int, turned: bool,
 
 def ingested_to_fullres(xy: np.ndarray, *, crop: int, factor: int, turned: bool,
                         fullres_size: tuple[int, int]) -> np.ndarray:
-    """Inverse of `ingested_landmarks`: ingested-frame (x, y) -> the stored full-resolution frame."""
+    """Inverse of `ingested_landmarks`: ingested-frame (x, y) -> the stored full-resolution
+    frame."""
     xy = np.asarray(xy, dtype=np.float64)
     if turned:
         width, height = (downsampled_length(n, crop, factor) for n in fullres_size)
@@ -73,7 +79,8 @@ def in_frame(xy: np.ndarray, width: int, height: int) -> np.ndarray:
     """Boolean (...,) mask: landmark inside [0, W-1] x [0, H-1] (and finite)."""
     xy = np.asarray(xy, dtype=np.float64)
     x, y = xy[..., 0], xy[..., 1]
-    return np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    return (np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x <= width - 1) & (y >= 0)
+            & (y <= height - 1))
 
 
 def pad_offset(frame_px: int = FRAME_SIZE_PX, padded_px: int = NETWORK_INPUT_PX) -> int:

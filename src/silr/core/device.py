@@ -21,6 +21,11 @@ import torch
 from silr.core.errors import ConfigError
 from silr.core.io import open_lock_file
 
+__all__ = [
+    "DEVICE_CHOICES", "DEVICE_ENV", "GPU_POOL_ENV", "LOCK_DIR_ENV", "THREADS_ENV", "DeviceSetup",
+    "claim_gpu", "device_for_run", "parse_gpu_pool", "select_device",
+]
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 # Placement of one process, outside params.yaml so that it never enters a stage's run-cache
 # key (the same run on another device or thread count is the same experiment):
@@ -38,10 +43,13 @@ def _mps_available() -> bool:
 
 
 def select_device(requested: str = "auto", key: str = "train.device") -> torch.device:
-    """The torch device for `requested` (auto | cpu | cuda | cuda:N | mps); ConfigError if it is not there."""
+    """The torch device for `requested` (auto | cpu | cuda | cuda:N | mps); ConfigError if it is
+    not there."""
     kind, _, index = str(requested).partition(":")
-    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not (index.isascii() and index.isdigit()))):
-        raise ConfigError(f"{key} must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {requested!r}")
+    index_ok = kind == "cuda" and index.isascii() and index.isdigit()
+    if kind not in DEVICE_CHOICES or (index and not index_ok):
+        raise ConfigError(f"{key} must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, "
+                          f"got {requested!r}")
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -49,11 +57,14 @@ def select_device(requested: str = "auto", key: str = "train.device") -> torch.d
             return torch.device("mps")
         return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} is {requested!r} but this machine has no usable CUDA device (use auto or cpu)")
+        raise ConfigError(f"{key} is {requested!r} but this machine has no usable CUDA device "
+                          f"(use auto or cpu)")
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise ConfigError(f"{key} is {requested!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(f"{key} is {requested!r} but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     if kind == "mps" and not _mps_available():
-        raise ConfigError(f"{key} is 'mps' but this machine has no usable MPS device (use auto or cpu)")
+        raise ConfigError(f"{key} is 'mps' but this machine has no usable MPS device "
+                          f"(use auto or cpu)")
     return torch.device(requested)
 
 
@@ -78,7 +89,8 @@ def parse_gpu_pool(text: str) -> list[int]:
     try:
         pool = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise ConfigError(f"{GPU_POOL_ENV} must list GPU indices like 0,1,2, got {text!r}") from None
+        raise ConfigError(f"{GPU_POOL_ENV} must list GPU indices like 0,1,2, "
+                          f"got {text!r}") from None
     if not pool or min(pool) < 0:
         raise ConfigError(f"{GPU_POOL_ENV} must list GPU indices like 0,1,2, got {text!r}")
     return pool
@@ -101,12 +113,12 @@ def device_for_run(requested: str = "auto") -> torch.device:
         return device
     pool = parse_gpu_pool(pool_text)
     if max(pool) >= torch.cuda.device_count():
-        raise ConfigError(f"{GPU_POOL_ENV} is {pool_text!r} but this machine has {torch.cuda.device_count()} "
-                          f"CUDA device(s)")
+        raise ConfigError(f"{GPU_POOL_ENV} is {pool_text!r} but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     gpu = claim_gpu(pool)
     if gpu is None:
-        raise ConfigError(f"every GPU of {GPU_POOL_ENV}={pool_text} is held by another silr process "
-                          f"(run at most {len(pool)} workers)")
+        raise ConfigError(f"every GPU of {GPU_POOL_ENV}={pool_text} is held by another silr "
+                          f"process (run at most {len(pool)} workers)")
     return torch.device("cuda", gpu)
 
 
@@ -140,7 +152,9 @@ class DeviceSetup:
 
     def describe(self) -> str:
         if self.is_cuda:
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            index = self.device.index
+            if index is None:
+                index = torch.cuda.current_device()
             return f"cuda ({torch.cuda.get_device_name(index)}, bf16 autocast, channels_last)"
         if self.device.type == "cpu":
             return f"cpu ({torch.get_num_threads()} threads, float32)"

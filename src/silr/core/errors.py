@@ -5,6 +5,11 @@ expected and what was found; the CLI catches them once, prints one line and exit
 non-zero. Nothing below the CLI prints or exits.
 """
 
+__all__ = [
+    "MAX_QUOTED_CHARS", "CheckpointError", "ConfigError", "DataError", "IgnoredLandmarkWarning",
+    "OutputError", "SilrError", "SilrWarning", "quoted",
+]
+
 
 class SilrError(Exception):
     """Base class of every error silr reports to the user as one line."""

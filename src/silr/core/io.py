@@ -28,6 +28,12 @@ from typing import IO, Any
 
 from silr.core.errors import OutputError
 
+__all__ = [
+    "STALE_AFTER_S", "TMP_PREFIX", "atomic_path", "check_replaceable", "clean_stale_temporaries",
+    "ensure_writable", "json_text", "open_lock_file", "write_bytes", "write_json", "write_text",
+    "write_with",
+]
+
 TMP_PREFIX = ".silr-tmp-"
 # `<prefix><pid>-<hex>-<name>`: the pid says whether the writer may still be running.
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{8}-")
@@ -53,7 +59,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _is_stale(entry: os.DirEntry) -> bool:
     match = _TMP_NAME.match(entry.name)
-    if match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+    if (match is not None and int(match.group(1)) != os.getpid()
+            and not _pid_alive(int(match.group(1)))):
         return True
     try:
         age = time.time() - entry.stat(follow_symlinks=False).st_mtime
@@ -88,7 +95,8 @@ def _clean_once(directory: Path) -> None:
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
-    """OutputError unless `path` is absent, a regular file or a symbolic link: what we may replace."""
+    """OutputError unless `path` is absent, a regular file or a symbolic link: what we may
+    replace."""
     target = Path(path)
     try:
         mode = os.lstat(target).st_mode
@@ -106,8 +114,10 @@ def _prepare_dir(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, expected a directory" if blocker is not None else exc.strerror
+        blocker = next((p for p in (path.parent, *path.parent.parents)
+                        if p.exists() and not p.is_dir()), None)
+        reason = (f"{blocker} is a file, expected a directory" if blocker is not None
+                  else exc.strerror)
         raise OutputError(f"{path}: cannot create directory {path.parent}: {reason}") from None
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{path}: output directory {path.parent} is not writable")
@@ -132,8 +142,8 @@ def ensure_writable(*paths: str | os.PathLike) -> None:
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
-            raise OutputError(f"{target}: output directory {target.parent} does not accept new files "
-                              f"({exc.strerror})") from None
+            raise OutputError(f"{target}: output directory {target.parent} does not accept new "
+                              f"files ({exc.strerror})") from None
         with contextlib.suppress(FileNotFoundError):
             probe.unlink()
 
@@ -216,4 +226,5 @@ def open_lock_file(path: str | os.PathLike) -> IO[str]:
     content does not matter and several processes open it at once, so it is the one file
     that is not written through a temporary name."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "a+")  # noqa: SIM115 - the caller holds it open for as long as it holds the lock
+    # No `with`: the caller holds it open for as long as it holds the lock.
+    return open(path, "a+")  # noqa: SIM115

@@ -12,6 +12,9 @@ import os
 
 from silr.core.errors import ConfigError, DataError
 
+__all__ = ["DEFAULT_MEMORY_BUDGET_BYTES", "MEMORY_BUDGET_ENV", "check_declared_bytes",
+           "memory_budget_bytes"]
+
 # What one command may hold of decoded input at once: 4 GiB by default, or SILR_MEMORY_BUDGET_MB.
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024 ** 3
 MEMORY_BUDGET_ENV = "SILR_MEMORY_BUDGET_MB"
@@ -32,7 +35,8 @@ def memory_budget_bytes() -> int:
     return megabytes * 1024 ** 2
 
 
-def check_declared_bytes(where: str, shape: tuple[int, ...], itemsize: int, what: str = "dataset") -> int:
+def check_declared_bytes(where: str, shape: tuple[int, ...], itemsize: int,
+                         what: str = "dataset") -> int:
     """The bytes `shape` x `itemsize` would take; DataError naming `where` if beyond the budget."""
     count = 1
     for side in shape:
@@ -41,7 +45,7 @@ def check_declared_bytes(where: str, shape: tuple[int, ...], itemsize: int, what
     budget = memory_budget_bytes()
     if size > budget:
         dims = " x ".join(str(int(s)) for s in shape)
-        raise DataError(f"{where}: the {what} declares {dims} ({size / 1024 ** 3:.1f} GiB), beyond the "
-                        f"memory budget of {budget / 1024 ** 3:.1f} GiB ({MEMORY_BUDGET_ENV} raises it); "
-                        f"not read")
+        raise DataError(f"{where}: the {what} declares {dims} ({size / 1024 ** 3:.1f} GiB), beyond "
+                        f"the memory budget of {budget / 1024 ** 3:.1f} GiB ({MEMORY_BUDGET_ENV} "
+                        f"raises it); not read")
     return size

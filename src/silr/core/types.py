@@ -8,6 +8,8 @@ from typing import NamedTuple
 import numpy as np
 from torch import Tensor
 
+__all__ = ["Batch", "FramePredictions", "ModelOutput"]
+
 
 class Batch(NamedTuple):
     """A batch in network-input coordinates (the 180x180 frame padded to 192x192).
@@ -66,11 +68,13 @@ class FramePredictions:
 
     def __post_init__(self) -> None:
         # Callers that know only one score (baselines, tests) leave the others out: NaN.
-        for name, shape in (("threshold_score", self.score.shape), ("template_ncc", self.score.shape),
+        for name, shape in (("threshold_score", self.score.shape),
+                            ("template_ncc", self.score.shape),
                             ("presence_prob", self.score.shape), ("xy_bone", self.xy.shape)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.full(shape, np.nan))
 
     @classmethod
     def concatenate(cls, parts: list[FramePredictions]) -> FramePredictions:
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                      for f in fields(cls)})

@@ -5,7 +5,7 @@ in the file's own pixel grid, without any scaling: 8-bit and 16-bit integers kee
 values, so a raw 16-bit detector frame can still be log-transformed exactly as in
 ingestion. Colour images are turned into one grey channel (ITU-R 601 luma), which is
 what a viewer's screenshot of a grey frame holds in each of its channels anyway.
-HDF5 files are read by `silr.data.deepfluoro`, not here.
+HDF5 files are read by `silr.data.fullres` and `silr.data.processed`, not here.
 
 DICOM (pydicom): the modality LUT (RescaleSlope / RescaleIntercept) is applied, and a
 MONOCHROME1 image (minimum value shown white) is inverted to MONOCHROME2 (value bright
@@ -23,12 +23,24 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from silr.core.errors import DataError, SilrWarning, quoted
+
+if TYPE_CHECKING:  # pydicom is optional: read_dicom imports it, or says how to install it
+    from pydicom import Dataset
+
+__all__ = [
+    "DICOM_SUFFIXES", "HDF5_SUFFIXES", "MAX_ABS_VALUE", "MAX_INPUT_BYTES", "MAX_INPUT_PIXELS",
+    "MIN_INPUT_SIDE", "NPY_SUFFIXES", "PIL_SUFFIXES", "PROJECTION_MODALITIES", "SUPPORTED_SUFFIXES",
+    "NpyHeader", "check_size", "check_values", "input_kind", "read_dicom", "read_npy",
+    "read_npy_frame", "read_npy_header", "read_pil_image",
+]
 
 PIL_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -74,19 +86,19 @@ def check_size(path: Path, shape: tuple[int, ...]) -> None:
     height, width = int(shape[-2]), int(shape[-1])
     count = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
     if min(height, width) < MIN_INPUT_SIDE:
-        raise DataError(f"{path}: {width} x {height} px is too small for a frame (at least {MIN_INPUT_SIDE} px "
-                        f"per side; the model's frame is 180 x 180)")
+        raise DataError(f"{path}: {width} x {height} px is too small for a frame (at least "
+                        f"{MIN_INPUT_SIDE} px per side; the model's frame is 180 x 180)")
     if height * width > MAX_INPUT_PIXELS or 4 * height * width * count > MAX_INPUT_BYTES:
         raise DataError(f"{path}: declared size {width} x {height} px"
                         f"{f' x {count} frames' if count > 1 else ''} is beyond the limit of "
-                        f"{MAX_INPUT_PIXELS:,} px per frame and {MAX_INPUT_BYTES // 1024 ** 3} GiB per file "
-                        f"(a decompression bomb, or a frame too large for memory); not decoded")
+                        f"{MAX_INPUT_PIXELS:,} px per frame and {MAX_INPUT_BYTES // 1024 ** 3} GiB "
+                        f"per file (a decompression bomb, or a frame too large for memory); not "
+                        f"decoded")
 
 
 def read_pil_image(path: Path) -> np.ndarray:
     """A PNG, TIFF or JPEG (8 or 16 bit, grey or colour, or 32-bit float) as float32 (H, W)."""
-    import warnings
-
+    # Pillow loads here, with the first image read, not with `silr predict --help`
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -102,7 +114,8 @@ def read_pil_image(path: Path) -> np.ndarray:
             if mode == "1" or mode == "P" or mode.startswith(("RGB", "LA", "CMYK", "YCbCr")):
                 image = image.convert("L")
             elif mode not in _GREY_MODES:
-                raise DataError(f"{path}: unsupported image mode {mode!r} (expected grey, colour or 16-bit)")
+                raise DataError(f"{path}: unsupported image mode {mode!r} (expected grey, colour "
+                                f"or 16-bit)")
             pixels = np.asarray(image)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
@@ -114,8 +127,8 @@ def read_pil_image(path: Path) -> np.ndarray:
         unsupported = _unsupported_tiff(path)
         if unsupported:
             raise DataError(f"{path}: {unsupported}") from None
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {quoted(str(exc), 200)})") \
-            from None
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: "
+                        f"{quoted(str(exc), 200)})") from None
     return _checked_frame(path, pixels.astype(np.float32))
 
 
@@ -124,7 +137,8 @@ _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "float", 
 
 
 def _tiff_first_ifd(head: bytes) -> dict[int, int] | None:
-    """Tag -> first value of the first IFD's one-value SHORT/LONG tags, from a TIFF's first bytes."""
+    """Tag -> first value of the first IFD's one-value SHORT/LONG tags, from a TIFF's first
+    bytes."""
     order = {b"II": "<", b"MM": ">"}.get(head[:2])
     if order is None or struct.unpack(order + "H", head[2:4])[0] != 42:
         return None
@@ -140,7 +154,8 @@ def _tiff_first_ifd(head: bytes) -> dict[int, int] | None:
         tag, kind, values = struct.unpack(order + "HHI", head[start:start + 8])
         if kind in (3, 4) and values == 1:  # one SHORT or LONG: the value sits in the entry itself
             width = 2 if kind == 3 else 4
-            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), head[start + 8:start + 8 + width])[0]
+            value_format = order + ("H" if kind == 3 else "I")
+            tags[tag] = struct.unpack(value_format, head[start + 8:start + 8 + width])[0]
     return tags
 
 
@@ -158,19 +173,20 @@ def _unsupported_tiff(path: Path) -> str | None:
     if (bits, sample_format) in ((8, 1), (16, 1), (16, 2), (32, 2), (32, 3)):
         return None  # a kind Pillow reads: the failure is elsewhere
     kind = _TIFF_SAMPLE_FORMATS.get(sample_format, f"sample format {sample_format}")
-    return (f"TIFF with {bits}-bit {kind} samples is not supported; save it as 32-bit float or 8/16-bit "
-            f"integer")
+    return (f"TIFF with {bits}-bit {kind} samples is not supported; save it as 32-bit float or "
+            f"8/16-bit integer")
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """A single-frame grey DICOM image as float32 (H, W) in MONOCHROME2 polarity, and its pixel
     spacing in mm (row, column) or None when the file states none."""
-    try:
+    try:  # pydicom is optional and loads with the first DICOM file
         import pydicom
         from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_modality_lut
     except ImportError:
-        raise DataError(f"{path}: reading DICOM needs pydicom (pip install -r requirements.txt)") from None
+        raise DataError(f"{path}: reading DICOM needs pydicom (pip install -r "
+                        f"requirements.txt)") from None
     try:
         dataset = pydicom.dcmread(path)
         rows, cols = int(dataset.Rows), int(dataset.Columns)
@@ -179,31 +195,35 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         if frames != 1 or int(getattr(dataset, "SamplesPerPixel", 1)) != 1:
             raise DataError(f"{path}: expected one grey frame, the file holds {frames} frame(s) of "
                             f"{getattr(dataset, 'SamplesPerPixel', 1)} sample(s) per pixel")
-        pixels = np.asarray(apply_modality_lut(_dicom_pixels(path, dataset), dataset), dtype=np.float64)
+        pixels = np.asarray(apply_modality_lut(_dicom_pixels(path, dataset), dataset),
+                            dtype=np.float64)
         photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
         if photometric == "MONOCHROME1":
             bits = int(getattr(dataset, "BitsStored", 16))
             top = float(apply_modality_lut(np.array([2 ** bits - 1]), dataset)[0])
             pixels = top - pixels
         elif photometric != "MONOCHROME2":
-            raise DataError(f"{path}: photometric interpretation {photometric} is not a grey image")
-        spacing = getattr(dataset, "ImagerPixelSpacing", None) or getattr(dataset, "PixelSpacing", None)
+            raise DataError(f"{path}: photometric interpretation {photometric} is not a grey "
+                            f"image")
+        spacing = (getattr(dataset, "ImagerPixelSpacing", None)
+                   or getattr(dataset, "PixelSpacing", None))
         spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing else None
         modality = str(getattr(dataset, "Modality", "") or "").strip().upper()
         if modality and modality not in PROJECTION_MODALITIES:
-            import warnings
-
             warnings.warn(SilrWarning(
-                f"DICOM Modality is {modality[:16]}, not a projection radiograph ({', '.join(PROJECTION_MODALITIES)}): "
-                f"the models were trained on X-ray projections, so their landmarks here mean nothing"), stacklevel=2)
+                f"DICOM Modality is {modality[:16]}, not a projection radiograph "
+                f"({', '.join(PROJECTION_MODALITIES)}): the models were trained on X-ray "
+                f"projections, so their landmarks here mean nothing"), stacklevel=2)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except MemoryError:
         raise DataError(f"{path}: too large to decode in memory") from None
     except DataError:
         raise
-    except (InvalidDicomError, AttributeError, KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
-        raise DataError(f"{path}: not a readable DICOM image ({exc.__class__.__name__}: {exc})") from None
+    except (InvalidDicomError, AttributeError, KeyError, OSError, ValueError, TypeError,
+            RuntimeError) as exc:
+        raise DataError(f"{path}: not a readable DICOM image ({exc.__class__.__name__}: "
+                        f"{exc})") from None
     return _checked_frame(path, pixels.astype(np.float32)), spacing_mm
 
 
@@ -213,22 +233,26 @@ class NpyHeader:
     dtype: np.dtype
 
 
-def _dicom_pixels(path: Path, dataset) -> np.ndarray:  # noqa: ANN001 - a pydicom Dataset
-    """dataset.pixel_array; a compressed one that no installed plugin decodes is one DataError line
-    naming the compression and the plugin to install."""
+def _dicom_pixels(path: Path, dataset: Dataset) -> np.ndarray:
+    """dataset.pixel_array; a compressed one that no installed plugin decodes is one DataError
+    line naming the compression and the plugin to install."""
     try:
         return dataset.pixel_array
     except (RuntimeError, NotImplementedError, ValueError):
-        syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+        syntax = (dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta")
+                  else None)
         if syntax is None or not syntax.is_compressed:
             raise
-        name = " ".join(str(getattr(syntax, "name", "") or syntax).split())[:64]  # a UID is <= 64 chars
-        plugin = next((hint for key, hint in _DICOM_DECODERS.items() if key in name), "pylibjpeg or gdcm")
-        raise DataError(f"{path}: compressed with {name} (transfer syntax {str(syntax)[:64]}), which needs a "
-                        f"decoder plugin: pip install {plugin}") from None
+        # a UID is at most 64 characters
+        name = " ".join(str(getattr(syntax, "name", "") or syntax).split())[:64]
+        plugin = next((hint for key, hint in _DICOM_DECODERS.items() if key in name),
+                      "pylibjpeg or gdcm")
+        raise DataError(f"{path}: compressed with {name} (transfer syntax {str(syntax)[:64]}), "
+                        f"which needs a decoder plugin: pip install {plugin}") from None
 
 
-_DICOM_DECODERS = {"JPEG 2000": "pylibjpeg pylibjpeg-openjpeg", "JPEG-LS": "pylibjpeg pylibjpeg-libjpeg",
+_DICOM_DECODERS = {"JPEG 2000": "pylibjpeg pylibjpeg-openjpeg",
+                   "JPEG-LS": "pylibjpeg pylibjpeg-libjpeg",
                    "JPEG": "pylibjpeg pylibjpeg-libjpeg", "RLE": "pylibjpeg pylibjpeg-rle"}
 
 
@@ -247,19 +271,20 @@ def read_npy_header(path: Path) -> NpyHeader:
         raise DataError(f"{path}: no such file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except Exception as exc:  # noqa: BLE001 - header garbage raises anything (TokenError, SyntaxError, ...)
-        raise DataError(f"{path}: not a readable .npy array (malformed header: {exc.__class__.__name__}: "
-                        f"{quoted(str(exc))})") from None
+    except Exception as exc:  # noqa: BLE001 - header garbage raises anything (TokenError, ...)
+        raise DataError(f"{path}: not a readable .npy array (malformed header: "
+                        f"{exc.__class__.__name__}: {quoted(str(exc))})") from None
     shape = tuple(shape)
-    if len(shape) not in (2, 3) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, got shape {quoted(shape)} of "
-                        f"{quoted(str(dtype))}")
+    real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    if len(shape) not in (2, 3) or not real:
+        raise DataError(f"{path}: expected a real (H, W) frame or (N, H, W) stack, got shape "
+                        f"{quoted(shape)} of {quoted(str(dtype))}")
     if len(shape) == 3 and shape[0] < 1:
         raise DataError(f"{path}: stack of shape {shape} holds no frame")
     check_size(path, shape)
     if data_offset + math.prod(shape) * dtype.itemsize > file_size:
-        raise DataError(f"{path}: truncated: the header declares {' x '.join(map(str, shape))} {dtype}, "
-                        f"the file is {file_size} bytes")
+        raise DataError(f"{path}: truncated: the header declares {' x '.join(map(str, shape))} "
+                        f"{dtype}, the file is {file_size} bytes")
     return NpyHeader(shape, dtype)
 
 
@@ -270,7 +295,8 @@ def read_npy_frame(path: Path, index: int | None = None) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         if array.shape != header.shape:
-            raise DataError(f"{path}: changed while being read (shape {array.shape}, was {header.shape})")
+            raise DataError(f"{path}: changed while being read (shape {array.shape}, was "
+                            f"{header.shape})")
         frame = np.array(array if index is None else array[index], dtype=np.float32)
         del array
     except MemoryError:
@@ -301,12 +327,14 @@ def check_values(source: object, pixels: np.ndarray) -> None:
     if math.isnan(low) or math.isnan(high) or math.isinf(low) or math.isinf(high):
         raise DataError(f"{source}: image holds NaN or infinite values")
     if low < -MAX_ABS_VALUE or high > MAX_ABS_VALUE:
-        raise DataError(f"{source}: pixel values {low:.3g}..{high:.3g} are beyond +-{MAX_ABS_VALUE:.0e}, the "
-                        f"range silr accepts (larger magnitudes overflow float32 in scaling and log)")
+        raise DataError(f"{source}: pixel values {low:.3g}..{high:.3g} are beyond "
+                        f"+-{MAX_ABS_VALUE:.0e}, the range silr accepts (larger magnitudes "
+                        f"overflow float32 in scaling and log)")
 
 
 def _checked_frame(path: object, pixels: np.ndarray) -> np.ndarray:
     if pixels.shape[-1] < 2 or pixels.shape[-2] < 2 or (pixels.ndim == 3 and pixels.shape[0] == 0):
-        raise DataError(f"{path}: image of shape {pixels.shape} is too small (need at least 2x2 pixels)")
+        raise DataError(f"{path}: image of shape {pixels.shape} is too small (need at least 2x2 "
+                        f"pixels)")
     check_values(path, pixels)
     return pixels

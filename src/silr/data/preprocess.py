@@ -3,8 +3,8 @@ frame of the published `ipcai_2020_ds_*.h5` files out.
 
 This module owns the arithmetic only (crop, log transform, Gaussian smoothing and sampling,
 label sampling, landmark mapping, the 180-degree turn) and the constants that describe it;
-reading and writing the HDF5 layouts is `silr.data.deepfluoro`'s job. `silr ingest` applies the
-transforms to every frame of a file, `silr predict --raw` to one frame.
+reading and writing the HDF5 layouts is `silr.data.fullres`'s and `silr.data.processed`'s job.
+`silr ingest` applies the transforms to every frame of a file, `silr predict --raw` to one frame.
 
 The transforms (`preprocess_raw_frame`, `downsample_labels`, `preprocess_landmarks`)
 rebuild the published files exactly as the data set's authors made them (their
@@ -33,14 +33,20 @@ from scipy import ndimage, special
 from silr.core import anatomy, coords
 from silr.core.errors import SilrWarning
 
+__all__ = ["GAUSSIAN_MAX_ERROR", "GAUSSIAN_MAX_WIDTH", "IMAGE_RULE", "INTENSITY_FLOOR",
+           "LABEL_RULE", "ClippedIntensityWarning", "discrete_gaussian_kernel",
+           "downsample_labels", "ingest_raw_frame", "line_integrals", "preprocess_landmarks",
+           "preprocess_raw_frame", "smooth_and_sample"]
+
 # Raw intensities below this value are clipped to it before the log transform: the
 # detector never reports zero photons for a real frame, so such pixels are defects.
 INTENSITY_FLOOR = 1.0
 
-# How the transforms below make labels and images, in words (ingest stores them as root attributes).
+# How the transforms below make labels and images, in words (ingest stores them as root
+# attributes).
 LABEL_RULE = "the full-resolution label at each small pixel's centre (cropped pixel factor * i)"
-IMAGE_RULE = ("discrete Gaussian smoothing, variance (factor / 2)^2 px^2, then the sample at cropped pixel "
-              "factor * i; turned after downsampling")
+IMAGE_RULE = ("discrete Gaussian smoothing, variance (factor / 2)^2 px^2, then the sample at "
+              "cropped pixel factor * i; turned after downsampling")
 
 # ITK DiscreteGaussianImageFilter's defaults, which the published files' downsampling used.
 GAUSSIAN_MAX_ERROR = 0.01
@@ -57,8 +63,8 @@ def _check_frame(array: np.ndarray, what: str, crop: int, factor: int) -> None:
     if factor < 1 or crop < 0:
         raise ValueError(f"factor must be >= 1 and crop >= 0, got factor={factor}, crop={crop}")
     if min(coords.downsampled_length(n, crop, factor) for n in array.shape) < 1:
-        raise ValueError(f"crop {crop} px per border and downsampling by {factor} leave nothing of a "
-                         f"{array.shape[0]}x{array.shape[1]} frame")
+        raise ValueError(f"crop {crop} px per border and downsampling by {factor} leave nothing "
+                         f"of a {array.shape[0]}x{array.shape[1]} frame")
 
 
 def discrete_gaussian_kernel(variance: float) -> np.ndarray:
@@ -89,7 +95,8 @@ def smooth_and_sample(image: np.ndarray, factor: int) -> np.ndarray:
     out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in image.shape)
     # Separable: filtering along one axis commutes with sampling the other, so each pass
     # only computes the rows or columns that are kept.
-    rows_kept = ndimage.correlate1d(np.asarray(image, dtype=np.float64), kernel, axis=1, mode="nearest")
+    rows_kept = ndimage.correlate1d(np.asarray(image, dtype=np.float64), kernel, axis=1,
+                                    mode="nearest")
     rows_kept = rows_kept[:, : factor * out_w : factor]
     smoothed = ndimage.correlate1d(rows_kept, kernel, axis=0, mode="nearest")
     return smoothed[: factor * out_h : factor]
@@ -117,7 +124,8 @@ def _cropped(frame: np.ndarray, crop: int) -> np.ndarray:
 
 def ingest_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor: int,
                      rotate: bool) -> tuple[np.ndarray, int]:
-    """`preprocess_raw_frame` plus the number of clipped pixels (ingest counts them over the file)."""
+    """`preprocess_raw_frame` plus the number of clipped pixels (ingest counts them over the
+    file)."""
     intensity = np.asarray(intensity)
     _check_frame(intensity, "raw intensity", crop, factor)
     if i0 <= 0 or not math.isfinite(i0):
@@ -137,8 +145,9 @@ def preprocess_raw_frame(intensity: np.ndarray, *, crop: int, i0: float, factor:
     """
     frame, clipped = ingest_raw_frame(intensity, crop=crop, i0=i0, factor=factor, rotate=rotate)
     if clipped:
-        warnings.warn(f"{clipped} raw intensities below {INTENSITY_FLOOR:g} clipped to {INTENSITY_FLOOR:g} "
-                      f"before the log transform", ClippedIntensityWarning, stacklevel=2)
+        warnings.warn(f"{clipped} raw intensities below {INTENSITY_FLOOR:g} clipped to "
+                      f"{INTENSITY_FLOOR:g} before the log transform", ClippedIntensityWarning,
+                      stacklevel=2)
     return frame
 
 
@@ -149,7 +158,8 @@ def downsample_labels(labels: np.ndarray, *, crop: int, factor: int, rotate: boo
     labels = np.asarray(labels)
     _check_frame(labels, "labels", crop, factor)
     if labels.size and (labels.min() < 0 or labels.max() > anatomy.MAX_LABEL):
-        raise ValueError(f"labels must lie in 0..{anatomy.MAX_LABEL}, found {labels.min()}..{labels.max()}")
+        raise ValueError(f"labels must lie in 0..{anatomy.MAX_LABEL}, "
+                         f"found {labels.min()}..{labels.max()}")
     cropped = _cropped(labels, crop)
     out_h, out_w = (coords.downsampled_length(n, 0, factor) for n in cropped.shape)
     small = cropped[: factor * out_h : factor, : factor * out_w : factor]

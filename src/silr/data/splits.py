@@ -8,7 +8,8 @@ val_fraction > 0, never all of them. Every frame is in exactly one set of each f
 `data/folds.json` (written by the `folds` stage, read by train, evaluate and report):
     {"data": path, "val_fraction": f, "seed": s, "specimens": [1, ...],
      "frames_per_specimen": {"1": n, ...},
-     "folds": {"1": {"test_specimen": 1, "train": [[specimen, frame], ...], "val": [...], "test": [...]}}}
+     "folds": {"1": {"test_specimen": 1, "train": [[specimen, frame], ...], "val": [...],
+                     "test": [...]}}}
 Frames are (specimen number, index of the frame in that specimen's `projs`).
 """
 
@@ -23,7 +24,10 @@ from typing import Any
 import numpy as np
 
 from silr.core.errors import DataError, quoted
-from silr.data.deepfluoro import ProcessedData
+from silr.data.processed import ProcessedData
+
+__all__ = ["SETS", "Fold", "FrameId", "check_against_data", "folds_to_json", "load_folds",
+           "make_folds", "parse_folds", "validation_count"]
 
 FrameId = tuple[int, int]  # (specimen number, frame index)
 SETS = ("train", "val", "test")
@@ -45,10 +49,12 @@ def validation_count(pool: int, val_fraction: float) -> int:
     return min(pool - 1, max(1, math.floor(val_fraction * pool + 0.5)))
 
 
-def make_folds(frames_per_specimen: dict[int, int], val_fraction: float, seed: int) -> dict[int, Fold]:
+def make_folds(frames_per_specimen: dict[int, int], val_fraction: float,
+               seed: int) -> dict[int, Fold]:
     """Pure logic: one fold per specimen, numbered by the specimen it tests."""
     if len(frames_per_specimen) < 2:
-        raise DataError(f"leave-one-specimen-out needs at least 2 specimens, got {len(frames_per_specimen)}")
+        raise DataError(f"leave-one-specimen-out needs at least 2 specimens, "
+                        f"got {len(frames_per_specimen)}")
     empty = [number for number, count in frames_per_specimen.items() if count < 1]
     if empty:
         raise DataError(f"specimen(s) {empty} have no frames")
@@ -62,7 +68,8 @@ def make_folds(frames_per_specimen: dict[int, int], val_fraction: float, seed: i
         val = sorted(pool[i] for i in order[:n_val])
         train = sorted(pool[i] for i in order[n_val:])
         test = [(test_specimen, i) for i in range(frames_per_specimen[test_specimen])]
-        folds[test_specimen] = Fold(test_specimen, test_specimen, tuple(train), tuple(val), tuple(test))
+        folds[test_specimen] = Fold(test_specimen, test_specimen, tuple(train), tuple(val),
+                                    tuple(test))
     return folds
 
 
@@ -75,19 +82,22 @@ def folds_to_json(folds: dict[int, Fold], *, data: str, val_fraction: float, see
         "specimens": sorted(frames_per_specimen),
         "frames_per_specimen": {str(n): c for n, c in sorted(frames_per_specimen.items())},
         "folds": {str(k): {"test_specimen": fold.test_specimen,
-                           **{name: [list(frame) for frame in getattr(fold, name)] for name in SETS}}
+                           **{name: [list(frame) for frame in getattr(fold, name)]
+                              for name in SETS}}
                   for k, fold in sorted(folds.items())},
     }
 
 
 def _frame_list(value: Any, path: Path, where: str) -> tuple[FrameId, ...]:
     if not isinstance(value, list):
-        raise DataError(f"{path}: {where} must be a list of [specimen, frame] pairs, found {type(value).__name__}")
+        raise DataError(f"{path}: {where} must be a list of [specimen, frame] pairs, "
+                        f"found {type(value).__name__}")
     frames = []
     for item in value:
         if (not isinstance(item, list) or len(item) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
-            raise DataError(f"{path}: {where} has {item!r}, expected a [specimen, frame] pair of integers")
+            raise DataError(f"{path}: {where} has {item!r}, expected a [specimen, frame] pair "
+                            f"of integers")
         frames.append((item[0], item[1]))
     return tuple(frames)
 
@@ -95,24 +105,28 @@ def _frame_list(value: Any, path: Path, where: str) -> tuple[FrameId, ...]:
 def parse_folds(raw: Any, path: Path) -> dict[int, Fold]:
     """Folds from the JSON object, checking that no frame is in two sets of a fold."""
     if not isinstance(raw, dict) or not isinstance(raw.get("folds"), dict) or not raw["folds"]:
-        raise DataError(f"{path}: expected an object with a non-empty 'folds' mapping (written by `silr folds`)")
+        raise DataError(f"{path}: expected an object with a non-empty 'folds' mapping "
+                        f"(written by `silr folds`)")
     folds: dict[int, Fold] = {}
     for key, entry in raw["folds"].items():
         where = f"folds.{key}"
-        if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):  # '²'.isdigit() is True
+        # ASCII digits only: '²'.isdigit() is True
+        if not (key.isascii() and key.isdigit()) or not isinstance(entry, dict):
             raise DataError(f"{path}: {where}: expected a fold number mapped to an object")
         missing = [name for name in ("test_specimen", *SETS) if name not in entry]
         if missing:
             raise DataError(f"{path}: {where} has no {', '.join(missing)}")
         test_specimen = entry["test_specimen"]
         if not isinstance(test_specimen, int) or isinstance(test_specimen, bool):
-            raise DataError(f"{path}: {where}.test_specimen must be a specimen number, found {test_specimen!r}")
+            raise DataError(f"{path}: {where}.test_specimen must be a specimen number, "
+                            f"found {test_specimen!r}")
         sets = {name: _frame_list(entry[name], path, f"{where}.{name}") for name in SETS}
         seen: dict[FrameId, str] = {}
         for name, frames in sets.items():
             for frame in frames:
                 if frame in seen:
-                    raise DataError(f"{path}: {where}: frame {list(frame)} is in both {seen[frame]} and {name}")
+                    raise DataError(f"{path}: {where}: frame {list(frame)} is in both "
+                                    f"{seen[frame]} and {name}")
                 seen[frame] = name
         wrong = [f for f in sets["test"] if f[0] != test_specimen] + \
                 [f for f in sets["train"] + sets["val"] if f[0] == test_specimen]
@@ -130,15 +144,16 @@ def check_against_data(folds: dict[int, Fold], data: ProcessedData, path: Path) 
         named = {frame: name for name in SETS for frame in getattr(fold, name)}
         for frame, name in named.items():
             if frame not in available:
-                detail = (f"specimen {frame[0]} does not exist (the data holds {sorted(data.specimens)})"
+                detail = (f"specimen {frame[0]} does not exist "
+                          f"(the data holds {sorted(data.specimens)})"
                           if frame[0] not in data.specimens else
                           f"specimen {frame[0]} has {data.frames_per_specimen[frame[0]]} frames")
                 raise DataError(f"{path}: fold {k} {name} names frame {list(frame)}, but {detail}; "
                                 f"rerun `silr folds` (dvc repro folds)")
         unused = sorted(available - set(named))
         if unused:
-            raise DataError(f"{path}: fold {k} leaves frame {list(unused[0])} of the data in no set "
-                            f"({len(unused)} in all); rerun `silr folds` (dvc repro folds)")
+            raise DataError(f"{path}: fold {k} leaves frame {list(unused[0])} of the data in no "
+                            f"set ({len(unused)} in all); rerun `silr folds` (dvc repro folds)")
 
 
 def load_folds(path: str | Path, data: ProcessedData | None = None) -> dict[int, Fold]:

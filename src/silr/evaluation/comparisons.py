@@ -1,8 +1,8 @@
 """Paired comparisons of two losses with a hierarchical bootstrap: pure functions, no files.
 
 The statistic is the difference of the Table-2 means, mean over test specimens of each
-specimen's mean error over its in-frame landmarks (silr.evaluation.metrics.table2), between loss A and
-loss B on the same landmarks. Its uncertainty comes from the two levels the data have:
+specimen's mean error over its in-frame landmarks (silr.evaluation.metrics.table2), between
+loss A and loss B on the same landmarks. Its uncertainty comes from the two levels the data have:
 
 1. draw the test specimens with replacement (as many as there are);
 2. within each drawn specimen, draw its frames with replacement;
@@ -25,15 +25,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+__all__ = ["CONFIDENCE", "DRAWS", "SEED", "compare", "hierarchical_bootstrap", "paired_frames"]
+
 DRAWS = 2000
 CONFIDENCE = 0.95
 SEED = 0
 
 
 def paired_frames(table: pd.DataFrame, loss_a: str, loss_b: str) -> pd.DataFrame:
-    """Per (specimen, frame): the sum of A - B errors over its in-frame landmarks (every seed pooled)
-    and how many (landmark, seed) pairs it holds. Landmarks are paired on (fold, specimen, frame,
-    landmark, seed); a pair missing in either loss is an error."""
+    """Per (specimen, frame): the sum of A - B errors over its in-frame landmarks (every seed
+    pooled) and how many (landmark, seed) pairs it holds. Landmarks are paired on (fold,
+    specimen, frame, landmark, seed); a pair missing in either loss is an error."""
     keys = ["fold", "specimen", "frame", "landmark", "seed"]
     rows = table[table["gt_in_frame"].astype(bool)]
     if "seed" not in rows.columns:
@@ -43,14 +45,15 @@ def paired_frames(table: pd.DataFrame, loss_a: str, loss_b: str) -> pd.DataFrame
     if a.empty or b.empty:
         raise ValueError(f"no in-frame predictions for {loss_a if a.empty else loss_b!r}")
     if len(a) != len(b) or not a.index.sort_values().equals(b.index.sort_values()):
-        raise ValueError(f"{loss_a} and {loss_b} do not cover the same (fold, specimen, frame, landmark, seed) rows")
+        raise ValueError(f"{loss_a} and {loss_b} do not cover the same (fold, specimen, frame, "
+                         "landmark, seed) rows")
     difference = (a - b.reindex(a.index)).rename("difference").reset_index()
     grouped = difference.groupby(["specimen", "frame"])["difference"]
     return pd.DataFrame({"sum": grouped.sum(), "count": grouped.count()}).reset_index()
 
 
-def hierarchical_bootstrap(frames: pd.DataFrame, *, draws: int = DRAWS, confidence: float = CONFIDENCE,
-                           seed: int = SEED) -> dict[str, Any]:
+def hierarchical_bootstrap(frames: pd.DataFrame, *, draws: int = DRAWS,
+                           confidence: float = CONFIDENCE, seed: int = SEED) -> dict[str, Any]:
     """Observed difference of Table-2 means, its percentile interval and the share of draws whose
     sign flips, from `paired_frames` output."""
     specimens = sorted(frames["specimen"].unique())
@@ -70,17 +73,19 @@ def hierarchical_bootstrap(frames: pd.DataFrame, *, draws: int = DRAWS, confiden
     low, high = np.quantile(values, [tail, 1.0 - tail])
     flips = float(np.mean(np.sign(values) != np.sign(observed))) if observed != 0 else math.nan
     return {"mean_difference_px": observed, "ci_low_px": float(low), "ci_high_px": float(high),
-            "confidence": confidence, "flip_share": flips, "draws": draws, "specimens": len(specimens),
-            "frames": int(len(frames))}
+            "confidence": confidence, "flip_share": flips, "draws": draws,
+            "specimens": len(specimens), "frames": int(len(frames))}
 
 
-def compare(table: pd.DataFrame, losses: Sequence[str], references: Sequence[str], **options: Any) -> dict:
-    """{reference: {loss: bootstrap result of loss - reference}} for every loss against each reference
-    present in `losses` (a loss is not compared with itself)."""
+def compare(table: pd.DataFrame, losses: Sequence[str], references: Sequence[str],
+            **options: Any) -> dict[str, dict[str, Any]]:
+    """{reference: {loss: bootstrap result of loss - reference}} for every loss against each
+    reference present in `losses` (a loss is not compared with itself)."""
     result: dict[str, dict[str, Any]] = {}
     for reference in references:
         if reference not in losses:
             continue
-        result[reference] = {loss: hierarchical_bootstrap(paired_frames(table, loss, reference), **options)
+        result[reference] = {loss: hierarchical_bootstrap(paired_frames(table, loss, reference),
+                                                          **options)
                              for loss in losses if loss != reference}
     return result

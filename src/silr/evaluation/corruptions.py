@@ -42,6 +42,12 @@ from scipy import ndimage
 
 from silr.core.robustness_params import CORRUPTION_NAMES, RobustnessParams
 
+__all__ = [
+    "CORRUPTIONS", "Corruption", "FrameFacts", "INSTRUMENT_SHAPES", "SEVERITIES",
+    "SHUTTER_ATTENUATION", "SHUTTER_PENUMBRA_PX", "STEEL_MU_PER_MM", "SUPERSAMPLE", "corrupt",
+    "register", "rng_for",
+]
+
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
@@ -49,9 +55,9 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 class FrameFacts:
     """What a corruption may know of the frame besides its pixels."""
 
-    key: tuple[int, ...] = (0,)              # e.g. (specimen, frame index): seeds its random numbers
-    landmarks_xy: np.ndarray | None = None   # (L, 2) px, for instruments placed over landmarks
-    mm_per_px: float = 1.552                 # the frame's pixel (detector plane), for instrument sizes
+    key: tuple[int, ...] = (0,)  # e.g. (specimen, frame index): seeds its random numbers
+    landmarks_xy: np.ndarray | None = None  # (L, 2) px, for instruments placed over landmarks
+    mm_per_px: float = 1.552  # the frame's pixel (detector plane), for instrument sizes
 
 # Linear attenuation of steel at a fluoroscopy spectrum's mean energy (~60 keV): about 0.96 /mm
 # (mass attenuation ~1.2 cm^2/g x 7.87 g/cm^3), so a 2 mm K-wire adds ~1.9 to the line integral,
@@ -73,8 +79,10 @@ INSTRUMENT_SHAPES: tuple[tuple[str, float, float, float], ...] = (
 )
 
 
-# A corruption: (frame, severity, settings, rng, frame) -> corrupted line integral (any float dtype).
-Corruption = Callable[[np.ndarray, int, RobustnessParams, np.random.Generator, "FrameFacts"], np.ndarray]
+# A corruption: (frame, severity, settings, rng, facts) -> corrupted line integral (any float
+# dtype).
+Corruption = Callable[[np.ndarray, int, RobustnessParams, np.random.Generator, FrameFacts],
+                      np.ndarray]
 CORRUPTIONS: dict[str, Corruption] = {}
 
 
@@ -108,28 +116,32 @@ def _geometry_rng(settings: RobustnessParams, name: str, facts: FrameFacts) -> n
 
 
 @register("quantum_noise")
-def quantum_noise(frame, severity, settings, rng, facts):
+def quantum_noise(frame: np.ndarray, severity: int, settings: RobustnessParams,
+                  rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     photons = settings.photons_air / 2.0 ** (severity - 1)
     counts = rng.poisson(photons * _transmission(frame)).astype(np.float64)
     return _line_integral(np.maximum(counts, 0.5) / photons)
 
 
 @register("scatter")
-def scatter(frame, severity, settings, rng, facts):
+def scatter(frame: np.ndarray, severity: int, settings: RobustnessParams,
+            rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     primary = _transmission(frame)
     field = ndimage.gaussian_filter(primary, settings.scatter_sigma_px, mode="nearest")
     return _line_integral(primary + _step(settings.scatter_to_primary, severity) * field)
 
 
 @register("detector_blur")
-def detector_blur(frame, severity, settings, rng, facts):
-    blurred = ndimage.gaussian_filter(_transmission(frame), _step(settings.detector_blur_px, severity),
-                                      mode="nearest")
+def detector_blur(frame: np.ndarray, severity: int, settings: RobustnessParams,
+                  rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
+    blurred = ndimage.gaussian_filter(_transmission(frame),
+                                      _step(settings.detector_blur_px, severity), mode="nearest")
     return _line_integral(blurred)
 
 
 @register("motion_blur")
-def motion_blur(frame, severity, settings, rng, facts):
+def motion_blur(frame: np.ndarray, severity: int, settings: RobustnessParams,
+                rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     length = _step(settings.motion_blur_px, severity)
     angle = _geometry_rng(settings, "motion_blur", facts).uniform(0.0, np.pi)
     transmission = _transmission(frame)
@@ -137,25 +149,28 @@ def motion_blur(frame, severity, settings, rng, facts):
     offsets = np.linspace(-length / 2, length / 2, int(np.ceil(length)) + 1)
     total = np.zeros_like(transmission)
     for offset in offsets:
-        total += ndimage.shift(transmission, (offset * np.sin(angle), offset * np.cos(angle)), order=1,
-                               mode="nearest")
+        total += ndimage.shift(transmission, (offset * np.sin(angle), offset * np.cos(angle)),
+                               order=1, mode="nearest")
     return _line_integral(total / len(offsets))
 
 
 @register("contrast")
-def contrast(frame, severity, settings, rng, facts):
+def contrast(frame: np.ndarray, severity: int, settings: RobustnessParams,
+             rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     low, high = float(frame.min()), float(frame.max())
     if high <= low:
         return frame.astype(np.float64)
     unit = (frame.astype(np.float64) - low) / (high - low)
     levels = int(settings.contrast_levels[severity - 1])
-    quantised = np.round(unit ** _step(settings.contrast_gamma, severity) * (levels - 1)) / (levels - 1)
+    gamma = _step(settings.contrast_gamma, severity)
+    quantised = np.round(unit ** gamma * (levels - 1)) / (levels - 1)
     return low + (high - low) * quantised
 
 
 def _instrument_path_mm(shape: tuple[int, int], centre_xy: np.ndarray, angle: float,
                         spec: tuple[str, float, float, float], mm_per_px: float) -> np.ndarray:
-    """Path length (mm) of steel through each pixel for one instrument, supersampled then averaged."""
+    """Path length (mm) of steel through each pixel for one instrument, supersampled then
+    averaged."""
     kind, thickness_mm, length_mm, width_mm = spec
     height, width = shape
     fine = SUPERSAMPLE
@@ -176,21 +191,25 @@ def _instrument_path_mm(shape: tuple[int, int], centre_xy: np.ndarray, angle: fl
 
 
 @register("instruments")
-def instruments(frame, severity, settings, rng, facts):
+def instruments(frame: np.ndarray, severity: int, settings: RobustnessParams,
+                rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     height, width = frame.shape
     inside = np.zeros(0, dtype=int)
     landmarks_xy = facts.landmarks_xy
     if landmarks_xy is not None:
         xy = np.asarray(landmarks_xy, dtype=np.float64)
-        inside = np.flatnonzero(np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] <= width - 1)
-                                & (xy[:, 1] >= 0) & (xy[:, 1] <= height - 1))
+        inside = np.flatnonzero(np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0)
+                                & (xy[:, 0] <= width - 1) & (xy[:, 1] >= 0)
+                                & (xy[:, 1] <= height - 1))
     path_mm = np.zeros(frame.shape, dtype=np.float64)
-    rng = _geometry_rng(settings, "instruments", facts)  # instrument k is the same at every severity
+    # instrument k is the same at every severity
+    rng = _geometry_rng(settings, "instruments", facts)
     for index in range(int(settings.instruments[severity - 1])):
         spec = INSTRUMENT_SHAPES[index % len(INSTRUMENT_SHAPES)]
         angle = rng.uniform(0.0, np.pi)
         if index % 2 == 0 and inside.size:  # every other one through a landmark (a few px off it)
-            centre = np.asarray(landmarks_xy, dtype=np.float64)[rng.choice(inside)] + rng.uniform(-2, 2, 2)
+            centre = (np.asarray(landmarks_xy, dtype=np.float64)[rng.choice(inside)]
+                      + rng.uniform(-2, 2, 2))
         else:
             centre = rng.uniform((0.1 * width, 0.1 * height), (0.9 * width, 0.9 * height))
         path_mm += _instrument_path_mm(frame.shape, centre, angle, spec, facts.mm_per_px)
@@ -198,11 +217,14 @@ def instruments(frame, severity, settings, rng, facts):
 
 
 @register("collimation")
-def collimation(frame, severity, settings, rng, facts):
+def collimation(frame: np.ndarray, severity: int, settings: RobustnessParams,
+                rng: np.random.Generator, facts: FrameFacts) -> np.ndarray:
     height, width = frame.shape
-    side = int(_geometry_rng(settings, "collimation", facts).integers(4))  # 0 top, 1 bottom, 2 left, 3 right
+    # 0 top, 1 bottom, 2 left, 3 right
+    side = int(_geometry_rng(settings, "collimation", facts).integers(4))
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    distance, extent = ((rows, height), (height - 1 - rows, height), (cols, width), (width - 1 - cols, width))[side]
+    distance, extent = ((rows, height), (height - 1 - rows, height), (cols, width),
+                        (width - 1 - cols, width))[side]
     edge = _step(settings.collimation_fraction, severity) * extent
     covered = np.clip((edge - distance) / SHUTTER_PENUMBRA_PX + 0.5, 0.0, 1.0)
     return frame.astype(np.float64) + SHUTTER_ATTENUATION * covered
@@ -210,19 +232,24 @@ def collimation(frame, severity, settings, rng, facts):
 
 def rng_for(seed: int, name: str, severity: int, frame_key: Sequence[int]) -> np.random.Generator:
     """The generator of one (corruption, severity, frame): independent of every other frame."""
-    return np.random.default_rng([int(seed), list(CORRUPTIONS).index(name), int(severity), *map(int, frame_key)])
+    return np.random.default_rng([int(seed), list(CORRUPTIONS).index(name), int(severity),
+                                  *map(int, frame_key)])
 
 
 def corrupt(frame: np.ndarray, name: str, severity: int, settings: RobustnessParams,
             facts: FrameFacts = FrameFacts()) -> np.ndarray:
-    """One (H, W) line-integral frame under corruption `name` at `severity` (0 = the frame itself)."""
+    """One (H, W) line-integral frame under corruption `name` at `severity` (0 = the frame
+    itself)."""
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r} (known: {', '.join(CORRUPTIONS)})")
     if isinstance(severity, bool) or severity not in (0, *SEVERITIES):
-        raise ValueError(f"severity must be one of 0, {', '.join(map(str, SEVERITIES))}; got {severity!r}")
+        raise ValueError(f"severity must be one of 0, {', '.join(map(str, SEVERITIES))}; "
+                         f"got {severity!r}")
     frame = np.asarray(frame)
-    if frame.ndim != 2 or not np.issubdtype(frame.dtype, np.floating) or not np.isfinite(frame).all():
-        raise ValueError(f"frame must be a finite floating (H, W) array, got {frame.dtype} {frame.shape}")
+    if (frame.ndim != 2 or not np.issubdtype(frame.dtype, np.floating)
+            or not np.isfinite(frame).all()):
+        raise ValueError(f"frame must be a finite floating (H, W) array, got {frame.dtype} "
+                         f"{frame.shape}")
     if severity == 0:
         return frame.astype(np.float32, copy=True)
     rng = rng_for(settings.seed, name, severity, facts.key)
@@ -234,5 +261,5 @@ def corrupt(frame: np.ndarray, name: str, severity: int, settings: RobustnessPar
 
 
 if tuple(CORRUPTIONS) != CORRUPTION_NAMES:
-    raise ImportError(f"silr.evaluation.corruptions registers {tuple(CORRUPTIONS)}, silr.core.robustness_params lists "
-                      f"{CORRUPTION_NAMES}")
+    raise ImportError(f"silr.evaluation.corruptions registers {tuple(CORRUPTIONS)}, "
+                      f"silr.core.robustness_params lists {CORRUPTION_NAMES}")

@@ -41,8 +41,14 @@ from silr.core import coords
 from silr.core.errors import DataError, SilrError, quoted
 from silr.data import imageio
 
-if TYPE_CHECKING:  # torch and the card load with the first frame, not with `silr predict --help`
+if TYPE_CHECKING:  # annotations only: the card (params, yaml) loads with the models, not --help
     from silr.model.card import Preprocessing
+
+__all__ = [
+    "LINE_INTEGRAL", "RAW_FRAME", "Failure", "InputFrame", "InputSpec", "PreparedFrame",
+    "enumerate_inputs", "frame_to_input", "input_to_frame", "labels_to_input", "parse_frames",
+    "prepare_frame", "resample", "treatment", "unique_stems",
+]
 
 LINE_INTEGRAL = "line-integral image"
 RAW_FRAME = "raw detector frame"
@@ -73,14 +79,16 @@ class InputSpec:
         pixels, rotate, *spacing = self.read()
         pixels = np.asarray(pixels, dtype=np.float32)
         imageio.check_values(self.source, pixels)  # every kind, HDF5 frames too
-        return InputFrame(self.stem, self.source, pixels, self.raw, bool(rotate), spacing[0] if spacing else None)
+        return InputFrame(self.stem, self.source, pixels, self.raw, bool(rotate),
+                          spacing[0] if spacing else None)
 
 
 @dataclass(frozen=True)
 class Failure:
     source: str
     message: str
-    stem: str | None = None  # the output stem, where the input got that far (its outputs are removed)
+    # the output stem, where the input got that far (its outputs are removed)
+    stem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,8 @@ def parse_frames(text: str) -> tuple[int, ...]:
             else:
                 indices.append(int(part))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected frame indices like 0,1,2 or 3-5, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected frame indices like 0,1,2 or 3-5, "
+                                         f"got {text!r}") from None
     if not indices or min(indices) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative frame indices, got {text!r}")
     return tuple(indices)
@@ -122,7 +131,8 @@ def _link_problem(path: Path) -> str | None:
         if exc.errno == errno.ELOOP:
             return f"{path}: symlink loop (the link leads back to itself); not read"
         if exc.errno == errno.ENOENT:
-            return f"{path}: dangling symlink (its target {quoted(os.readlink(path))} does not exist); not read"
+            return (f"{path}: dangling symlink (its target {quoted(os.readlink(path))} does not "
+                    f"exist); not read")
         return f"{path}: symlink cannot be followed ({exc.strerror or exc})"
     return None
 
@@ -133,7 +143,8 @@ def _folder_entries(folder: Path) -> tuple[list[Path], list[Failure]]:
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
-        return [], [Failure(str(folder), f"{folder}: folder cannot be listed ({exc.strerror or exc})")]
+        return [], [Failure(str(folder),
+                            f"{folder}: folder cannot be listed ({exc.strerror or exc})")]
     found: list[Path] = []
     failures: list[Failure] = []
     for entry in entries:
@@ -168,7 +179,8 @@ def enumerate_inputs(paths: Sequence[Path], *, raw: bool, specimens: Sequence[in
         except SilrError as exc:
             yield Failure(str(path), str(exc))
         except MemoryError:
-            yield Failure(str(path), f"{path}: ran out of memory while listing its frames; not read")
+            yield Failure(str(path),
+                          f"{path}: ran out of memory while listing its frames; not read")
         except Exception as exc:  # noqa: BLE001 - one bad file must not end the batch
             yield Failure(str(path), f"{path}: cannot be listed ({exc.__class__.__name__}: "
                                      f"{quoted(str(exc), 160)})")
@@ -196,7 +208,8 @@ def _swap(read: tuple[np.ndarray, tuple[float, float] | None]) -> tuple:
     return read[0], False, read[1]
 
 
-def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
+def _npy_specs(path: Path, raw: bool,
+               frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
     """From the header only: each frame is read (memory-mapped) when its spec is loaded."""
     shape = imageio.read_npy_header(path).shape
     if len(shape) == 2:
@@ -205,7 +218,8 @@ def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[
     for index in frames if frames is not None else range(shape[0]):
         source = f"{path} [frame {index}]"
         if index >= shape[0]:
-            yield Failure(source, f"{path}: stack has {shape[0]} frames (0..{shape[0] - 1}), no frame {index}")
+            yield Failure(source, f"{path}: stack has {shape[0]} frames (0..{shape[0] - 1}), "
+                                  f"no frame {index}")
             continue
         yield InputSpec(f"{path.stem}_f{index:03d}", source, raw,
                         lambda index=index: (imageio.read_npy_frame(path, index), False))
@@ -214,22 +228,24 @@ def _npy_specs(path: Path, raw: bool, frames: Sequence[int] | None) -> Iterator[
 def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
                 frames: Sequence[int] | None) -> Iterator[InputSpec | Failure]:
     """From the file's structure only: each frame is read when its spec is loaded."""
-    from silr.data import deepfluoro
+    # h5py loads here, with the first HDF5 input, not with `silr predict --help`
+    from silr.data import deepfluoro, fullres, processed
 
     layout = deepfluoro.detect_layout(path)
     if layout == deepfluoro.PROCESSED:
         if raw:
-            raise DataError(f"{path}: --raw does not apply to a preprocessed file (its frames are line integrals)")
-        available = deepfluoro.processed_frame_index(path)
+            raise DataError(f"{path}: --raw does not apply to a preprocessed file (its frames "
+                            f"are line integrals)")
+        available = processed.processed_frame_index(path)
 
         def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
-            return deepfluoro.read_processed_frame(path, number, index), False
+            return processed.read_processed_frame(path, number, index), False
     else:
-        frame_index = deepfluoro.fullres_frame_index(path)
+        frame_index = fullres.fullres_frame_index(path)
         available = {number: len(items) for number, items in frame_index.items()}
 
         def read_frame(number: int, index: int) -> tuple[np.ndarray, bool]:
-            return deepfluoro.read_fullres_frame(path, number, index)
+            return fullres.read_fullres_frame(path, number, index)
     raw_frames = layout != deepfluoro.PROCESSED
     for number in specimens if specimens else sorted(available):
         if number not in available:
@@ -240,11 +256,12 @@ def _hdf5_specs(path: Path, raw: bool, specimens: Sequence[int] | None,
         for index in frames if frames is not None else range(count):
             source = f"{path} [specimen {number}, frame {index}]"
             if index >= count:
-                yield Failure(source, f"{path}: specimen {number} has {count} frames (0..{count - 1}), "
-                                      f"no frame {index}")
+                yield Failure(source, f"{path}: specimen {number} has {count} frames "
+                                      f"(0..{count - 1}), no frame {index}")
                 continue
             stem = f"{path.stem}_s{number:02d}_f{index:03d}"
-            yield InputSpec(stem, source, raw_frames, lambda number=number, index=index: read_frame(number, index))
+            yield InputSpec(stem, source, raw_frames,
+                            lambda number=number, index=index: read_frame(number, index))
 
 
 def _file_suffix(source: str) -> str:
@@ -282,6 +299,7 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]
     """
     if tuple(image.shape) == tuple(size):
         return image.astype(np.float32), "none"
+    # torch loads here, with the first frame to resample, not with `silr predict --help`
     import torch
     import torch.nn.functional as F
 
@@ -289,24 +307,29 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]
     if size[0] <= image.shape[0] and size[1] <= image.shape[1]:
         out, mode = F.interpolate(tensor, size=size, mode="area"), "area"
     else:
-        out, mode = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False), "bilinear"
+        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+        mode = "bilinear"
     return out[0, 0].numpy(), mode
 
 
-def prepare(frame: InputFrame, frame_size: int, preprocessing: Preprocessing) -> PreparedFrame:
+def prepare_frame(frame: InputFrame, frame_size: int,
+                  preprocessing: Preprocessing) -> PreparedFrame:
     """The model's line-integral frame for one input (raw ones through ingestion's transform)."""
     line_integral = frame.pixels
     if frame.raw:
+        # scipy loads here, with the first raw frame, not with `silr predict --help`
         from silr.data import preprocess
 
         if (frame.pixels <= 0).all():
-            raise DataError(f"{frame.source}: a raw detector frame needs positive intensities, all are <= 0")
+            raise DataError(f"{frame.source}: a raw detector frame needs positive intensities, "
+                            f"all are <= 0")
         try:
             line_integral = preprocess.preprocess_raw_frame(
                 frame.pixels, crop=preprocessing.crop, i0=preprocessing.i0,
                 factor=preprocessing.downsample, rotate=frame.rotate)
         except ValueError as exc:  # e.g. a frame smaller than the crop
-            raise DataError(f"{frame.source}: cannot preprocess as a raw detector frame: {exc}") from None
+            raise DataError(f"{frame.source}: cannot preprocess as a raw detector frame: "
+                            f"{exc}") from None
     height, width = line_integral.shape
     resampled, mode = resample(line_integral, (frame_size, frame_size))
     return PreparedFrame(frame, resampled, (width, height), mode)
@@ -336,7 +359,8 @@ def input_to_frame(xy_input: np.ndarray, prepared: PreparedFrame, frame_size: in
     return coords.rescale(xy, prepared.line_integral_size, (frame_size, frame_size))
 
 
-def labels_to_input(labels: np.ndarray, prepared: PreparedFrame, preprocessing: Preprocessing) -> np.ndarray:
+def labels_to_input(labels: np.ndarray, prepared: PreparedFrame,
+                    preprocessing: Preprocessing) -> np.ndarray:
     """The (frame, frame) label map on the input's own grid (H, W): nearest frame pixel of each
     input pixel centre through `input_to_frame`; background (0) outside the frame.
 
@@ -348,7 +372,8 @@ def labels_to_input(labels: np.ndarray, prepared: PreparedFrame, preprocessing: 
                              preprocessing)[:, 0]
     rows = input_to_frame(np.stack([np.zeros(height), np.arange(height)], axis=-1), prepared, size,
                           preprocessing)[:, 1]
-    col_index, row_index = np.floor(columns + 0.5).astype(np.int64), np.floor(rows + 0.5).astype(np.int64)
+    col_index = np.floor(columns + 0.5).astype(np.int64)
+    row_index = np.floor(rows + 0.5).astype(np.int64)
     col_ok, row_ok = (col_index >= 0) & (col_index < size), (row_index >= 0) & (row_index < size)
     out = labels[np.clip(row_index, 0, size - 1)[:, None], np.clip(col_index, 0, size - 1)[None, :]]
     return np.where(row_ok[:, None] & col_ok[None, :], out, 0).astype(np.uint8)

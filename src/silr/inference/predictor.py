@@ -19,11 +19,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from silr.core import frames
 from silr.core.errors import CheckpointError
+from silr.core.network_input import to_network_input
 from silr.core.types import FramePredictions, ModelOutput
+from silr.model import checkpoint
 from silr.model.card import ModelCard
 from silr.model.codec import HeatmapCodec, discrete_visibility
+
+__all__ = [
+    "CombinedOutput",
+    "Decoded",
+    "Ensemble",
+    "decode",
+    "decode_output",
+    "frame_predictions",
+    "load_ensemble",
+    "predict_frames",
+]
 
 
 class Decoded(NamedTuple):
@@ -60,38 +72,42 @@ def frame_predictions(decoded: Decoded) -> FramePredictions:
                             xy_bone=as_float(decoded.xy_bone_frame))
 
 
-def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *, presence_prob: Tensor | None = None,
-           threshold_score: Tensor | None = None) -> Decoded:
+def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *,
+           presence_prob: Tensor | None = None, threshold_score: Tensor | None = None) -> Decoded:
     """Decode (B, L, h, w) heatmaps and (B, C, H, W) segmentation logits or probabilities
     (the argmax is the same for both) of padded network inputs; `presence_prob` and
     `threshold_score` as silr.model.codec.HeatmapCodec.decode takes them."""
     if segmentation.ndim != 4 or tuple(segmentation.shape[-2:]) != codec.size \
             or segmentation.shape[0] != heatmaps.shape[0]:
-        raise ValueError(f"segmentation must have shape ({heatmaps.shape[0]}, C, {codec.size[0]}, {codec.size[1]}) "
-                         f"for heatmaps {tuple(heatmaps.shape)}, got {tuple(segmentation.shape)}")
+        raise ValueError(f"segmentation must have shape ({heatmaps.shape[0]}, C, {codec.size[0]}, "
+                         f"{codec.size[1]}) for heatmaps {tuple(heatmaps.shape)}, "
+                         f"got {tuple(segmentation.shape)}")
     with torch.no_grad():
         seg_labels = segmentation.argmax(dim=1)
         landmarks = codec.decode(heatmaps, labels=seg_labels, presence_prob=presence_prob,
                                  threshold_score=threshold_score)
         visibility = discrete_visibility(landmarks, seg_labels, codec.landmark_bones)
         (x0, y0), (height, width) = codec.frame_origin, codec.frame
-        return Decoded(xy_frame=codec.to_frame(landmarks.xy), present=landmarks.present, score=landmarks.score,
-                       visibility_hat=visibility, labels=seg_labels[:, y0:y0 + height, x0:x0 + width],
-                       threshold_score=landmarks.threshold_score, template_ncc=landmarks.template_ncc,
-                       presence_prob=landmarks.presence_prob, xy_bone_frame=codec.to_frame(landmarks.xy_bone))
+        return Decoded(xy_frame=codec.to_frame(landmarks.xy), present=landmarks.present,
+                       score=landmarks.score, visibility_hat=visibility,
+                       labels=seg_labels[:, y0:y0 + height, x0:x0 + width],
+                       threshold_score=landmarks.threshold_score,
+                       template_ncc=landmarks.template_ncc, presence_prob=landmarks.presence_prob,
+                       xy_bone_frame=codec.to_frame(landmarks.xy_bone))
 
 
 def decode_output(output: ModelOutput, codec: HeatmapCodec) -> Decoded:
     """Decode one network's output (its presence head's logits through the codec's calibration)."""
     heatmaps = output.heatmaps.float()
-    return decode(heatmaps, output.segmentation.float(), codec,
-                  presence_prob=codec.presence_probability(heatmaps, output.presence, output.presence_frame))
+    presence_prob = codec.presence_probability(heatmaps, output.presence, output.presence_frame)
+    return decode(heatmaps, output.segmentation.float(), codec, presence_prob=presence_prob)
 
 
 @torch.no_grad()
 def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarray, *,
                    device: torch.device | str = "cpu", batch_size: int = 16) -> FramePredictions:
-    """Run one network on (N, H, W) line-integral frames (the codec's frame size) and decode them."""
+    """Run one network on (N, H, W) line-integral frames (the codec's frame size) and decode
+    them."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, H, W) stack, got shape {images.shape}")
@@ -104,7 +120,7 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
     model.eval()
     parts = []
     for start in range(0, len(images), batch_size):
-        inputs = frames.to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
+        inputs = to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
         parts.append(frame_predictions(decode_output(model(inputs), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
@@ -165,7 +181,8 @@ class Ensemble:
             return CombinedOutput(*(None if t is None else t.cpu() for t in parts[0]))
         kind = self.codec.kind
         if kind == "logit":
-            maps = torch.log(torch.stack([torch.softmax(p.heatmaps.flatten(2), -1) for p in parts]).mean(0))
+            softmax = torch.stack([torch.softmax(p.heatmaps.flatten(2), -1) for p in parts])
+            maps = torch.log(softmax.mean(0))
             maps = maps.view_as(parts[0].heatmaps)
         elif kind == "value":
             maps = torch.stack([p.heatmaps for p in parts]).mean(0)
@@ -174,13 +191,15 @@ class Ensemble:
         presence = (None if any(p.presence_prob is None for p in parts)
                     else torch.stack([p.presence_prob for p in parts]).mean(0))
         return CombinedOutput(
-            heatmaps=maps.cpu(), segmentation=torch.stack([p.segmentation for p in parts]).mean(0).cpu(),
+            heatmaps=maps.cpu(),
+            segmentation=torch.stack([p.segmentation for p in parts]).mean(0).cpu(),
             threshold_score=torch.stack([p.threshold_score for p in parts]).mean(0).cpu(),
             presence_prob=None if presence is None else presence.cpu())
 
-    def decode(self, frames_np: np.ndarray) -> FramePredictions:
-        """Run the ensemble on (N, H, W) line-integral frames of the model's frame size and decode them."""
-        images = frames.to_network_input(np.asarray(frames_np, dtype=np.float32), self.card.input_size)
+    def decode(self, frames: np.ndarray) -> FramePredictions:
+        """Run the ensemble on (N, H, W) line-integral frames of the model's frame size and
+        decode them."""
+        images = to_network_input(np.asarray(frames, dtype=np.float32), self.card.input_size)
         combined = self.combined(images)
         return frame_predictions(decode(combined.heatmaps, combined.segmentation, self.codec,
                                         presence_prob=combined.presence_prob,
@@ -189,7 +208,8 @@ class Ensemble:
 
 class CombinedOutput(NamedTuple):
     """An ensemble's (or one model's) output ready to decode: heatmaps (B, L, h, w), segmentation
-    probabilities (B, C, H, W), threshold score (B, L), calibrated learned presence (B, L) or None."""
+    probabilities (B, C, H, W), threshold score (B, L), calibrated learned presence (B, L) or
+    None."""
 
     heatmaps: Tensor
     segmentation: Tensor
@@ -209,24 +229,23 @@ def _standardised(maps: Tensor) -> Tensor:
 
 def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
     """Load every checkpoint, check that they agree and that they run; CheckpointError if not."""
-    from silr.model import checkpoint
-
     models, cards = [], []
     for path in paths:
         model, card = checkpoint.load_model(path, device)
         if cards:
-            for field, expected, got in cards[0].ensemble_differences(card):
-                raise CheckpointError(f"{path}: cannot ensemble with {paths[0]}: {field} differs "
+            for name, expected, got in cards[0].ensemble_differences(card):
+                raise CheckpointError(f"{path}: cannot ensemble with {paths[0]}: {name} differs "
                                       f"(expected {expected!r}, got {got!r})")
         _check_output_shapes(path, model, card, device)
         models.append(model)
         cards.append(card)
-    return Ensemble(paths=[Path(p) for p in paths], models=models, cards=cards, codec=cards[0].codec(paths[0]),
-                    device=device)
+    return Ensemble(paths=[Path(p) for p in paths], models=models, cards=cards,
+                    codec=cards[0].codec(paths[0]), device=device)
 
 
 @torch.no_grad()
-def _check_output_shapes(path: Path, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
+def _check_output_shapes(path: Path, model: torch.nn.Module, card: ModelCard,
+                         device: torch.device) -> None:
     # One blank input through the model: a model that does not fit its card fails here,
     # before any input is read, with the shapes in the message.
     size = card.input_size
@@ -239,5 +258,6 @@ def _check_output_shapes(path: Path, model: torch.nn.Module, card: ModelCard, de
                               f"{str(exc).splitlines()[0]}") from None
     got_heat, got_seg = tuple(output.heatmaps.shape), tuple(output.segmentation.shape)
     if got_heat != expected_heat or got_seg != expected_seg:
-        raise CheckpointError(f"{path}: model outputs heatmaps {got_heat} and segmentation {got_seg}, "
-                              f"expected {expected_heat} and {expected_seg} from its card")
+        raise CheckpointError(f"{path}: model outputs heatmaps {got_heat} and segmentation "
+                              f"{got_seg}, expected {expected_heat} and {expected_seg} from its "
+                              f"card")

@@ -3,9 +3,10 @@
 A silr checkpoint is a `torch.save`d dict:
 
     {"format": "silr-checkpoint", "format_version": 1,
-     "card": {...},            # silr.model.card.ModelCard as plain values: what the model is and how it was made
-     "model_state": {...},     # the network's state dict (CPU tensors)
-     ...extra}                 # e.g. "resume" in last.pt (optimiser, RNG states, epoch, ...)
+     "card": {...},         # silr.model.card.ModelCard as plain values: what the model
+                            # is and how it was made
+     "model_state": {...},  # the network's state dict (CPU tensors)
+     ...extra}              # e.g. "resume" in last.pt (optimiser, RNG states, epoch, ...)
 
 The card (silr.model.card) says everything a reader needs to use the model without params.yaml.
 `load_model` rebuilds the network from the card alone, so evaluation and inference never
@@ -30,10 +31,18 @@ from silr.core.errors import CheckpointError, quoted
 from silr.core.io import atomic_path
 from silr.model.card import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, ModelCard
 
+__all__ = ["load_model", "model_state_cpu", "read_checkpoint", "save_checkpoint"]
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], card: ModelCard,
-                    **extra: Any) -> None:
-    """Write model weights (a network or its state dict) + card (+ `extra` entries) to `path` atomically."""
+# What torch.load raises for a file that is not a checkpoint it can read safely.
+_UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+               MemoryError, OSError, AttributeError, ImportError, TypeError, IndexError, KeyError,
+               RecursionError)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor],
+                    card: ModelCard, **extra: Any) -> None:
+    """Write model weights (a network or its state dict) + card (+ `extra` entries) to `path`
+    atomically."""
     if not isinstance(card, ModelCard):
         raise TypeError(f"card must be a silr.model.card.ModelCard, got {type(card).__name__}")
     reserved = {"format", "format_version", "card", "model_state"} & set(extra)
@@ -43,7 +52,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torc
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "card": card.to_dict(),
-        "model_state": model_state_cpu(model) if isinstance(model, torch.nn.Module) else dict(model),
+        "model_state": (model_state_cpu(model) if isinstance(model, torch.nn.Module)
+                        else dict(model)),
         **extra,
     }
     # Through a file object, not the path: given a path, torch.save names the archive's root
@@ -54,8 +64,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torc
 
 
 def model_state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous CPU tensors (a channels_last CUDA model saves like any other)."""
-    return {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+    """The state dict as contiguous CPU tensors (a channels_last CUDA model saves like any
+    other)."""
+    return {key: value.detach().to("cpu").contiguous().clone()
+            for key, value in model.state_dict().items()}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -66,40 +78,47 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, MemoryError,
-            OSError, AttributeError, ImportError, TypeError, IndexError, KeyError, RecursionError) as exc:
+    except _UNREADABLE as exc:
         # torch's own messages run to paragraphs; the exception type is enough to tell them apart.
-        raise CheckpointError(f"{path}: not a readable silr checkpoint (corrupt, truncated, not a torch "
-                              f"file or holding foreign objects: {type(exc).__name__})") from None
+        kind = type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable silr checkpoint (corrupt, truncated, not a "
+                              f"torch file or holding foreign objects: {kind})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not a silr checkpoint (expected format {CHECKPOINT_FORMAT!r}, "
-                              f"found {found!r})")
+        raise CheckpointError(f"{path}: not a silr checkpoint (expected format "
+                              f"{CHECKPOINT_FORMAT!r}, found {found!r})")
     version = payload.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported "
-                              f"(this silr {__version__} reads version {CHECKPOINT_FORMAT_VERSION})")
+                              f"(this silr {__version__} reads version "
+                              f"{CHECKPOINT_FORMAT_VERSION})")
     card, state = payload.get("card"), payload.get("model_state")
     if not isinstance(card, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{path}: silr checkpoint lacks its model card or weights (incomplete file)")
+        raise CheckpointError(f"{path}: silr checkpoint lacks its model card or weights "
+                              f"(incomplete file)")
     payload["card"] = ModelCard.from_dict(card, path)
     return payload
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
-    """(network in eval mode on `device`, model card) from a silr checkpoint; CheckpointError if unusable."""
+def load_model(path: str | Path,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+    """(network in eval mode on `device`, model card) from a silr checkpoint; CheckpointError if
+    unusable."""
     payload = read_checkpoint(path)
     card = payload["card"]
     model = card.build_network(path)
     for name, value in payload["model_state"].items():
         # NaN or inf weights give every landmark at (0, 0) with score NaN and exit 0: refuse them
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{path}: holds non-finite weights in {quoted(str(name))} (NaN or inf); "
-                                  f"the run that wrote it diverged or the file is damaged")
+        if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())):
+            raise CheckpointError(f"{path}: holds non-finite weights in {quoted(str(name))} "
+                                  f"(NaN or inf); the run that wrote it diverged or the file is "
+                                  f"damaged")
     try:
         model.load_state_dict(payload["model_state"], strict=True)
     except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
         first = str(exc).strip().splitlines()
+        reason = first[1].strip() if len(first) > 1 else first[0][:160]
         raise CheckpointError(f"{path}: weights do not fit the network its card describes "
-                              f"({first[1].strip() if len(first) > 1 else first[0][:160]})") from None
+                              f"({reason})") from None
     return model.to(device).eval(), card

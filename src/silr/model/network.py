@@ -38,6 +38,12 @@ from silr.core import anatomy
 from silr.core.errors import CheckpointError, ConfigError
 from silr.core.types import ModelOutput
 
+__all__ = [
+    "BACKBONES", "BRANCH_STRIDES", "DECODER_STEPS", "ENCODER_STRIDE", "INPUT_MULTIPLE",
+    "PresenceHead", "SILRNet", "build_model", "check_backbone", "heatmap_stride",
+    "load_init_checkpoint", "model_config",
+]
+
 # Strides of the HRNet branches the encoder returns; the fused map lives at the first one.
 BRANCH_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 ENCODER_STRIDE = BRANCH_STRIDES[0]
@@ -48,7 +54,9 @@ DECODER_STEPS = ENCODER_STRIDE.bit_length() - 1
 
 
 def _timm_hrnet(timm_name: str, in_chans: int) -> nn.Module:
-    import timm  # heavy import, only when a network is built
+    # timm takes seconds to import: only when a network is built, not for this module's
+    # constants (silr.model.card reads heatmap_stride) or `silr --help`.
+    import timm
 
     # out_indices (1..4) drops the stride-2 stem output and keeps the four branches.
     return timm.create_model(timm_name, pretrained=False, features_only=True, feature_location="",
@@ -128,16 +136,18 @@ class PresenceHead(nn.Module):
 
     GEOMETRY = 7
 
-    def __init__(self, in_channels: int, num_landmarks: int, width: int = 64, hidden: int = 64) -> None:
+    def __init__(self, in_channels: int, num_landmarks: int, width: int = 64,
+                 hidden: int = 64) -> None:
         super().__init__()
         self.num_landmarks = num_landmarks
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width),
-                                    nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False),
+                                    nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         # Each landmark also sees every landmark's geometry (the shape context: where the other
         # landmarks are says where this one must be, inside the frame or past its border).
         context = self.GEOMETRY * num_landmarks
-        self.classify = nn.Sequential(nn.Linear(3 * width + self.GEOMETRY + context + num_landmarks, hidden),
-                                      nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+        in_features = 3 * width + self.GEOMETRY + context + num_landmarks
+        self.classify = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, 3))
         # The frame gate: is this a projection like the training frames at all? Trained only when
         # the head is refitted with outlier frames (silr.stages.train); until then it is not used.
         self.frame_classify = nn.Linear(2 * width, 1)
@@ -152,7 +162,8 @@ class PresenceHead(nn.Module):
         reduced = reduced.float()
         q = torch.softmax(heatmaps.flatten(2), dim=-1)  # (B, L, hw)
         attended = torch.einsum("blx,bcx->blc", q, reduced.flatten(2))  # (B, L, C)
-        pooled = torch.cat((reduced.mean(dim=(-2, -1)), reduced.amax(dim=(-2, -1))), dim=1)  # (B, 2C)
+        # The frame's global average and max of the reduced map: (B, 2C).
+        pooled = torch.cat((reduced.mean(dim=(-2, -1)), reduced.amax(dim=(-2, -1))), dim=1)
         # Heatmap pixel centres in [-1, 1] over the input (grid_sample's align_corners=False
         # convention): the units of the position estimate, whatever the stride.
         xs = (2.0 * torch.arange(width, device=heatmaps.device) + 1.0) / width - 1.0
@@ -168,8 +179,8 @@ class PresenceHead(nn.Module):
                                 torch.logsumexp(flat, -1) / 10.0), dim=-1)
         identity = torch.eye(num_landmarks, device=heatmaps.device).expand(batch, -1, -1)
         context = geometry.reshape(batch, 1, -1).expand(-1, num_landmarks, -1)
-        inputs = torch.cat((attended, pooled[:, None, :].expand(-1, num_landmarks, -1), geometry, context, identity),
-                           dim=-1)
+        inputs = torch.cat((attended, pooled[:, None, :].expand(-1, num_landmarks, -1), geometry,
+                            context, identity), dim=-1)
         output = self.classify(inputs)
         # The logit, the soft-argmax moved by the head's correction (its estimate of where the
         # landmark is, inside the frame or past its border), and the frame gate's logit.
@@ -191,9 +202,11 @@ class Decoder(nn.Module):
 
 
 def check_backbone(backbone: str) -> None:
-    """ConfigError unless `backbone` names a builder in BACKBONES (callers check early, before any output)."""
+    """ConfigError unless `backbone` names a builder in BACKBONES (callers check early, before
+    any output)."""
     if backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+        raise ConfigError(f"model.backbone: unknown backbone {backbone!r} "
+                          f"(known: {', '.join(BACKBONES)})")
 
 
 class SILRNet(nn.Module):
@@ -213,20 +226,23 @@ class SILRNet(nn.Module):
         if not isinstance(presence_head, bool):
             raise ConfigError(f"model presence_head must be true or false, got {presence_head!r}")
         decoder_channels = _check_decoder_channels(decoder_channels)
-        for key, value in (("num_landmarks", num_landmarks), ("num_classes", num_classes), ("in_chans", in_chans)):
+        for key, value in (("num_landmarks", num_landmarks), ("num_classes", num_classes),
+                           ("in_chans", in_chans)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{key} must be an integer >= 1, got {value!r}")
         self.config: dict[str, Any] = {
             "backbone": backbone, "decoder_channels": list(decoder_channels),
             "num_landmarks": num_landmarks, "num_classes": num_classes, "in_chans": in_chans,
         }
-        if presence_head:  # only then, so that the config (and checkpoint) of other networks is unchanged
+        # only then, so that the config (and checkpoint) of other networks is unchanged
+        if presence_head:
             self.config["presence_head"] = True
         self.in_chans = in_chans
         self.encoder = BACKBONES[backbone](in_chans)
         reductions = tuple(self.encoder.feature_info.reduction())
         if reductions != BRANCH_STRIDES:  # a guard against a timm change, not a user error
-            raise RuntimeError(f"{backbone}: expected encoder branches at strides {BRANCH_STRIDES}, got {reductions}")
+            raise RuntimeError(f"{backbone}: expected encoder branches at strides "
+                               f"{BRANCH_STRIDES}, got {reductions}")
         fused_channels = sum(self.encoder.feature_info.channels())
         self.heatmap_decoder = Decoder(fused_channels, decoder_channels, num_landmarks)
         self.segmentation_decoder = Decoder(fused_channels, decoder_channels, num_classes)
@@ -240,15 +256,16 @@ class SILRNet(nn.Module):
         if (images.ndim != 4 or images.shape[1] != self.in_chans
                 or images.shape[2] % INPUT_MULTIPLE or images.shape[3] % INPUT_MULTIPLE
                 or images.shape[2] == 0 or images.shape[3] == 0):
-            raise ValueError(f"SILRNet expects images of shape (B, {self.in_chans}, H, W) with H and W "
-                             f"divisible by {INPUT_MULTIPLE}, got {tuple(images.shape)}")
+            raise ValueError(f"SILRNet expects images of shape (B, {self.in_chans}, H, W) with "
+                             f"H and W divisible by {INPUT_MULTIPLE}, got {tuple(images.shape)}")
 
     def encode(self, images: Tensor) -> Tensor:
         """The fused HRNetV2 feature map: every branch upsampled to stride 4, concatenated."""
         branches = self.encoder(images)
         size = branches[0].shape[-2:]
-        upsampled = [branches[0]] + [F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-                                     for b in branches[1:]]
+        upsampled = [branches[0]] + [
+            F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+            for b in branches[1:]]
         return torch.cat(upsampled, dim=1)
 
     def forward(self, images: Tensor) -> ModelOutput:
@@ -256,28 +273,29 @@ class SILRNet(nn.Module):
         features = self.encode(images)
         segmentation = self.segmentation_decoder(features)
         if self.heatmap_stride > 1:
-            segmentation = F.interpolate(segmentation, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            segmentation = F.interpolate(segmentation, size=images.shape[-2:], mode="bilinear",
+                                         align_corners=False)
         heatmaps = self.heatmap_decoder(features)
         presence = presence_xy = frame = None
         if self.presence_head is not None:
             presence, presence_xy, frame = self.presence_head(features, heatmaps)
             if not bool(self.presence_head.frame_gate_trained):
                 frame = None
-        return ModelOutput(heatmaps=heatmaps, segmentation=segmentation, presence=presence, presence_xy=presence_xy,
-                           presence_frame=frame)
+        return ModelOutput(heatmaps=heatmaps, segmentation=segmentation, presence=presence,
+                           presence_xy=presence_xy, presence_frame=frame)
 
 
 def _check_decoder_channels(decoder_channels: Sequence[int]) -> tuple[int, ...]:
     try:
         channels = tuple(decoder_channels)
     except TypeError:
-        raise ConfigError(f"model.decoder_channels must be a list of at most {DECODER_STEPS} integers, "
-                          f"got {decoder_channels!r}") from None
+        raise ConfigError(f"model.decoder_channels must be a list of at most {DECODER_STEPS} "
+                          f"integers, got {decoder_channels!r}") from None
     if len(channels) > DECODER_STEPS or not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-        raise ConfigError(f"model.decoder_channels must be at most {DECODER_STEPS} integers >= 1 (one per 2x "
-                          f"upsampling step from stride {ENCODER_STRIDE}; [] = heads on the stride-"
-                          f"{ENCODER_STRIDE} map), got {list(channels)!r}")
+        raise ConfigError(f"model.decoder_channels must be at most {DECODER_STEPS} integers >= 1 "
+                          f"(one per 2x upsampling step from stride {ENCODER_STRIDE}; [] = heads "
+                          f"on the stride-{ENCODER_STRIDE} map), got {list(channels)!r}")
     return channels
 
 
@@ -291,12 +309,14 @@ def model_config(model: SILRNet) -> dict[str, Any]:
     return dict(model.config, decoder_channels=list(model.config["decoder_channels"]))
 
 
-def build_model(backbone: str, decoder_channels: Sequence[int], *, num_landmarks: int = anatomy.NUM_LANDMARKS,
-                num_classes: int = anatomy.NUM_CLASSES, init_checkpoint: str | Path | None = None,
-                in_chans: int = 1, presence_head: bool = False) -> SILRNet:
-    """A SILRNet, randomly initialised (seed with torch.manual_seed), optionally from a local checkpoint."""
-    model = SILRNet(backbone, decoder_channels, num_landmarks=num_landmarks, num_classes=num_classes,
-                    in_chans=in_chans, presence_head=presence_head)
+def build_model(backbone: str, decoder_channels: Sequence[int], *,
+                num_landmarks: int = anatomy.NUM_LANDMARKS, num_classes: int = anatomy.NUM_CLASSES,
+                init_checkpoint: str | Path | None = None, in_chans: int = 1,
+                presence_head: bool = False) -> SILRNet:
+    """A SILRNet, randomly initialised (seed with torch.manual_seed), optionally from a local
+    checkpoint."""
+    model = SILRNet(backbone, decoder_channels, num_landmarks=num_landmarks,
+                    num_classes=num_classes, in_chans=in_chans, presence_head=presence_head)
     if init_checkpoint is not None:
         model.init_report = load_init_checkpoint(model, init_checkpoint)
     return model
@@ -308,7 +328,8 @@ _STATE_KEYS = ("state_dict", "model_state", "model")
 
 
 def load_init_checkpoint(model: SILRNet, path: str | Path) -> dict[str, Any]:
-    """Load a local state dict into the whole network or, if its keys are the encoder's, the encoder.
+    """Load a local state dict into the whole network or, if its keys are the encoder's, the
+    encoder.
 
     Accepts a bare state dict or a dict holding one under 'state_dict', 'model_state' or
     'model' (a silr checkpoint qualifies). A 'module.' prefix (DataParallel) is removed.
@@ -316,22 +337,7 @@ def load_init_checkpoint(model: SILRNet, path: str | Path) -> dict[str, Any]:
     folded to `in_chans` the way timm adapts input convolutions. Returns what was loaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.init_checkpoint: {path}: no such file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"model.init_checkpoint: {path}: not a readable torch state dict ({exc})") from None
-    state = payload
-    for key in _STATE_KEYS:
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"model.init_checkpoint: {path}: expected a state dict of tensors "
-                              f"(or a dict with one of {', '.join(_STATE_KEYS)})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-
+    state = _read_init_state(path)
     whole_model = any(k.startswith("encoder.") for k in state)
     target: nn.Module = model if whole_model else model.encoder
     own = target.state_dict()
@@ -340,22 +346,48 @@ def load_init_checkpoint(model: SILRNet, path: str | Path) -> dict[str, Any]:
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
-        raise CheckpointError(f"model.init_checkpoint: {path}: {len(mismatched)} tensors do not fit "
-                              f"{model.config['backbone']}, e.g. {k} has shape {tuple(state[k].shape)}, "
-                              f"expected {tuple(own[k].shape)}")
+        raise CheckpointError(f"model.init_checkpoint: {path}: {len(mismatched)} tensors do not "
+                              f"fit {model.config['backbone']}, e.g. {k} has shape "
+                              f"{tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
     matched = [k for k in state if k in own]
     if not matched:
-        raise CheckpointError(f"model.init_checkpoint: {path}: none of its {len(state)} tensors belongs to "
-                              f"a {model.config['backbone']} {'network' if whole_model else 'encoder'}")
+        kind = "network" if whole_model else "encoder"
+        raise CheckpointError(f"model.init_checkpoint: {path}: none of its {len(state)} tensors "
+                              f"belongs to a {model.config['backbone']} {kind}")
     result = target.load_state_dict(state, strict=False)
-    return {"path": str(path), "target": "model" if whole_model else "encoder", "loaded": len(matched),
-            "missing": len(result.missing_keys), "unexpected": len(result.unexpected_keys)}
+    return {"path": str(path), "target": "model" if whole_model else "encoder",
+            "loaded": len(matched), "missing": len(result.missing_keys),
+            "unexpected": len(result.unexpected_keys)}
+
+
+def _read_init_state(path: Path) -> dict[str, Tensor]:
+    """The state dict of tensors in the file `path` (bare or under one of _STATE_KEYS), its
+    'module.' prefixes removed."""
+    if not path.is_file():
+        raise CheckpointError(f"model.init_checkpoint: {path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"model.init_checkpoint: {path}: not a readable torch state dict "
+                              f"({exc})") from None
+    state = payload
+    for key in _STATE_KEYS:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"model.init_checkpoint: {path}: expected a state dict of tensors "
+                              f"(or a dict with one of {', '.join(_STATE_KEYS)})")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _adapt_stem(state: dict[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Fold an ImageNet (3-channel) stem conv to the encoder's input channels (timm's rule)."""
     key = "conv1.weight"
-    if key in state and key in own and state[key].ndim == 4 and state[key].shape[1] != own[key].shape[1]:
+    if (key in state and key in own and state[key].ndim == 4
+            and state[key].shape[1] != own[key].shape[1]):
+        # timm is heavy (seconds to import) and this module is imported for its constants
+        # too (silr.model.card): like _timm_hrnet, only when it is needed.
         from timm.models import adapt_input_conv
 
         state = dict(state)

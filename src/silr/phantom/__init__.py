@@ -1,0 +1,1 @@
+"""The synthetic phantom behind `silr synth`: anatomy, poses and a cone-beam projector."""

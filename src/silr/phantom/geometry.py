@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["Body", "Ellipsoid", "frame_from", "ray_intervals", "rotation_about",
+           "union_minus_holes_length"]
 
 
 @dataclass(frozen=True)
@@ -24,22 +28,25 @@ class Ellipsoid:
 
     def rigid(self, rotation: np.ndarray, translation: np.ndarray) -> Ellipsoid:
         """The ellipsoid after the rigid motion p -> rotation @ p + translation."""
-        return Ellipsoid(rotation @ self.centre + translation, rotation @ self.rotation, self.semi_axes)
+        return Ellipsoid(rotation @ self.centre + translation, rotation @ self.rotation,
+                         self.semi_axes)
 
     def resized(self, delta_mm: float) -> Ellipsoid:
         """Every semi-axis grown by `delta_mm` (shrunk when negative), never below 30%."""
-        return Ellipsoid(self.centre, self.rotation, np.maximum(self.semi_axes + delta_mm, 0.3 * self.semi_axes))
+        return Ellipsoid(self.centre, self.rotation,
+                         np.maximum(self.semi_axes + delta_mm, 0.3 * self.semi_axes))
 
     def corners(self) -> np.ndarray:
         """(8, 3) corners of the oriented bounding box."""
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
+                         dtype=float)
         return self.centre + (signs * self.semi_axes) @ self.rotation.T
 
     def local(self, points: np.ndarray) -> np.ndarray:
         """(..., 3) points in the normalised frame where the ellipsoid is the unit ball."""
         return ((np.asarray(points, dtype=float) - self.centre) @ self.rotation) / self.semi_axes
 
-    def point(self, local_xyz) -> np.ndarray:
+    def point(self, local_xyz: ArrayLike) -> np.ndarray:
         """The world point with normalised local coordinates `local_xyz` (inside when norm < 1)."""
         return self.centre + self.rotation @ (np.asarray(local_xyz, dtype=float) * self.semi_axes)
 
@@ -63,7 +70,8 @@ class Body:
                     tuple(h.resized(self.cortex_mm) for h in self.holes), 0.0)
 
 
-def ray_intervals(source: np.ndarray, directions: np.ndarray, ellipsoid: Ellipsoid) -> tuple[np.ndarray, np.ndarray]:
+def ray_intervals(source: np.ndarray, directions: np.ndarray,
+                  ellipsoid: Ellipsoid) -> tuple[np.ndarray, np.ndarray]:
     """Entry and exit distances (mm) along unit `directions` (..., 3) from `source` (3,).
 
     Rays that miss get the empty interval (0, 0).
@@ -99,7 +107,8 @@ def _disjoint_segments(t_in: np.ndarray, t_out: np.ndarray) -> tuple[np.ndarray,
 
 
 def union_minus_holes_length(solid_in: np.ndarray, solid_out: np.ndarray,
-                             hole_in: np.ndarray | None = None, hole_out: np.ndarray | None = None) -> np.ndarray:
+                             hole_in: np.ndarray | None = None,
+                             hole_out: np.ndarray | None = None) -> np.ndarray:
     """Length of (union of solid intervals) minus (union of hole intervals), per ray.
 
     `solid_in`/`solid_out` are (K, ...) entry/exit distances, holes (J, ...) likewise.
@@ -114,7 +123,7 @@ def union_minus_holes_length(solid_in: np.ndarray, solid_out: np.ndarray,
     return np.maximum(length, 0.0)
 
 
-def rotation_about(axis, angle_rad: float) -> np.ndarray:
+def rotation_about(axis: ArrayLike, angle_rad: float) -> np.ndarray:
     """Rotation matrix of `angle_rad` about `axis` (right-handed, Rodrigues)."""
     axis = np.asarray(axis, dtype=float)
     axis = axis / np.linalg.norm(axis)
@@ -122,7 +131,7 @@ def rotation_about(axis, angle_rad: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle_rad) * k + (1 - np.cos(angle_rad)) * (k @ k)
 
 
-def frame_from(primary, hint) -> np.ndarray:
+def frame_from(primary: ArrayLike, hint: ArrayLike) -> np.ndarray:
     """Orthonormal columns (e1, e2, e3): e1 along `primary`, e2 as close to `hint` as possible."""
     e1 = np.asarray(primary, dtype=float)
     e1 = e1 / np.linalg.norm(e1)

@@ -14,17 +14,28 @@ longest path along its ray; background where no bone is crossed for at least
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from silr.core import anatomy
-from silr.phantom.geometry import Body, ray_intervals, rotation_about, union_minus_holes_length
+from silr.phantom.geometry import (
+    Body,
+    Ellipsoid,
+    ray_intervals,
+    rotation_about,
+    union_minus_holes_length,
+)
 from silr.phantom.specimen import Specimen
 
+__all__ = ["AIR_INTENSITY", "MAX_INTENSITY", "MIN_BONE_PATH_MM", "Detector", "Pose", "Projection",
+           "project_points", "render", "sample_pose"]
+
 SOFT_TISSUE_MU = 0.019          # 1/mm, water-like tissue at an effective ~70 keV
-AIR_INTENSITY = 60000.0         # detector counts without any object (below the log transform's I0 = 65487)
+# Detector counts without any object (below the log transform's I0 = 65487).
+AIR_INTENSITY = 60000.0
 NOISE_GAIN = 0.15               # counts per detected quantum: noise variance = gain * mean counts
 COLLIMATOR_PX = 24              # dark border of the collimator (ingestion crops 50 px)
 COLLIMATOR_ATTENUATION = 2.5
@@ -41,9 +52,12 @@ _AP_CAMERA_AXES = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 OBLIQUE_DEG = 40.0              # LAO/RAO about the body axis, uniform in +-
 TILT_SD_DEG, TILT_MAX_DEG = 10.0, 25.0   # cranio-caudal
 ROLL_SD_DEG = 5.0               # in-plane turn of the detector
-ISOCENTRE_X_MM = 60.0           # uniform in +-: the centre anywhere between the hips (heads at ~+-80 mm)
+# Uniform in +-: the centre anywhere between the hips (heads at ~+-80 mm).
+ISOCENTRE_X_MM = 60.0
 ISOCENTRE_Z_MM = (-30.0, 60.0)  # uniform: from the femoral heads' level to the lower iliac wings
-SOURCE_TO_ISOCENTRE_MM = (700.0, 900.0)   # magnification 1020 / distance at the isocentre: 1.13 .. 1.46
+# Magnification 1020 / distance at the isocentre: 1.13 .. 1.46.
+SOURCE_TO_ISOCENTRE_MM = (700.0, 900.0)
+
 
 @dataclass(frozen=True)
 class Detector:
@@ -61,7 +75,8 @@ class Detector:
 @dataclass(frozen=True)
 class Pose:
     cam_to_vol: np.ndarray                 # (4, 4) camera mm -> pelvis volume mm
-    femur_motion: dict[int, np.ndarray]    # femur label -> (3, 3) rotation about its head centre (volume frame)
+    # femur label -> (3, 3) rotation about its head centre (volume frame)
+    femur_motion: dict[int, np.ndarray]
     rot180: bool                           # stored upside down (C-arm turned about the view axis)
 
     def cam_to_femur_vol(self, label: int, head_centre: np.ndarray) -> np.ndarray:
@@ -93,7 +108,8 @@ def sample_pose(rng: np.random.Generator, turned_probability: float = 0.3) -> Po
     return Pose(cam_to_vol, femur_motion, rot180)
 
 
-def project_points(points_vol: np.ndarray, cam_to_vol: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
+def project_points(points_vol: np.ndarray, cam_to_vol: np.ndarray,
+                   intrinsic: np.ndarray) -> np.ndarray:
     """(N, 3) volume points -> (N, 2) detector (col, row), wherever they fall."""
     vol_to_cam = np.linalg.inv(cam_to_vol)
     cam = np.asarray(points_vol, float) @ vol_to_cam[:3, :3].T + vol_to_cam[:3, 3]
@@ -113,10 +129,12 @@ class _CoarseGrid:
 
     def __init__(self, detector: Detector, factor: int):
         if detector.size_px % factor:
-            raise ValueError(f"coarse factor {factor} does not divide the detector size {detector.size_px}")
+            raise ValueError(f"coarse factor {factor} does not divide the detector size "
+                             f"{detector.size_px}")
         self.factor, self.size = factor, detector.size_px // factor
         self.intrinsic = detector.intrinsic
-        centres = factor * np.arange(self.size) + (factor - 1) / 2.0      # full-res pixel coordinates
+        # Full-resolution pixel coordinates.
+        centres = factor * np.arange(self.size) + (factor - 1) / 2.0
         k_inv = np.linalg.inv(self.intrinsic)
         cols, rows = np.meshgrid(centres, centres)
         pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1)
@@ -124,7 +142,8 @@ class _CoarseGrid:
         self.directions = rays / np.linalg.norm(rays, axis=-1, keepdims=True)
 
     def footprint(self, corners_cam: np.ndarray) -> tuple[slice, slice] | None:
-        """Coarse-grid (rows, cols) rectangle covering the projection of a box, or None if off-detector."""
+        """Coarse-grid (rows, cols) rectangle covering the projection of a box, or None if
+        off-detector."""
         pix = corners_cam @ self.intrinsic.T
         pix = pix[:, :2] / pix[:, 2:3]
         lo = np.floor((pix.min(axis=0) - (self.factor - 1) / 2.0) / self.factor).astype(int)
@@ -147,7 +166,7 @@ class _CoarseGrid:
         c1 = max(r[1].stop for _, r in present)
         origin = np.zeros(3)
 
-        def intervals(shapes):
+        def intervals(shapes: Sequence[Ellipsoid]) -> tuple[np.ndarray, np.ndarray]:
             t_in = np.zeros((len(shapes), r1 - r0, c1 - c0), dtype=np.float32)
             t_out = np.zeros_like(t_in)
             for k, shape in enumerate(shapes):
@@ -158,8 +177,10 @@ class _CoarseGrid:
                 cols = slice(max(rect[1].start, c0), min(rect[1].stop, c1))
                 if rows.stop <= rows.start or cols.stop <= cols.start:
                     continue
-                local = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
-                t_in[(k, *local)], t_out[(k, *local)] = ray_intervals(origin, self.directions[rows, cols], shape)
+                local = (slice(rows.start - r0, rows.stop - r0),
+                         slice(cols.start - c0, cols.stop - c0))
+                t_in[(k, *local)], t_out[(k, *local)] = ray_intervals(
+                    origin, self.directions[rows, cols], shape)
             return t_in, t_out
 
         solid_in, solid_out = intervals([s for s, _ in present])
@@ -168,8 +189,8 @@ class _CoarseGrid:
         lengths = np.zeros(hit.shape)
         if body.holes:
             hole_in, hole_out = intervals(body.holes)
-            lengths[hit] = union_minus_holes_length(solid_in[:, hit], solid_out[:, hit], hole_in[:, hit],
-                                                    hole_out[:, hit])
+            lengths[hit] = union_minus_holes_length(solid_in[:, hit], solid_out[:, hit],
+                                                    hole_in[:, hit], hole_out[:, hit])
         else:
             lengths[hit] = union_minus_holes_length(solid_in[:, hit], solid_out[:, hit])
         out[r0:r1, c0:c1] = lengths
@@ -184,17 +205,19 @@ def _coarse_grid(detector: Detector, factor: int) -> _CoarseGrid:
 def _upsample(maps: np.ndarray, factor: int) -> torch.Tensor:
     """(C, h, w) -> (C, h*factor, w*factor) bilinear, coarse values at their block centres."""
     tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
-    return torch.nn.functional.interpolate(tensor, scale_factor=factor, mode="bilinear", align_corners=False)[0]
+    return torch.nn.functional.interpolate(tensor, scale_factor=factor, mode="bilinear",
+                                           align_corners=False)[0]
 
 
-def render(specimen: Specimen, pose: Pose, rng: np.random.Generator, detector: Detector = Detector(),
-           coarse_factor: int = 4) -> Projection:
+def render(specimen: Specimen, pose: Pose, rng: np.random.Generator,
+           detector: Detector = Detector(), coarse_factor: int = 4) -> Projection:
     """Raw detector counts, ray-cast labels and projected landmarks of one frame."""
     grid = _coarse_grid(detector, coarse_factor)
     vol_to_cam = np.linalg.inv(pose.cam_to_vol)
     to_cam_rotation, to_cam_translation = vol_to_cam[:3, :3], vol_to_cam[:3, 3]
 
-    line_integral = SOFT_TISSUE_MU * grid.path_length(specimen.soft_tissue.rigid(to_cam_rotation, to_cam_translation))
+    soft_tissue = specimen.soft_tissue.rigid(to_cam_rotation, to_cam_translation)
+    line_integral = SOFT_TISSUE_MU * grid.path_length(soft_tissue)
     bone_paths = np.zeros((len(anatomy.BONE_LABELS), grid.size, grid.size))
     for index, label in enumerate(anatomy.BONE_LABELS):
         body = specimen.bones[label]

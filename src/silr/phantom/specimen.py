@@ -15,10 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from silr.core import anatomy
 from silr.phantom.geometry import Body, Ellipsoid, frame_from, rotation_about
 
+__all__ = ["Specimen", "make_specimen"]
+
+Shapes = tuple[Ellipsoid, ...]
 X_AXIS = np.array([1.0, 0.0, 0.0])
 Z_AXIS = np.array([0.0, 0.0, 1.0])
 
@@ -39,20 +43,25 @@ class _Jitter:
     def __init__(self, rng: np.random.Generator, centre_mm: float = 1.5, semi_rel: float = 0.07):
         self.rng, self.centre_mm, self.semi_rel = rng, centre_mm, semi_rel
 
-    def ellipsoid(self, centre, semi_axes, rotation=None) -> Ellipsoid:
+    def ellipsoid(self, centre: ArrayLike, semi_axes: ArrayLike,
+                  rotation: ArrayLike | None = None) -> Ellipsoid:
         centre = np.asarray(centre, float) + self.rng.normal(0.0, self.centre_mm, 3)
-        semi = np.asarray(semi_axes, float) * (1.0 + self.rng.uniform(-self.semi_rel, self.semi_rel, 3))
-        return Ellipsoid(centre, np.eye(3) if rotation is None else np.asarray(rotation, float), semi)
+        semi = np.asarray(semi_axes, float) * (
+            1.0 + self.rng.uniform(-self.semi_rel, self.semi_rel, 3))
+        axes = np.eye(3) if rotation is None else np.asarray(rotation, float)
+        return Ellipsoid(centre, axes, semi)
 
-    def segment(self, start, end, radius_hint: float, radius_other: float, hint=Z_AXIS,
-                extend: float = 0.0) -> Ellipsoid:
+    def segment(self, start: ArrayLike, end: ArrayLike, radius_hint: float, radius_other: float,
+                hint: ArrayLike = Z_AXIS, extend: float = 0.0) -> Ellipsoid:
         """Elongated ellipsoid from `start` to `end`; `radius_hint` lies along `hint`."""
         start, end = np.asarray(start, float), np.asarray(end, float)
         half = np.linalg.norm(end - start) / 2.0 + extend
-        return self.ellipsoid((start + end) / 2.0, (half, radius_hint, radius_other), frame_from(end - start, hint))
+        return self.ellipsoid((start + end) / 2.0, (half, radius_hint, radius_other),
+                              frame_from(end - start, hint))
 
 
-def _left_hemipelvis(jit: _Jitter, fh_centre: np.ndarray, head_radius: float):
+def _left_hemipelvis(jit: _Jitter, fh_centre: np.ndarray,
+                     head_radius: float) -> tuple[Shapes, Shapes, dict[str, np.ndarray]]:
     """Left hemipelvis (template, x > 0) and its six landmarks."""
     acetabulum = jit.ellipsoid(fh_centre + (-13, 5, 7), (26, 31, 33))
     # The cup: the femoral head plus a joint space of 1.5 mm is cut out of the acetabular body.
@@ -83,16 +92,17 @@ def _left_hemipelvis(jit: _Jitter, fh_centre: np.ndarray, head_radius: float):
               pubic_body, inferior_ramus, ischial_ramus, tuberosity, ischium)
     landmarks = {
         "ASIS": asis_spine.point((0.55, -0.25, 0.0)),
-        "GSN": buttress.point((0.0, 0.6, 0.0)),                 # notch: postero-inferior border
-        "IOF": ischial_ramus.point((-0.6, 0.5, 0.0)),           # top of the ramus, foramen's lowest point
-        "MOF": pubic_body.point((0.6, 0.0, -0.15)),             # lateral face of the pubis, mid-foramen
-        "SPS": pubic_body.point((-0.4, -0.1, 0.8)),             # superior end of the symphysis
-        "IPS": pubic_body.point((-0.4, 0.0, -0.8)),             # inferior end of the symphysis
+        "GSN": buttress.point((0.0, 0.6, 0.0)),         # notch: postero-inferior border
+        "IOF": ischial_ramus.point((-0.6, 0.5, 0.0)),   # top of the ramus, foramen's lowest point
+        "MOF": pubic_body.point((0.6, 0.0, -0.15)),     # lateral face of the pubis, mid-foramen
+        "SPS": pubic_body.point((-0.4, -0.1, 0.8)),     # superior end of the symphysis
+        "IPS": pubic_body.point((-0.4, 0.0, -0.8)),     # inferior end of the symphysis
     }
     return solids, (socket,), landmarks
 
 
-def _left_femur(jit: _Jitter, rng: np.random.Generator, fh_centre: np.ndarray, head_radius: float):
+def _left_femur(jit: _Jitter, rng: np.random.Generator, fh_centre: np.ndarray,
+                head_radius: float) -> Shapes:
     """Left femur (template): head in the socket, neck, trochanters, proximal shaft."""
     neck_shaft_deg = rng.uniform(122, 136)
     anteversion_deg = rng.uniform(5, 20)
@@ -111,16 +121,16 @@ def _left_femur(jit: _Jitter, rng: np.random.Generator, fh_centre: np.ndarray, h
 
     head = Ellipsoid(fh_centre.copy(), np.eye(3), np.full(3, head_radius))
     neck = jit.segment(fh_centre, junction, 0.68 * head_radius, 0.58 * head_radius, hint=shaft_up)
-    greater_trochanter = jit.ellipsoid(junction + 12 * shaft_up + 16 * lateral + 4 * posterior, (22, 12, 15),
-                                       shaft_axes)
+    greater_trochanter = jit.ellipsoid(junction + 12 * shaft_up + 16 * lateral + 4 * posterior,
+                                       (22, 12, 15), shaft_axes)
     metaphysis = jit.ellipsoid(junction - 40 * shaft_up, (60, 19, 16), shaft_axes)
     shaft = jit.ellipsoid(junction - 300 * shaft_up, (330, 13.5, 13.5), shaft_axes)
-    lesser_trochanter = jit.ellipsoid(junction - 35 * shaft_up + 13 * medial + 8 * posterior, (11, 9, 8),
-                                      shaft_axes)
+    lesser_trochanter = jit.ellipsoid(junction - 35 * shaft_up + 13 * medial + 8 * posterior,
+                                      (11, 9, 8), shaft_axes)
     return (head, neck, greater_trochanter, metaphysis, shaft, lesser_trochanter)
 
 
-def _sacrum(jit: _Jitter):
+def _sacrum(jit: _Jitter) -> tuple[Shapes, Shapes]:
     base_tilt = rotation_about(X_AXIS, np.radians(30))
     plate_tilt = rotation_about(X_AXIS, np.radians(27))
     # S1 to S3 only (the "upper sacrum"): a plate that narrows downwards, tilted backwards.
@@ -129,25 +139,28 @@ def _sacrum(jit: _Jitter):
               jit.ellipsoid((0, 70, 20), (20, 10, 22), plate_tilt)]
     holes = []
     for side in (1, -1):
-        solids.append(jit.ellipsoid((27 * side, 54, 62), (20, 18, 14), base_tilt))      # ala
-        solids.append(jit.ellipsoid((31 * side, 60, 46), (15, 14, 20), plate_tilt))     # lateral mass
-        for height in (0.5, 0.0, -0.5):                                                 # sacral foramina
+        solids.append(jit.ellipsoid((27 * side, 54, 62), (20, 18, 14), base_tilt))   # ala
+        solids.append(jit.ellipsoid((31 * side, 60, 46), (15, 14, 20), plate_tilt))  # lateral mass
+        for height in (0.5, 0.0, -0.5):  # sacral foramina
             centre = plate.point((0.36 * side, 0.0, height))
             holes.append(Ellipsoid(centre, plate.rotation, np.array([4.5, 20.0, 4.5])))
     return tuple(solids), tuple(holes)
 
 
-def _vertebrae(jit: _Jitter):
+def _vertebrae(jit: _Jitter) -> Shapes:
     solids = []
-    for centre_z, transverse_reach in ((94, 48), (125, 42), (156, 38)):              # L5, L4, L3
-        solids.append(jit.ellipsoid((0, 36, centre_z), (25, 17, 12), rotation_about(X_AXIS, np.radians(-8))))
-        solids.append(jit.segment((0, 70, centre_z - 2), (0, 92, centre_z - 10), 8, 4))  # spinous process
+    for centre_z, transverse_reach in ((94, 48), (125, 42), (156, 38)):  # L5, L4, L3
+        # body, then spinous process
+        solids.append(jit.ellipsoid((0, 36, centre_z), (25, 17, 12),
+                                    rotation_about(X_AXIS, np.radians(-8))))
+        solids.append(jit.segment((0, 70, centre_z - 2), (0, 92, centre_z - 10), 8, 4))
         for side in (1, -1):
-            solids.append(jit.ellipsoid((13 * side, 53, centre_z + 3), (5, 9, 7)))       # pedicle
-            solids.append(jit.segment((13 * side, 62, centre_z), (0, 72, centre_z - 2), 5, 4))  # lamina
-            solids.append(jit.segment((12 * side, 57, centre_z + 3), (transverse_reach * side, 57, centre_z + 6),
-                                      6, 5))                                             # transverse process
-            solids.append(jit.ellipsoid((15 * side, 65, centre_z + 10), (6, 6, 10)))     # articular process
+            # pedicle, lamina, transverse process, articular process
+            solids.append(jit.ellipsoid((13 * side, 53, centre_z + 3), (5, 9, 7)))
+            solids.append(jit.segment((13 * side, 62, centre_z), (0, 72, centre_z - 2), 5, 4))
+            solids.append(jit.segment((12 * side, 57, centre_z + 3),
+                                      (transverse_reach * side, 57, centre_z + 6), 6, 5))
+            solids.append(jit.ellipsoid((15 * side, 65, centre_z + 10), (6, 6, 10)))
     return tuple(solids)
 
 
@@ -173,8 +186,9 @@ def make_specimen(rng: np.random.Generator) -> Specimen:
     landmarks: dict[str, np.ndarray] = {}
     head_centres: dict[int, np.ndarray] = {}
     half_width = rng.uniform(80, 90)
-    for suffix, sign, pelvis_label, femur_label in (("l", 1.0, anatomy.LEFT_HEMIPELVIS, anatomy.LEFT_FEMUR),
-                                                     ("r", -1.0, anatomy.RIGHT_HEMIPELVIS, anatomy.RIGHT_FEMUR)):
+    sides = (("l", 1.0, anatomy.LEFT_HEMIPELVIS, anatomy.LEFT_FEMUR),
+             ("r", -1.0, anatomy.RIGHT_HEMIPELVIS, anatomy.RIGHT_FEMUR))
+    for suffix, sign, pelvis_label, femur_label in sides:
         jit = _Jitter(rng)
         fh_centre = np.array([half_width, 0.0, 0.0]) + rng.normal(0.0, 1.0, 3)
         head_radius = rng.uniform(22.5, 25.5)
@@ -193,11 +207,13 @@ def make_specimen(rng: np.random.Generator) -> Specimen:
     bones[anatomy.UPPER_SACRUM] = Body(sacrum_solids, sacrum_holes, cortex_mm=1.5)
     bones[anatomy.VERTEBRAE] = Body(_vertebrae(jit), (), cortex_mm=1.5)
 
-    gas = tuple(Ellipsoid(np.array([rng.uniform(-45, 45), rng.uniform(-70, -10), rng.uniform(35, 140)]),
+    gas = tuple(Ellipsoid(np.array([rng.uniform(-45, 45), rng.uniform(-70, -10),
+                                    rng.uniform(35, 140)]),
                           rotation_about(rng.normal(size=3), rng.uniform(0, np.pi)),
                           rng.uniform(7, 20, 3))
                 for _ in range(int(rng.integers(3, 7))))
-    torso = Ellipsoid(np.array([0.0, 5.0, 50.0]), np.eye(3), np.array([175.0, 115.0, 500.0]) * rng.uniform(0.92, 1.08))
+    torso = Ellipsoid(np.array([0.0, 5.0, 50.0]), np.eye(3),
+                      np.array([175.0, 115.0, 500.0]) * rng.uniform(0.92, 1.08))
     soft_tissue = Body((torso,), gas)
 
     # Size and proportions of the whole specimen.

@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from silr.core.errors import ConfigError
 from silr.core.io import ensure_writable
-from silr.core.params import DEFAULT_PARAMS_FILE, Params, load_params
-from silr.evaluation import heldout, metrics
+from silr.core.params import Params
+from silr.evaluation.dice import dice_per_bone
+from silr.evaluation.heldout import add_fold_arguments, fold_params, load_fold_model
+from silr.evaluation.presence import presence_rules_of
 from silr.evaluation.results import (
     OutputPaths,
+    fold_metrics,
     output_paths,
     predictions_table,
     read_fold_metrics,
@@ -43,33 +45,38 @@ from silr.evaluation.results import (
 )
 from silr.inference.predictor import predict_frames
 
+__all__ = ["add_arguments", "main", "run"]
+
 
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
         models_dir: str | Path, out_dir: str | Path, device: str | None = None,
         batch_size: int = 16, seed: int | None = None) -> OutputPaths:
-    """Evaluate one (loss, fold) and, with `seed`, one extra training seed of the study: read model,
-    data and split; write predictions, metrics and label maps."""
-    run_ = heldout.load_fold_model(params, loss=loss, fold=fold, data_path=data_path, folds_path=folds_path,
-                           models_dir=models_dir, device=device, seed=seed)
-    data, test, model, card, codec, trained_seed = (run_.data, run_.test, run_.model, run_.card, run_.codec,
-                                                    run_.trained_seed)
+    """Evaluate one (loss, fold) and, with `seed`, one extra training seed of the study: read
+    model, data and split; write predictions, metrics and label maps."""
+    run_ = load_fold_model(params, loss=loss, fold=fold, data_path=data_path,
+                           folds_path=folds_path, models_dir=models_dir, device=device, seed=seed)
+    data, test, model, card, codec, trained_seed = (run_.data, run_.test, run_.model, run_.card,
+                                                    run_.codec, run_.trained_seed)
     paths = output_paths(out_dir, loss, fold, seed)
     # All three outputs or none: a blocked location fails before the first one is written.
     ensure_writable(paths.predictions, paths.fold_metrics, paths.segmentation)
 
     specimens = [specimen for specimen, _ in test]
     frame_indices = [index for _, index in test]
-    images, true_labels, gt_xy = (run_.stacked(name) for name in ("images", "labels", "landmarks_xy"))
+    images, true_labels, gt_xy = (run_.stacked(name)
+                                  for name in ("images", "labels", "landmarks_xy"))
 
     predicted = predict_frames(model, codec, images, device=next(model.parameters()).device,
                                batch_size=batch_size)
-    table = predictions_table(loss=loss, fold=fold, specimens=specimens, frame_indices=frame_indices,
-                              gt_xy=gt_xy, predicted=predicted, frame_size=(images.shape[2], images.shape[1]),
+    table = predictions_table(loss=loss, fold=fold, specimens=specimens,
+                              frame_indices=frame_indices, gt_xy=gt_xy, predicted=predicted,
+                              frame_size=(images.shape[2], images.shape[1]),
                               true_labels=true_labels, seed=trained_seed)
-    rules = metrics.presence_rules_of(codec.config())
-    result = metrics.fold_metrics(table, mm_per_px=data.pixel_spacing_mm, success_mm=params.evaluate.success_mm,
-                                  dice_per_frame=metrics.dice_per_bone(predicted.labels, true_labels),
-                                  presence_rules=rules)
+    rules = presence_rules_of(codec.config())
+    result = fold_metrics(table, mm_per_px=data.pixel_spacing_mm,
+                          success_mm=params.evaluate.success_mm,
+                          dice_per_frame=dice_per_bone(predicted.labels, true_labels),
+                          presence_rules=rules)
     if codec.presence not in rules:
         # NCC trains only the heatmaps' shape (blind to their offset and scale): a score
         # threshold means nothing for it, so that rule's presence and visibility are not reported.
@@ -86,37 +93,30 @@ def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_pa
     })
 
     write_predictions_csv(paths.predictions, table)
-    write_label_maps(paths.segmentation, specimens=specimens, frame_indices=frame_indices, labels=predicted.labels)
+    write_label_maps(paths.segmentation, specimens=specimens, frame_indices=frame_indices,
+                     labels=predicted.labels)
     write_fold_metrics(paths.fold_metrics, result)
     return paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loss", required=True, help="named loss (a key of losses: in params.yaml)")
-    parser.add_argument("--fold", required=True, type=int, help="fold number k (tests specimen k)")
-    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
-    parser.add_argument("--data", default=None, help="processed HDF5 file (default: data.processed in params)")
-    parser.add_argument("--folds", default=heldout.DEFAULT_FOLDS, help="folds file (default: %(default)s)")
-    parser.add_argument("--models", default=heldout.DEFAULT_MODELS, help="models directory (default: %(default)s)")
-    parser.add_argument("--out", default=heldout.DEFAULT_OUT, help="metrics directory (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps (default: train.device)")
-    parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default: %(default)s)")
+    add_fold_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S",
-                        help="an extra training seed of the study (study.seeds): reads <models>/<loss>/fold<k>_seed<S>/"
-                             "best.pt and writes <out>/*/<loss>/fold<k>_seed<S>.*")
+                        help="an extra training seed of the study (study.seeds): reads "
+                             "<models>/<loss>/fold<k>_seed<S>/best.pt and writes "
+                             "<out>/*/<loss>/fold<k>_seed<S>.*")
 
 
 def main(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
-    params.loss_weights(args.loss)  # ConfigError naming losses.<name> if it is not defined
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    paths = run(params, loss=args.loss, fold=args.fold, data_path=args.data or params.data.processed,
-                folds_path=args.folds, models_dir=args.models, out_dir=args.out,
-                device=args.device, batch_size=args.batch_size, seed=args.seed)
+    params = fold_params(args)
+    paths = run(params, loss=args.loss, fold=args.fold,
+                data_path=args.data or params.data.processed, folds_path=args.folds,
+                models_dir=args.models, out_dir=args.out, device=args.device,
+                batch_size=args.batch_size, seed=args.seed)
     result = read_fold_metrics(paths.fold_metrics, loss=args.loss, fold=args.fold)
     error, counts = result["error"], result["counts"]
-    px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–" for k in ("mean_px", "mean_mm"))
+    px, mm = (f"{error[k]:.2f}" if error.get(k) is not None else "–"
+              for k in ("mean_px", "mean_mm"))
     seed = f" seed {args.seed}" if args.seed is not None else ""
     print(f"evaluate {args.loss} fold {args.fold}{seed}: mean error {px} px ({mm} mm) "
           f"over {counts['landmarks_in_frame']} in-frame landmarks of {counts['frames']} frames -> "

@@ -16,6 +16,11 @@ from typing import Any
 
 from silr.core.errors import DataError
 
+__all__ = [
+    "OUTPUT_LOCATIONS", "add_arguments", "main", "presence_line", "robustness_lines",
+    "table2_lines",
+]
+
 # Where each output of the default pipeline lands (paths relative to the project root).
 OUTPUT_LOCATIONS: tuple[tuple[str, str], ...] = (
     ("metrics/table2.md", "Table 2, paired differences, seeds, presence, consistency, robustness"),
@@ -66,8 +71,8 @@ def robustness_lines(robustness: Mapping[str, Any]) -> list[str]:
         top_text = f" -> {top:.2f} px at severity {max(worst, key=int)}" if top is not None else ""
         parts.append(f"{loss} {entry['clean_px']:.2f}{top_text} (x{entry['relative_error']:.2f})")
     best = min(losses, key=lambda name: losses[name]["relative_error"])
-    return ["Robustness, mean error over corruption types, clean -> worst severity (relative error):",
-            "  " + "; ".join(parts), f"  least degraded: {best}"]
+    return ["Robustness, mean error over corruption types, clean -> worst severity "
+            "(relative error):", "  " + "; ".join(parts), f"  least degraded: {best}"]
 
 
 def main(args: argparse.Namespace) -> int:

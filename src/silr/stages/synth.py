@@ -33,15 +33,26 @@ from silr.core import anatomy, coords
 from silr.core.errors import ConfigError
 from silr.core.io import atomic_path, ensure_writable
 from silr.core.params import DEFAULT_PARAMS_FILE, SynthParams, load_params
-from silr.data import deepfluoro
-from silr.phantom.projector import AIR_INTENSITY, MIN_BONE_PATH_MM, Detector, Pose, Projection, render, sample_pose
+from silr.data import deepfluoro, fullres
+from silr.phantom.projector import (
+    AIR_INTENSITY,
+    MIN_BONE_PATH_MM,
+    Detector,
+    Pose,
+    Projection,
+    render,
+    sample_pose,
+)
 from silr.phantom.specimen import Specimen, make_specimen
 from silr.phantom.volume import voxelize
 
+__all__ = ["add_arguments", "frames_from_arguments", "main", "run", "specimen_ids",
+           "specimen_rng", "write_phantom", "write_preview"]
+
 GENERATOR_VERSION = "1"
 DATA_KIND = "synthetic"
-LABEL_RULE = (f"each pixel gets the bone with the longest path along its ray; background where no bone "
-              f"is crossed for at least {MIN_BONE_PATH_MM} mm")
+LABEL_RULE = (f"each pixel gets the bone with the longest path along its ray; background where "
+              f"no bone is crossed for at least {MIN_BONE_PATH_MM} mm")
 PREVIEW_PANELS = 12
 PREVIEW_FACTOR = 4
 
@@ -57,7 +68,8 @@ def check_frames(frames: Sequence[int]) -> tuple[int, ...]:
     """Frames per specimen as a tuple; ConfigError naming synth.specimens / synth.frames."""
     frames = tuple(frames)
     specimen_ids(len(frames))  # the specimen count's own check
-    bad = [count for count in frames if isinstance(count, bool) or not isinstance(count, int) or count < 1]
+    bad = [count for count in frames
+           if isinstance(count, bool) or not isinstance(count, int) or count < 1]
     if bad:
         raise ConfigError(f"synth.frames must be >= 1 for every specimen, got {bad[0]!r}")
     return frames
@@ -65,7 +77,8 @@ def check_frames(frames: Sequence[int]) -> tuple[int, ...]:
 
 def specimen_rng(seed: int, number: int, frame: int | None = None) -> np.random.Generator:
     """Independent streams: the anatomy of specimen `number`, and each of its frames."""
-    return np.random.default_rng(np.random.SeedSequence([seed, number, 0 if frame is None else frame + 1]))
+    stream = 0 if frame is None else frame + 1
+    return np.random.default_rng(np.random.SeedSequence([seed, number, stream]))
 
 
 @dataclass
@@ -88,24 +101,25 @@ class SynthSummary:
 
 def _write_specimen_volume(group: h5py.Group, specimen: Specimen) -> None:
     volume = voxelize(specimen)
-    deepfluoro.write_specimen_volume(group, hounsfield=volume.hounsfield, labels=volume.labels,
-                                     spacing=volume.spacing, origin=volume.origin, landmarks=specimen.landmarks)
+    fullres.write_specimen_volume(group, hounsfield=volume.hounsfield, labels=volume.labels,
+                                  spacing=volume.spacing, origin=volume.origin,
+                                  landmarks=specimen.landmarks)
 
 
 def _write_projection(group: h5py.Group, projection: Projection, pose: Pose, specimen: Specimen,
                       detector: Detector) -> None:
     size = detector.size_px
     cam_to_femur_vol, femur_good_fov = {}, {}
-    for side, label in (("left", anatomy.LEFT_FEMUR), ("right", anatomy.RIGHT_FEMUR)):
+    for side, label in zip(fullres.FEMUR_SIDES, (anatomy.LEFT_FEMUR, anatomy.RIGHT_FEMUR)):
         head = specimen.femoral_head_centres[label]
         cam_to_femur_vol[side] = pose.cam_to_femur_vol(label, head)
         # Good field of view: the femoral head centre is on the detector.
         head_xy = projection.landmarks_xy[anatomy.LANDMARK_NAMES.index(f"FH-{side[0]}")]
         femur_good_fov[side] = coords.in_frame(head_xy, size, size)
-    deepfluoro.write_projection(group, intensity=projection.intensity, labels=projection.labels,
-                                landmarks_xy=projection.landmarks_xy, spacing_mm=detector.spacing_mm,
-                                cam_to_pelvis_vol=pose.cam_to_vol, cam_to_femur_vol=cam_to_femur_vol,
-                                femur_good_fov=femur_good_fov, rotate=pose.rot180)
+    fullres.write_projection(group, intensity=projection.intensity, labels=projection.labels,
+                             landmarks_xy=projection.landmarks_xy, spacing_mm=detector.spacing_mm,
+                             cam_to_pelvis_vol=pose.cam_to_vol, cam_to_femur_vol=cam_to_femur_vol,
+                             femur_good_fov=femur_good_fov, rotate=pose.rot180)
 
 
 def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -> PreviewPanel:
@@ -124,8 +138,8 @@ def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -
 
 def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detector | None = None,
                   preview_panels: int = PREVIEW_PANELS) -> SynthSummary:
-    """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp name);
-    specimen k gets frames[k - 1] frames."""
+    """Generate the phantom into the HDF5 file `path` (written in place: callers pass a temp
+    name); specimen k gets frames[k - 1] frames."""
     frames = check_frames(frames)
     detector = detector if detector is not None else Detector()
     specimens = len(frames)
@@ -136,11 +150,13 @@ def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detect
     with h5py.File(path, "w") as f:
         f.attrs.update({deepfluoro.ATTR_DATA_KIND: DATA_KIND, "silr-generator": "silr synth",
                         "silr-generator-version": GENERATOR_VERSION, "silr-seed": seed,
-                        "silr-specimens": specimens, "silr-frames-per-specimen": np.asarray(frames, np.int64),
-                        deepfluoro.ATTR_LABEL_RULE: LABEL_RULE, "silr-air-intensity": AIR_INTENSITY})
-        deepfluoro.write_proj_params(f.create_group("proj-params"), intrinsic=detector.intrinsic,
-                                     extrinsic=np.eye(4),  # world = camera frame
-                                     num_rows=size, num_cols=size, spacing_mm=detector.spacing_mm)
+                        "silr-specimens": specimens,
+                        "silr-frames-per-specimen": np.asarray(frames, np.int64),
+                        deepfluoro.ATTR_LABEL_RULE: LABEL_RULE,
+                        "silr-air-intensity": AIR_INTENSITY})
+        fullres.write_proj_params(f.create_group("proj-params"), intrinsic=detector.intrinsic,
+                                  extrinsic=np.eye(4),  # world = camera frame
+                                  num_rows=size, num_cols=size, spacing_mm=detector.spacing_mm)
         for number, (specimen_id, count) in enumerate(zip(ids, frames), start=1):
             specimen = make_specimen(specimen_rng(seed, number))
             group = f.create_group(specimen_id)
@@ -150,19 +166,23 @@ def write_phantom(path: Path, frames: Sequence[int], seed: int, detector: Detect
                 rng = specimen_rng(seed, number, frame)
                 pose = sample_pose(rng)
                 projection = render(specimen, pose, rng, detector)
-                _write_projection(projections.create_group(f"{frame:03d}"), projection, pose, specimen, detector)
+                _write_projection(projections.create_group(f"{frame:03d}"), projection, pose,
+                                  specimen, detector)
                 inside = coords.in_frame(projection.landmarks_xy, size, size)
                 summary.landmarks_total += inside.size
                 summary.landmarks_out_of_frame += int((~inside).sum())
                 summary.turned_frames += int(pose.rot180)
                 if frame < per_specimen_panels and len(summary.panels) < preview_panels:
-                    title = f"{specimen_id} / {frame:03d}" + (" (stored turned)" if pose.rot180 else "")
+                    turned = " (stored turned)" if pose.rot180 else ""
+                    title = f"{specimen_id} / {frame:03d}{turned}"
                     summary.panels.append(preview_panel(title, projection, pose.rot180, size))
     return summary
 
 
 def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     """A grid of upright frames with tinted labels and in-frame landmarks, written atomically."""
+    # matplotlib is imported here, not at the top: it is slow to import, and only the preview
+    # (an optional output) needs it.
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -173,27 +193,34 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     legend_in, panel_in = 0.7, 3.3
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, panel_in * rows + legend_in), squeeze=False)
-    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(anatomy.LABEL_COLORS[v], 0.2) for v in anatomy.BONE_LABELS])
-    marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS, endpoint=False))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, panel_in * rows + legend_in),
+                             squeeze=False)
+    label_cmap = ListedColormap([(0, 0, 0, 0)] + [to_rgba(anatomy.LABEL_COLORS[v], 0.2)
+                                                  for v in anatomy.BONE_LABELS])
+    marker_colours = plt.get_cmap("tab20")(np.linspace(0, 1, anatomy.NUM_LANDMARKS,
+                                                       endpoint=False))
     for ax in axes.flat:
         ax.axis("off")
     for ax, panel in zip(axes.flat, panels):
         h, w = panel.image.shape
         interior = panel.image[h // 10:-h // 10, w // 10:-w // 10]
-        ax.imshow(panel.image, cmap="gray", vmin=np.percentile(interior, 0.5), vmax=np.percentile(interior, 99.8))
-        ax.imshow(panel.labels, cmap=label_cmap, vmin=-0.5, vmax=anatomy.MAX_LABEL + 0.5, interpolation="nearest")
+        ax.imshow(panel.image, cmap="gray", vmin=np.percentile(interior, 0.5),
+                  vmax=np.percentile(interior, 99.8))
+        ax.imshow(panel.labels, cmap=label_cmap, vmin=-0.5, vmax=anatomy.MAX_LABEL + 0.5,
+                  interpolation="nearest")
         inside = coords.in_frame(panel.landmarks_xy, w, h)
-        ax.scatter(panel.landmarks_xy[inside, 0], panel.landmarks_xy[inside, 1], s=14, c=marker_colours[inside],
-                   edgecolors="black", linewidths=0.4)
+        ax.scatter(panel.landmarks_xy[inside, 0], panel.landmarks_xy[inside, 1], s=14,
+                   c=marker_colours[inside], edgecolors="black", linewidths=0.4)
         ax.set_title(panel.title, fontsize=7)
-    handles = [Line2D([], [], marker="o", linestyle="", color=marker_colours[i], markeredgecolor="black",
-                      label=name) for i, name in enumerate(anatomy.LANDMARK_NAMES)]
-    handles += [Patch(color=anatomy.LABEL_COLORS[v], label=anatomy.LABEL_NAMES[v]) for v in anatomy.BONE_LABELS]
+    handles = [Line2D([], [], marker="o", linestyle="", color=marker_colours[i],
+                      markeredgecolor="black", label=name)
+               for i, name in enumerate(anatomy.LANDMARK_NAMES)]
+    handles += [Patch(color=anatomy.LABEL_COLORS[v], label=anatomy.LABEL_NAMES[v])
+                for v in anatomy.BONE_LABELS]
     height = panel_in * rows + legend_in
     fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6.5, frameon=False)
-    fig.suptitle("silr synthetic phantom: log-transformed frames turned upright (full detector, bright "
-                 "collimator edge); labels tinted; in-frame landmarks", fontsize=7.5)
+    fig.suptitle("silr synthetic phantom: log-transformed frames turned upright (full detector, "
+                 "bright collimator edge); labels tinted; in-frame landmarks", fontsize=7.5)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / height, bottom=legend_in / height,
                         wspace=0.04, hspace=0.12)
     with atomic_path(path) as tmp:
@@ -216,28 +243,32 @@ def _frame_counts(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a frame count or a comma-separated list of them, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a frame count or a comma-separated list of "
+                                         f"them, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output HDF5 file (full-resolution layout)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output HDF5 file (full-resolution layout)")
     parser.add_argument("--params", type=Path, default=Path(DEFAULT_PARAMS_FILE),
                         help="params file whose `synth` section is used (default %(default)s)")
     parser.add_argument("--frames", type=_frame_counts, default=None,
-                        help="override synth.frames: frames per specimen as a list (22,21,5), or one count "
-                             "for every specimen with --specimens")
+                        help="override synth.frames: frames per specimen as a list (22,21,5), or "
+                             "one count for every specimen with --specimens")
     parser.add_argument("--specimens", type=int, default=None,
                         help="number of specimens, each with the one count given by --frames")
     parser.add_argument("--seed", type=int, default=None, help="override synth.seed")
-    parser.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of frames")
+    parser.add_argument("--preview", type=Path, default=None,
+                        help="also write a PNG grid of frames")
 
 
-def frames_from_arguments(params: SynthParams, frames: list[int] | None, specimens: int | None) -> tuple[int, ...]:
+def frames_from_arguments(params: SynthParams, frames: list[int] | None,
+                          specimens: int | None) -> tuple[int, ...]:
     """synth.frames, or the command line's --frames / --specimens in its place."""
     if specimens is not None:
         if frames is not None and len(frames) != 1:
-            raise ConfigError(f"--specimens {specimens} takes one count in --frames, got {len(frames)}")
+            raise ConfigError(f"--specimens {specimens} takes one count in --frames, "
+                              f"got {len(frames)}")
         specimen_ids(specimens)
         return tuple((frames or [max(params.frames)]) * specimens)
     return tuple(frames) if frames is not None else params.frames
@@ -251,7 +282,8 @@ def main(args: argparse.Namespace) -> int:
     summary = run(args.out, frames, seed, args.preview)
     size_mb = os.path.getsize(args.out) / 1e6
     print(f"silr synth: wrote {args.out} ({summary.specimens} specimens, {summary.frames} frames "
-          f"({', '.join(map(str, frames))}), {size_mb:.0f} MB, {summary.turned_frames} frames stored turned, "
-          f"{summary.landmarks_out_of_frame}/{summary.landmarks_total} landmarks off the detector) "
+          f"({', '.join(map(str, frames))}), {size_mb:.0f} MB, {summary.turned_frames} frames "
+          f"stored turned, {summary.landmarks_out_of_frame}/{summary.landmarks_total} landmarks "
+          f"off the detector) "
           f"in {time.perf_counter() - start:.0f} s")
     return 0

@@ -1,7 +1,7 @@
 """A fold's frames as device-resident tensors, and the training augmentation.
 
 The 8x data set is small (about 50 MB), so a fold's frames are prepared once (scaled to
-[0, 1] per frame and padded to 192x192 by `silr.core.frames`, landmarks shifted by
+[0, 1] per frame and padded to 192x192 by `silr.core.network_input`, landmarks shifted by
 `coords.pad_offset`) and kept on the training device. Batches are index selections and
 the augmentation runs batched on the same device: no per-step host copies.
 
@@ -32,11 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from silr.core import coords, frames
+from silr.core import coords
 from silr.core.anatomy import FRAME_SIZE_PX, LANDMARK_BONE_LABELS, NETWORK_INPUT_PX, NUM_LANDMARKS
 from silr.core.errors import DataError
+from silr.core.network_input import pad_labels, to_network_input
 from silr.core.params import AugmentParams
 from silr.core.types import Batch
+from silr.data.processed import ProcessedData
+
+__all__ = [
+    "BONE_DISTANCE_ABSENT", "OUTLIER_KINDS", "UNKNOWN_POSITION", "AugmentDraw", "FrameSet",
+    "adjust_contrast", "augment", "batch_indices", "bone_distance_maps", "describe_augmentation",
+    "draw_augmentation", "frame_set", "in_frame_region", "outlier_frames", "rotation_matrices",
+    "zoom_matrices",
+]
 
 # MONAI AdjustContrast's guard against a constant image.
 CONTRAST_EPSILON = 1e-7
@@ -60,7 +69,8 @@ class FrameSet:
     landmarks_xy: Tensor
     present: Tensor
     keys: list[tuple[int, int]]
-    # (N, K, S, S) float16 distance to each landmark bone (`bone_distance_maps`), when a loss needs it.
+    # (N, K, S, S) float16 distance to each landmark bone (`bone_distance_maps`), when a loss
+    # needs it.
     bone_distance: Tensor | None = None
 
     def __len__(self) -> int:
@@ -73,17 +83,21 @@ class FrameSet:
     def batch(self, index: Tensor) -> Batch:
         """The rows `index` (a device tensor) as a Batch; labels as int64 for the losses."""
         distance = self.bone_distance[index].float() if self.bone_distance is not None else None
-        return Batch(self.images[index], self.labels[index].long(), self.landmarks_xy[index], self.present[index],
-                     distance)
+        return Batch(self.images[index], self.labels[index].long(), self.landmarks_xy[index],
+                     self.present[index], distance)
 
 
-def bone_distance_maps(labels: np.ndarray, bones: Sequence[int] = LANDMARK_BONE_LABELS) -> np.ndarray:
+def bone_distance_maps(labels: np.ndarray,
+                       bones: Sequence[int] = LANDMARK_BONE_LABELS) -> np.ndarray:
     """(N, K, H, W) float32: the Euclidean distance (pixels) from every pixel to bone k of (N, H, W)
-    integer labels, 0 on the bone; BONE_DISTANCE_ABSENT everywhere when the bone is not in the frame."""
+    integer labels, 0 on the bone; BONE_DISTANCE_ABSENT everywhere when the bone is not in the
+    frame."""
+    # Lazy: scipy.ndimage takes most of a second to import; only the bone_distance term needs it.
     from scipy.ndimage import distance_transform_edt
 
     labels = np.asarray(labels)
-    result = np.full((len(labels), len(bones), *labels.shape[1:]), BONE_DISTANCE_ABSENT, dtype=np.float32)
+    result = np.full((len(labels), len(bones), *labels.shape[1:]), BONE_DISTANCE_ABSENT,
+                     dtype=np.float32)
     for n, frame in enumerate(labels):
         for k, bone in enumerate(bones):
             outside = frame != bone
@@ -92,9 +106,10 @@ def bone_distance_maps(labels: np.ndarray, bones: Sequence[int] = LANDMARK_BONE_
     return result
 
 
-def frame_set(data, keys: Sequence[tuple[int, int]], device: torch.device | str = "cpu",
+def frame_set(data: ProcessedData, keys: Sequence[tuple[int, int]],
+              device: torch.device | str = "cpu",
               source: str = "processed data", with_bone_distance: bool = False) -> FrameSet:
-    """The frames `keys` of `data` (a silr.data.deepfluoro.ProcessedData) prepared for the network;
+    """The frames `keys` of `data` (a silr.data.processed.ProcessedData) prepared for the network;
     `with_bone_distance` adds the distance maps of the bone_distance term (computed once here,
     then moved by the augmentation with the labels)."""
     if not keys:
@@ -117,19 +132,22 @@ def frame_set(data, keys: Sequence[tuple[int, int]], device: torch.device | str 
                         f"{FRAME_SIZE_PX}x{FRAME_SIZE_PX} (8x downsampled) frames")
     xy = np.stack(landmarks).astype(np.float64)
     if xy.shape[1:] != (NUM_LANDMARKS, 2):
-        raise DataError(f"{source}: landmarks have shape {xy.shape[1:]}, expected ({NUM_LANDMARKS}, 2)")
+        raise DataError(f"{source}: landmarks have shape {xy.shape[1:]}, "
+                        f"expected ({NUM_LANDMARKS}, 2)")
     present = coords.in_frame(xy, width, height)
     # A landmark without a position (NaN in the file) gets a finite stand-in far outside every
     # frame: it must not put NaN into any sum, and the presence head's position estimate must not
     # learn it (losses.presence_bce skips positions beyond UNKNOWN_POSITION / 2).
-    xy = np.where(np.isfinite(xy), xy, UNKNOWN_POSITION) + coords.pad_offset(FRAME_SIZE_PX, NETWORK_INPUT_PX)
-    padded_labels = frames.pad_labels(np.stack(labels)).to(torch.uint8)
+    xy = (np.where(np.isfinite(xy), xy, UNKNOWN_POSITION)
+          + coords.pad_offset(FRAME_SIZE_PX, NETWORK_INPUT_PX))
+    padded_labels = pad_labels(np.stack(labels)).to(torch.uint8)
     distance = None
     if with_bone_distance:
         # float16 halves the memory; distances up to 2048 px keep a step of at most 1 px.
-        distance = torch.from_numpy(bone_distance_maps(padded_labels.numpy())).to(torch.float16).to(device)
+        maps = bone_distance_maps(padded_labels.numpy())
+        distance = torch.from_numpy(maps).to(torch.float16).to(device)
     return FrameSet(
-        images=frames.to_network_input(image_stack).to(device),
+        images=to_network_input(image_stack).to(device),
         labels=padded_labels.to(device),
         landmarks_xy=torch.from_numpy(xy.astype(np.float32)).to(device),
         present=torch.from_numpy(present).to(device),
@@ -179,17 +197,19 @@ class AugmentDraw:
     def fixed(batch_size: int, *, zoom: float | None = None, angle: float | None = None,
               gamma: float | None = None, device: torch.device | str = "cpu") -> AugmentDraw:
         """The same chosen transforms for every sample (None: not applied); for tests and tools."""
-        def flag(value):
-            return torch.full((batch_size,), value is not None, dtype=torch.bool, device=device)
+        def flag(chosen: float | None) -> Tensor:
+            return torch.full((batch_size,), chosen is not None, dtype=torch.bool, device=device)
 
-        def value(v, identity):
-            return torch.full((batch_size,), identity if v is None else v, dtype=torch.float32, device=device)
+        def value(chosen: float | None, identity: float) -> Tensor:
+            return torch.full((batch_size,), identity if chosen is None else chosen,
+                              dtype=torch.float32, device=device)
 
         return AugmentDraw(flag(zoom), value(zoom, 1.0), flag(angle), value(angle, 0.0),
                            flag(gamma), value(gamma, 1.0))
 
 
-def draw_augmentation(params: AugmentParams, batch_size: int, generator: torch.Generator) -> AugmentDraw:
+def draw_augmentation(params: AugmentParams, batch_size: int,
+                      generator: torch.Generator) -> AugmentDraw:
     """Random per-sample augmentation parameters from `generator` (on its device)."""
     device = generator.device
     uniform = torch.rand((6, batch_size), generator=generator, device=device)
@@ -198,7 +218,8 @@ def draw_augmentation(params: AugmentParams, batch_size: int, generator: torch.G
     do_contrast = uniform[4] < params.prob
     low, high = params.zoom
     zoom = torch.where(do_zoom, low + (high - low) * uniform[1], torch.ones_like(uniform[1]))
-    angle = torch.where(do_rotate, params.rotate * (2 * uniform[3] - 1), torch.zeros_like(uniform[3]))
+    angle = torch.where(do_rotate, params.rotate * (2 * uniform[3] - 1),
+                        torch.zeros_like(uniform[3]))
     low, high = params.gamma
     gamma = torch.where(do_contrast, low + (high - low) * uniform[5], torch.ones_like(uniform[5]))
     return AugmentDraw(do_zoom, zoom, do_rotate, angle, do_contrast, gamma)
@@ -218,11 +239,13 @@ def zoom_matrices(zoom: Tensor, size: int) -> Tensor:
     start = torch.where(zoomed_size >= size, crop_start, pad_start)
     offset = (start + 0.5) * scale - 0.5
     zero = torch.zeros_like(scale)
-    return torch.stack([torch.stack([scale, zero, offset], -1), torch.stack([zero, scale, offset], -1)], -2)
+    return torch.stack([torch.stack([scale, zero, offset], -1),
+                        torch.stack([zero, scale, offset], -1)], -2)
 
 
 def rotation_matrices(angle: Tensor, size: int) -> Tensor:
-    """(B, 2, 3) maps output pixel (x, y, 1) -> input pixel (x, y) of MONAI's Rotate(keep_size=True).
+    """(B, 2, 3) maps output pixel (x, y, 1) -> input pixel (x, y) of MONAI's
+    Rotate(keep_size=True).
 
     MONAI turns (row, col) about the centre c = (size - 1) / 2 by
     [[cos, -sin], [sin, cos]] (output -> input); written in (x, y) = (col, row) order.
@@ -232,11 +255,13 @@ def rotation_matrices(angle: Tensor, size: int) -> Tensor:
     # x_in = cos * (x - c) + sin * (y - c) + c ; y_in = -sin * (x - c) + cos * (y - c) + c
     offset_x = centre - cos * centre - sin * centre
     offset_y = centre + sin * centre - cos * centre
-    return torch.stack([torch.stack([cos, sin, offset_x], -1), torch.stack([-sin, cos, offset_y], -1)], -2)
+    return torch.stack([torch.stack([cos, sin, offset_x], -1),
+                        torch.stack([-sin, cos, offset_y], -1)], -2)
 
 
 def _invert(matrices: Tensor) -> Tensor:
-    """Inverse of (B, 2, 3) affine maps, in closed form (linalg.inv would sync a GPU to check errors)."""
+    """Inverse of (B, 2, 3) affine maps, in closed form (linalg.inv would sync a GPU to check
+    errors)."""
     a, b, c = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     d, e, f = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     det = a * e - b * d
@@ -259,23 +284,28 @@ def _sample(values: Tensor, matrices: Tensor, mode: str) -> Tensor:
     pixels = torch.stack([grid_x, grid_y], dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)
     source = _map_points(matrices, pixels).reshape(batch, height, width, 2)
     # Pixel centres -> grid_sample's [-1, 1] with align_corners=False (MONAI's default).
-    grid = torch.stack([(2 * source[..., 0] + 1) / width - 1, (2 * source[..., 1] + 1) / height - 1], dim=-1)
-    return F.grid_sample(values, grid.to(values.dtype), mode=mode, padding_mode="border", align_corners=False)
+    grid = torch.stack([(2 * source[..., 0] + 1) / width - 1,
+                        (2 * source[..., 1] + 1) / height - 1], dim=-1)
+    return F.grid_sample(values, grid.to(values.dtype), mode=mode, padding_mode="border",
+                         align_corners=False)
 
 
 def _resample_where(batch: Batch, apply: Tensor, matrices: Tensor) -> Batch:
     """Apply a spatial step to the samples flagged in `apply` (others are left bit-exact)."""
-    images = torch.where(apply.view(-1, 1, 1, 1), _sample(batch.images, matrices, "bilinear"), batch.images)
+    images = torch.where(apply.view(-1, 1, 1, 1), _sample(batch.images, matrices, "bilinear"),
+                         batch.images)
     moved_labels = _sample(batch.labels.unsqueeze(1).to(batch.images.dtype), matrices, "nearest")
-    labels = torch.where(apply.view(-1, 1, 1), moved_labels.squeeze(1).round().to(batch.labels.dtype),
-                         batch.labels)
+    labels = torch.where(apply.view(-1, 1, 1),
+                         moved_labels.squeeze(1).round().to(batch.labels.dtype), batch.labels)
     forward = _invert(matrices)
-    landmarks = torch.where(apply.view(-1, 1, 1), _map_points(forward, batch.landmarks_xy), batch.landmarks_xy)
+    landmarks = torch.where(apply.view(-1, 1, 1), _map_points(forward, batch.landmarks_xy),
+                            batch.landmarks_xy)
     distance = batch.bone_distance
     if distance is not None:
         # The maps are similarity transforms (zoom, rotation): a distance of d input pixels
         # spans d / scale output pixels, scale = the matrix's |determinant|^(1/2).
-        scale = (matrices[:, 0, 0] * matrices[:, 1, 1] - matrices[:, 0, 1] * matrices[:, 1, 0]).abs().sqrt()
+        scale = (matrices[:, 0, 0] * matrices[:, 1, 1]
+                 - matrices[:, 0, 1] * matrices[:, 1, 0]).abs().sqrt()
         moved = _sample(distance, matrices, "bilinear") / scale.view(-1, 1, 1, 1)
         distance = torch.where(apply.view(-1, 1, 1, 1), moved, distance)
     return Batch(images, labels, landmarks, batch.present, distance)
@@ -289,22 +319,27 @@ def adjust_contrast(images: Tensor, gamma: Tensor) -> Tensor:
     return ((images - low) / (span + CONTRAST_EPSILON)) ** gamma.view(-1, 1, 1, 1) * span + low
 
 
-def in_frame_region(landmarks_xy: Tensor, frame: int = FRAME_SIZE_PX, size: int = NETWORK_INPUT_PX) -> Tensor:
-    """(B, L) True where input-pixel landmarks lie inside the frame region (coords.in_frame rule)."""
+def in_frame_region(landmarks_xy: Tensor, frame: int = FRAME_SIZE_PX,
+                    size: int = NETWORK_INPUT_PX) -> Tensor:
+    """(B, L) True where input-pixel landmarks lie inside the frame region (coords.in_frame
+    rule)."""
     frame_xy = landmarks_xy - coords.pad_offset(frame, size)
-    return (torch.isfinite(frame_xy).all(-1) & (frame_xy >= 0).all(-1) & (frame_xy <= frame - 1).all(-1))
+    return (torch.isfinite(frame_xy).all(-1) & (frame_xy >= 0).all(-1)
+            & (frame_xy <= frame - 1).all(-1))
 
 
 def augment(batch: Batch, draw: AugmentDraw) -> Batch:
-    """Zoom, rotate, adjust contrast (each where drawn); landmarks follow, out-of-frame ones become absent."""
+    """Zoom, rotate, adjust contrast (each where drawn); landmarks follow, out-of-frame ones
+    become absent."""
     size = batch.images.shape[-1]
     if batch.images.shape[-2] != size:
         raise ValueError(f"augment expects square images, got {tuple(batch.images.shape[-2:])}")
     geometry_dtype = torch.float32
     batch = _resample_where(batch, draw.do_zoom, zoom_matrices(draw.zoom.to(geometry_dtype), size))
-    batch = _resample_where(batch, draw.do_rotate, rotation_matrices(draw.angle.to(geometry_dtype), size))
-    images = torch.where(draw.do_contrast.view(-1, 1, 1, 1), adjust_contrast(batch.images, draw.gamma),
-                         batch.images)
+    batch = _resample_where(batch, draw.do_rotate,
+                            rotation_matrices(draw.angle.to(geometry_dtype), size))
+    images = torch.where(draw.do_contrast.view(-1, 1, 1, 1),
+                         adjust_contrast(batch.images, draw.gamma), batch.images)
     present = batch.present & in_frame_region(batch.landmarks_xy, FRAME_SIZE_PX, size)
     return Batch(images, batch.labels, batch.landmarks_xy, present, batch.bone_distance)
 
@@ -325,7 +360,8 @@ def outlier_frames(images: Tensor, count: int, generator: torch.Generator,
     size = images.shape[-1]
     origin = (size - frame) // 2
     device = images.device
-    kinds = torch.randint(len(OUTLIER_KINDS), (count,), generator=generator, device=generator.device).tolist()
+    kinds = torch.randint(len(OUTLIER_KINDS), (count,), generator=generator,
+                          device=generator.device).tolist()
     made = []
     for i, kind in enumerate(kinds):
         source = images[i % len(images), :, origin:origin + frame, origin:origin + frame]
@@ -335,15 +371,19 @@ def outlier_frames(images: Tensor, count: int, generator: torch.Generator,
         elif name == "shuffled":
             side = frame // _OUTLIER_BLOCKS
             blocks = source[:, :side * _OUTLIER_BLOCKS, :side * _OUTLIER_BLOCKS].reshape(
-                1, _OUTLIER_BLOCKS, side, _OUTLIER_BLOCKS, side).permute(0, 1, 3, 2, 4).reshape(1, -1, side, side)
-            order = torch.randperm(blocks.shape[1], generator=generator, device=generator.device).to(device)
+                1, _OUTLIER_BLOCKS, side, _OUTLIER_BLOCKS, side).permute(0, 1, 3, 2, 4).reshape(
+                1, -1, side, side)
+            order = torch.randperm(blocks.shape[1], generator=generator,
+                                   device=generator.device).to(device)
             pixels = torch.zeros_like(source)
             pixels[:, :side * _OUTLIER_BLOCKS, :side * _OUTLIER_BLOCKS] = blocks[:, order].reshape(
                 1, _OUTLIER_BLOCKS, _OUTLIER_BLOCKS, side, side).permute(0, 1, 3, 2, 4).reshape(
                 1, side * _OUTLIER_BLOCKS, side * _OUTLIER_BLOCKS)
         else:
-            noise = torch.rand((1, 1, 12, 12), generator=generator, device=generator.device).to(device)
-            pixels = F.interpolate(noise, size=(frame, frame), mode="bicubic", align_corners=False)[0]
+            noise = torch.rand((1, 1, 12, 12), generator=generator,
+                               device=generator.device).to(device)
+            pixels = F.interpolate(noise, size=(frame, frame), mode="bicubic",
+                                   align_corners=False)[0]
             pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-6)
         made.append(F.pad(pixels, (origin, size - frame - origin, origin, size - frame - origin)))
     return torch.stack(made)
@@ -351,5 +391,6 @@ def outlier_frames(images: Tensor, count: int, generator: torch.Generator,
 
 def describe_augmentation(params: AugmentParams) -> str:
     """One line for logs and the model card."""
-    return (f"p={params.prob}: zoom {params.zoom[0]}-{params.zoom[1]}, rotate +-{params.rotate:.3g} rad "
-            f"({math.degrees(params.rotate):.1f} deg), contrast gamma {params.gamma[0]}-{params.gamma[1]}")
+    return (f"p={params.prob}: zoom {params.zoom[0]}-{params.zoom[1]}, "
+            f"rotate +-{params.rotate:.3g} rad ({math.degrees(params.rotate):.1f} deg), "
+            f"contrast gamma {params.gamma[0]}-{params.gamma[1]}")

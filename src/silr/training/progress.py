@@ -13,6 +13,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
+__all__ = ["EpochLines", "ProgressDisplay", "StepBar", "training_progress"]
+
 
 class EpochLines:
     """The non-terminal form: `end_epoch` writes 'train <desc>: epoch k/N, loss .., val .. px'."""
@@ -41,10 +45,10 @@ class EpochLines:
         """Nothing to tear down."""
 
 
-class _Bar:
+class StepBar:
     """The terminal form: tqdm, with `end_epoch` a no-op (the bar's postfix shows the epoch)."""
 
-    def __init__(self, bar: Any) -> None:
+    def __init__(self, bar: tqdm) -> None:
         self.bar = bar
 
     def update(self, n: int = 1) -> None:
@@ -60,14 +64,15 @@ class _Bar:
         self.bar.close()
 
 
-def training_progress(*, total: int, initial: int, desc: str, epochs: int, enabled: bool,
-                      stream: TextIO | None = None) -> EpochLines | _Bar:
-    """A step bar on a terminal (or when disabled: a silent one), epoch lines elsewhere."""
-    from tqdm import tqdm
+ProgressDisplay = EpochLines | StepBar
 
+
+def training_progress(*, total: int, initial: int, desc: str, epochs: int, enabled: bool,
+                      stream: TextIO | None = None) -> ProgressDisplay:
+    """A step bar on a terminal (or when disabled: a silent one), epoch lines elsewhere."""
     stream = sys.stderr if stream is None else stream
     isatty = getattr(stream, "isatty", None)
     if enabled and not (callable(isatty) and isatty()):
         return EpochLines(desc=desc, epochs=epochs, stream=stream)
-    return _Bar(tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, disable=not enabled,
-                     mininterval=1.0, dynamic_ncols=True))
+    return StepBar(tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream,
+                        disable=not enabled, mininterval=1.0, dynamic_ncols=True))

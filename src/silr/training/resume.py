@@ -22,7 +22,7 @@ import hashlib
 import importlib.util
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,15 @@ import torch
 
 from silr.core.errors import CheckpointError
 from silr.core.params import stable_hash
+from silr.data.splits import Fold
 from silr.model import checkpoint
+
+__all__ = [
+    "DEFAULT_RESUME_DIR", "RESUME_DIR_ENV", "RESUME_FORMAT_VERSION", "ResumeState", "RunIdentity",
+    "code_hash", "data_hash_of", "file_sha256", "find_resume_state", "imported_modules",
+    "prune_finished_states", "read_resume_state", "restore_rng_states", "resume_root", "rng_states",
+    "run_folder", "seed_everything", "state_path",
+]
 
 RESUME_FORMAT_VERSION = 1
 RESUME_DIR_ENV = "SILR_RESUME_DIR"
@@ -52,15 +60,21 @@ class RunIdentity:
     code_hash: str
     device: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"params": self.params_hash, "data": self.data_hash, "code": self.code_hash, "device": self.device}
+    def to_dict(self) -> dict[str, str]:
+        return {"params": self.params_hash, "data": self.data_hash, "code": self.code_hash,
+                "device": self.device}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> RunIdentity:
+        return cls(params_hash=data["params"], data_hash=data["data"], code_hash=data["code"],
+                   device=data["device"])
 
     @property
     def run_hash(self) -> str:
-        return stable_hash(self.as_dict())
+        return stable_hash(self.to_dict())
 
-    def differences(self, stored: dict[str, Any]) -> list[str]:
-        return [name for name, value in self.as_dict().items() if stored.get(name) != value]
+    def differences(self, stored: Mapping[str, Any]) -> list[str]:
+        return [name for name, value in self.to_dict().items() if stored.get(name) != value]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -71,7 +85,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def data_hash_of(data_path: str | Path, fold) -> str:
+def data_hash_of(data_path: str | Path, fold: Fold) -> str:
     """Hash of the processed file's bytes and of the fold's split (train / val / test frames)."""
     split = {"train": [list(k) for k in fold.train], "val": [list(k) for k in fold.val],
              "test": [list(k) for k in fold.test], "test_specimen": fold.test_specimen}
@@ -169,8 +183,9 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> No
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
     numpy_state = states["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state((numpy_state["name"], numpy_state["key"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"],
+                         numpy_state["cached_gaussian"]))
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     generator.set_state(states["augment"])
@@ -178,50 +193,82 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> No
 
 # ------------------------------------------------------------------ the state in last.pt
 
-def resume_payload(identity: RunIdentity, *, epoch: int, finished: bool, optimizer: torch.optim.Optimizer,
-                   generator: torch.Generator, best_score: float | None, best_epoch: int,
-                   best_state: dict[str, torch.Tensor] | None, history: list[dict[str, float]]) -> dict[str, Any]:
-    """The `resume` entry of last.pt: everything but the network's weights (stored beside it)."""
-    return {
-        "version": RESUME_FORMAT_VERSION,
-        "identity": identity.as_dict(),
-        "run_hash": identity.run_hash,
-        "epoch": epoch,
-        "finished": finished,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None,  # constant learning rate (the paper's AdamW at 1e-4)
-        "rng": rng_states(generator),
-        "best_score": best_score,
-        "best_epoch": best_epoch,
-        "best_state": best_state,
-        "history": history,
-        "dvclive_step": len(history),
-    }
+@dataclass(frozen=True)
+class ResumeState:
+    """A run's state in the resume store: the checkpoint's `resume` entry (`to_dict`, plain values
+    and tensors, loadable with weights_only=True) and the network's weights, which the checkpoint
+    stores beside it as its "model_state"."""
+
+    identity: RunIdentity  # the run that wrote it
+    epoch: int  # completed epochs
+    finished: bool
+    optimizer: dict[str, Any]  # the optimiser's state_dict
+    rng: dict[str, Any]  # every random state (`rng_states`)
+    best_score: float | None
+    best_epoch: int
+    best_state: dict[str, torch.Tensor] | None  # the best weights so far (CPU tensors)
+    history: list[dict[str, float]]  # one entry per completed epoch
+    model_state: dict[str, torch.Tensor] | None = None  # the weights; not part of `to_dict`
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `resume` entry of the state file: everything but the network's weights."""
+        return {
+            "version": RESUME_FORMAT_VERSION,
+            "identity": self.identity.to_dict(),
+            "run_hash": self.identity.run_hash,
+            "epoch": self.epoch,
+            "finished": self.finished,
+            "optimizer": self.optimizer,
+            "scheduler": None,  # constant learning rate (the paper's AdamW at 1e-4)
+            "rng": self.rng,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": self.history,
+            "dvclive_step": len(self.history),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any],
+                  model_state: dict[str, torch.Tensor] | None = None) -> ResumeState:
+        """The state from a `resume` entry (and the checkpoint's weights); KeyError, TypeError or
+        ValueError when an entry is missing or of the wrong kind."""
+        return cls(identity=RunIdentity.from_dict(data["identity"]), epoch=int(data["epoch"]),
+                   finished=bool(data["finished"]), optimizer=dict(data["optimizer"]),
+                   rng=dict(data["rng"]), best_score=data["best_score"],
+                   best_epoch=int(data["best_epoch"]), best_state=data["best_state"],
+                   history=list(data["history"]), model_state=model_state)
 
 
-def read_resume_state(path: Path, identity: RunIdentity) -> tuple[dict[str, Any] | None, str]:
-    """(the resume payload of last.pt with its weights as "model_state", a message) or (None, why not)."""
+def read_resume_state(path: Path, identity: RunIdentity) -> tuple[ResumeState | None, str]:
+    """(the resume state of last.pt with its weights, "") or (None, why not)."""
     if not path.exists():
         return None, ""
     try:
         payload = checkpoint.read_checkpoint(path)
     except CheckpointError as exc:
         return None, f"ignoring {exc}; starting from scratch"
+    unreadable = (f"ignoring {path}: it holds no resume state this silr can read; "
+                  f"starting from scratch")
     resume = payload.get("resume")
     if not isinstance(resume, dict) or resume.get("version") != RESUME_FORMAT_VERSION:
-        return None, f"ignoring {path}: it holds no resume state this silr can read; starting from scratch"
+        return None, unreadable
     different = identity.differences(resume.get("identity", {}))
     if different:
         return None, (f"ignoring {path}: it was written for different {', '.join(different)} "
-                      f"(run hash {resume.get('run_hash')}, this run {identity.run_hash}); starting from scratch")
-    resume["model_state"] = payload["model_state"]
-    return resume, ""
+                      f"(run hash {resume.get('run_hash')}, this run {identity.run_hash}); "
+                      f"starting from scratch")
+    try:
+        return ResumeState.from_dict(resume, payload["model_state"]), ""
+    except (KeyError, TypeError, ValueError):
+        return None, unreadable
 
 
 # ------------------------------------------------------------------ the resume store
 
 def resume_root(explicit: str | Path | None = None) -> Path:
-    """The resume store: `explicit`, else $SILR_RESUME_DIR, else `.silr/resume` (relative to the workspace)."""
+    """The resume store: `explicit`, else $SILR_RESUME_DIR, else `.silr/resume` (relative to the
+    workspace)."""
     return Path(explicit or os.environ.get(RESUME_DIR_ENV) or DEFAULT_RESUME_DIR)
 
 
@@ -236,7 +283,7 @@ def state_path(folder: Path, identity: RunIdentity) -> Path:
     return folder / f"{identity.run_hash}.pt"
 
 
-def find_resume_state(folder: Path, identity: RunIdentity) -> tuple[dict[str, Any] | None, str]:
+def find_resume_state(folder: Path, identity: RunIdentity) -> tuple[ResumeState | None, str]:
     """The resume state of this run in `folder`, or (None, why there is none worth saying).
 
     When only states of other runs of the same loss and fold are there, the message names the
@@ -256,7 +303,8 @@ def find_resume_state(folder: Path, identity: RunIdentity) -> tuple[dict[str, An
 
 def prune_finished_states(folder: Path, keep: Path) -> list[Path]:
     """Delete the finished states of other runs of this loss and fold (their results are in DVC's
-    run-cache); unfinished ones stay, since another worker may be resuming them. Returns the deleted."""
+    run-cache); unfinished ones stay, since another worker may be resuming them. Returns the
+    deleted."""
     deleted = []
     for other in folder.glob("*.pt") if folder.is_dir() else []:
         if other == keep:

@@ -12,13 +12,16 @@ import torch
 
 from silr.core.anatomy import NETWORK_INPUT_PX
 
+__all__ = ["pad_amounts", "pad_labels", "scale_unit", "to_network_input"]
+
 
 def scale_unit(images: np.ndarray) -> np.ndarray:
     """Per-frame min-max scaling of (N, H, W) images to [0, 1] (a constant frame -> 0)."""
     images = np.asarray(images, dtype=np.float32)
     low = images.min(axis=(-2, -1), keepdims=True)
     span = images.max(axis=(-2, -1), keepdims=True) - low
-    return np.where(span > 0, (images - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    scaled = np.where(span > 0, (images - low) / np.where(span > 0, span, 1.0), 0.0)
+    return scaled.astype(np.float32)
 
 
 def pad_amounts(height: int, width: int, size: int = NETWORK_INPUT_PX) -> tuple[int, int, int, int]:
