@@ -14,7 +14,13 @@ from silr.data.processed import read_processed
 from silr.data.splits import make_folds
 from silr.evaluation import baselines, metrics
 from silr.phantom.geometry import Ellipsoid, ray_intervals, union_minus_holes_length
-from silr.phantom.projector import MAX_INTENSITY, Detector, project_points, sample_pose
+from silr.phantom.projector import (
+    COLLIMATOR_PX,
+    MAX_INTENSITY,
+    Detector,
+    project_points,
+    sample_pose,
+)
 from silr.phantom.specimen import make_specimen
 from silr.stages import ingest
 from silr.stages.synth import run, specimen_ids, specimen_rng, write_phantom
@@ -273,6 +279,17 @@ def test_preview_is_a_png(phantom):
     _, preview, summary = phantom
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary.panels) == 5 and summary.panels[0].image.shape == (384, 384)
+
+
+def test_preview_tints_no_label_over_the_collimator(phantom):
+    # The collimator hides the labelled anatomy at the frame's edge: no tint may spill onto it.
+    _, _, summary = phantom
+    border = -(-COLLIMATOR_PX // 4)
+    for panel in summary.panels:
+        edge = np.ones(panel.labels.shape, bool)
+        edge[border:-border, border:-border] = False
+        assert not panel.labels[edge].any(), panel.title
+        assert panel.labels[~edge].any(), panel.title  # the field itself keeps its labels
 
 
 def test_specimen_ids_and_bad_counts():

@@ -36,6 +36,7 @@ from silr.core.params import DEFAULT_PARAMS_FILE, SynthParams, load_params
 from silr.data import deepfluoro, fullres
 from silr.phantom.projector import (
     AIR_INTENSITY,
+    COLLIMATOR_PX,
     MIN_BONE_PATH_MM,
     Detector,
     Pose,
@@ -127,7 +128,12 @@ def preview_panel(title: str, projection: Projection, rot180: bool, size: int) -
     f = PREVIEW_FACTOR
     log_image = np.log(AIR_INTENSITY) - np.log(projection.intensity)
     image = log_image.reshape(size // f, f, size // f, f).mean(axis=(1, 3))
-    labels = projection.labels[f // 2::f, f // 2::f]
+    labels = projection.labels[f // 2::f, f // 2::f].copy()
+    # No tint where the collimator blocks the beam: the labels there describe anatomy the frame
+    # cannot show (the projector draws the collimator over the labelled field).
+    border = -(-COLLIMATOR_PX // f)
+    labels[:border] = labels[-border:] = 0
+    labels[:, :border] = labels[:, -border:] = 0
     xy = projection.landmarks_xy
     if rot180:
         image, labels = image[::-1, ::-1], labels[::-1, ::-1]
@@ -220,7 +226,8 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     height = panel_in * rows + legend_in
     fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6.5, frameon=False)
     fig.suptitle("silr synthetic phantom: log-transformed frames turned upright (full detector, "
-                 "bright collimator edge); labels tinted; in-frame landmarks", fontsize=7.5)
+                 "bright collimator edge); labels tinted inside the collimated field; in-frame "
+                 "landmarks", fontsize=7.5)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / height, bottom=legend_in / height,
                         wspace=0.04, hspace=0.12)
     with atomic_path(path) as tmp:
