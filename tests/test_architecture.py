@@ -149,3 +149,33 @@ def test_the_architecture_page_names_every_module_in_its_folder_row():
             target = PACKAGE / folder if name.endswith("/") else \
                 PACKAGE / (name if "/" in name else f"{folder}/{name}")
             assert target.exists(), f"docs/architecture.md names {name}, which is not in src/silr"
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def oversized(path: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES (def to end)."""
+    import ast
+
+    text = path.read_text()
+    found = []
+    if len(text.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"{path.name}: {len(text.splitlines())} lines")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{path.name}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    found = [item for path in sorted(PACKAGE.rglob("*.py")) for item in oversized(path)]
+    assert not found, f"split these (issue 25's limits): {found}"
+
+
+def test_the_size_rule_catches_a_long_function(tmp_path):
+    long_function = tmp_path / "long.py"
+    long_function.write_text("def f():\n" + "    x = 1\n" * 61)
+    assert oversized(long_function) == ["long.py:1 f: 62 lines"]
