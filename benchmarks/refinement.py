@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from silr.core import coords
+from silr.core.choices import REFINE_MODES
 from silr.data.processed import read_processed
 from silr.data.splits import load_folds
 from silr.inference import predictor
 from silr.model import checkpoint
-from silr.model.codec import REFINE_MODES
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ import torch  # noqa: E402
 from silr.core.anatomy import NETWORK_INPUT_PX, NUM_CLASSES, NUM_LANDMARKS  # noqa: E402
 from silr.core.device import DeviceSetup, select_device  # noqa: E402
 from silr.core.params import load_params  # noqa: E402
-from silr.model.card import codec_for_run  # noqa: E402
 from silr.model.codec import HeatmapCodec  # noqa: E402
 from silr.model.losses import build_loss  # noqa: E402
 from silr.model.network import build_model  # noqa: E402
+from silr.model.run_config import codec_for_run  # noqa: E402
 from silr.training.dataset import FrameSet, augment, draw_augmentation  # noqa: E402
 from silr.training.loop import loss_of  # noqa: E402
 
@@ -118,7 +118,8 @@ def inference_rate(model, codec: HeatmapCodec, frames: FrameSet, setup: DeviceSe
     def step() -> None:
         with setup.autocast():
             output = model(images)
-        codec.decode(output.heatmaps.float())
+        # what evaluation decodes: the predicted labels feed the template and shape rules
+        codec.decode(output.heatmaps.float(), labels=output.segmentation.argmax(dim=1))
 
     return batch_size / timed(step, setup.device, steps, warmup)
 

@@ -40,7 +40,8 @@ from silr.core.params import load_params  # noqa: E402
 from silr.evaluation import results  # noqa: E402
 from silr.inference import predictor  # noqa: E402
 from silr.model import checkpoint  # noqa: E402
-from silr.model.card import ModelCard, params_hash_of  # noqa: E402
+from silr.model.card import ModelCard  # noqa: E402
+from silr.model.run_config import params_hash_of  # noqa: E402
 from tiny_project import TinyProject, make_project  # noqa: E402
 
 SILR = Path(sys.executable).parent / "silr"

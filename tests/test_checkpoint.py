@@ -12,9 +12,10 @@ from silr.core.anatomy import FRAME_SIZE_PX, LANDMARK_NAMES, NETWORK_INPUT_PX
 from silr.core.errors import CheckpointError
 from silr.core.params import params_from_dict
 from silr.model import checkpoint
-from silr.model.card import ModelCard, NetworkSpec, params_hash_of
+from silr.model.card import ModelCard, NetworkSpec
 from silr.model.codec import HeatmapCodec
 from silr.model.network import build_model
+from silr.model.run_config import params_hash_of
 
 PARAMS = params_from_dict(
     {"model": {"decoder_channels": [4, 4]}, "heatmap": {"sigma": 3.0, "refine": "parabola"}}

@@ -135,6 +135,7 @@ def test_csv_and_label_maps_round_trip(tmp_path):
                 "threshold_score": 0.5,
                 "template_ncc": 0.25,
                 "presence_prob": np.nan,
+                "shape_present": np.nan,
                 "bone_x": np.nan,
                 "bone_y": np.nan,
                 "error_bone_px": np.nan,
@@ -148,7 +149,7 @@ def test_csv_and_label_maps_round_trip(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(metrics.PREDICTION_COLUMNS)
     # error_px empty for out-of-frame ground truth, as every value that does not apply
-    assert lines[1].endswith(",0.500000,0.500000,,0.500000,0.250000,,,,,,")
+    assert lines[1].endswith(",0.500000,0.500000,,0.500000,0.250000,,,,,,,")
     assert results.read_predictions_csv(path).iloc[0]["landmark"] == "FH-l"
 
     labels = np.arange(2 * 180 * 180).reshape(2, 180, 180).astype(np.uint8) % 7

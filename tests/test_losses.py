@@ -401,7 +401,7 @@ def test_mse_with_target_weights_leaves_absent_maps_out():
 
 def test_named_loss_options_reach_the_loss_and_the_codec():
     from silr.core.params import params_from_dict
-    from silr.model.card import codec_for_run
+    from silr.model.run_config import codec_for_run
 
     params = params_from_dict(
         {

@@ -32,7 +32,8 @@ from silr.core.coords import pad_offset
 from silr.core.types import ModelOutput
 from silr.inference import inputs
 from silr.model import checkpoint
-from silr.model.card import ModelCard, params_hash_of
+from silr.model.card import ModelCard
+from silr.model.run_config import params_hash_of
 
 PEAK_LOGIT = 10.0
 ABSENT = {"GSN-r", "IPS-l"}  # MarkerModel predicts these two absent

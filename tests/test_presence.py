@@ -364,11 +364,15 @@ def test_a_presence_loss_trains_a_refitted_head_and_evaluates_every_rule(tmp_pat
     with_head = checkpoint.read_checkpoint(run["models"] / "with_head" / "fold1" / "best.pt")
     plain = checkpoint.read_checkpoint(run["models"] / "plain" / "fold1" / "best.pt")
     card = with_head["card"]
-    assert card.heatmap.presence == "learned" and card.heatmap.presence_source == "head"
+    # auto: the shape rule, anchored on the learned presence, with the fold's shape prior
+    assert card.heatmap.presence == "shape" and card.heatmap.presence_source == "head"
+    assert card.heatmap.shape_prior is not None and card.heatmap.shape_prior.num_landmarks == 14
+    assert card.codec().shape_base_rule == "learned"
     assert bool(
         with_head["model_state"]["presence_head.frame_gate_trained"]
     )  # the refit trained the gate
-    assert card.network.presence_head and plain["card"].heatmap.presence == "template"
+    assert card.network.presence_head and plain["card"].heatmap.presence == "shape"
+    assert plain["card"].codec().shape_base_rule == "template"
     # The head trains only itself: every other weight is that of the same loss without it.
     for name, value in plain["model_state"].items():
         assert torch.equal(value, with_head["model_state"][name]), name
@@ -429,6 +433,10 @@ def test_a_presence_loss_trains_a_refitted_head_and_evaluates_every_rule(tmp_pat
         == 0
     )
     result = json.loads((out / "folds" / "with_head" / "fold1.json").read_text())
-    assert result["presence_rule"] == "learned"
-    assert set(result["presence_by_rule"]) == {"threshold", "template", "learned"}
+    assert result["presence_rule"] == "shape"
+    assert set(result["presence_by_rule"]) == {"threshold", "template", "learned", "shape"}
+    # The shape rule is scored by its base rule's score and decides by its own column.
+    by_rule = result["presence_by_rule"]
+    assert by_rule["shape"]["auroc"] == by_rule["learned"]["auroc"]
+    assert result["presence_rules"]["shape"]["decision"] == "shape_present"
     assert 0.0 <= result["consistency"]["outside_own_bone_rate"] <= 1.0

@@ -15,8 +15,8 @@ from silr.core.errors import ConfigError
 from silr.core.params import load_params
 from silr.core.types import ModelOutput
 from silr.model import checkpoint
-from silr.model.card import params_hash_of
 from silr.model.codec import HeatmapCodec
+from silr.model.run_config import params_hash_of
 from silr.stages.train import validation_error
 from silr.training.dataset import FrameSet
 

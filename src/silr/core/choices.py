@@ -37,10 +37,12 @@ __all__ = [
 REFINE_MODES: tuple[str, ...] = ("none", "parabola", "centroid")
 # What the heatmap values mean, as the loss trains them (silr.model.codec).
 HEATMAP_KINDS: tuple[str, ...] = ("logit", "value", "shape")
-# The rules that decide presence (silr.model.codec), in the order results list them.
-PRESENCE_RULES: tuple[str, ...] = ("threshold", "template", "learned")
-# heatmap.presence: `auto` = `learned` for a network whose loss trains a presence output, else
-# `template`.
+# The rules that decide presence (silr.model.codec), in the order results list them. `shape`
+# fits the fold's shape prior (silr.model.shape_prior) to the landmarks its base rule calls
+# present (SHAPE_BASE_RULE) and calls present those whose fitted position lies in the frame.
+PRESENCE_RULES: tuple[str, ...] = ("threshold", "template", "learned", "shape")
+# heatmap.presence: `auto` = `shape` for a model with a shape prior (every model silr train writes
+# now), else `learned` for a network whose loss trains a presence output, else `template`.
 PRESENCE_CHOICES: tuple[str, ...] = ("auto", *PRESENCE_RULES)
 # What a network's presence logits mean (silr.model.codec.presence_logit).
 PRESENCE_SOURCES: tuple[str, ...] = ("head", "null_cell")

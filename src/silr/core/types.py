@@ -53,7 +53,8 @@ class FramePredictions:
     force; visibility_hat (N, L) discrete v_hat in {0, 0.5, 1}; labels uint8 (N, H, W); the
     scores of every presence rule (N, L), NaN where one does not apply: threshold_score,
     template_ncc, presence_prob; xy_bone (N, L, 2) the argmax restricted to the landmark's own
-    predicted bone (NaN where there is none).
+    predicted bone (NaN where there is none); shape_present (N, L) 1/0, the shape rule's call
+    (NaN without a shape prior).
     """
 
     xy: np.ndarray
@@ -65,12 +66,14 @@ class FramePredictions:
     template_ncc: np.ndarray | None = None
     presence_prob: np.ndarray | None = None
     xy_bone: np.ndarray | None = None
+    shape_present: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Callers that know only one score (baselines, tests) leave the others out: NaN.
         for name, shape in (("threshold_score", self.score.shape),
                             ("template_ncc", self.score.shape),
-                            ("presence_prob", self.score.shape), ("xy_bone", self.xy.shape)):
+                            ("presence_prob", self.score.shape), ("xy_bone", self.xy.shape),
+                            ("shape_present", self.score.shape)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.full(shape, np.nan))
 

@@ -45,6 +45,8 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "pred_x", "pred_y", "pred_present", "score", "visibility_hat", "error_px",
     # every presence rule's score (NaN where a rule does not apply; silr.model.codec)
     "threshold_score", "template_ncc", "presence_prob",
+    # the shape rule's call: 1 where the fold's shape prior puts the landmark in the frame
+    "shape_present",
     # the argmax restricted to the landmark's own predicted bone, and its error
     "bone_x", "bone_y", "error_bone_px",
     # 1 where the ground-truth label under the (rounded) prediction / under the true position
@@ -54,8 +56,8 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 # The float columns of the predictions CSV (rounded to DECIMALS).
 PREDICTION_FLOAT_COLUMNS: tuple[str, ...] = (
     "gt_x", "gt_y", "pred_x", "pred_y", "score", "visibility_hat", "error_px", "threshold_score",
-    "template_ncc", "presence_prob", "bone_x", "bone_y", "error_bone_px", "pred_on_bone",
-    "gt_on_bone")
+    "template_ncc", "presence_prob", "shape_present", "bone_x", "bone_y", "error_bone_px",
+    "pred_on_bone", "gt_on_bone")
 # An error beyond this many mm is an outlier (the outlier rate of error_summary).
 OUTLIER_MM = 10.0
 # Decimal places of every float written to a metrics file (byte-stable across runs).

@@ -16,18 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from silr.core.choices import PRESENCE_RULES
 from silr.evaluation.metrics import mean_or_nan
 
 __all__ = [
-    "DETECTION_HIT_MM", "ECE_BINS", "PLATT_MAX_SLOPE", "PRESENCE_RULE_ORDER", "auroc",
+    "DETECTION_HIT_MM", "ECE_BINS", "PLATT_MAX_SLOPE", "auroc",
     "expected_calibration_error", "platt_scaling", "presence_by_rule", "presence_counts",
     "presence_metrics", "presence_rules_of", "visibility_accuracy",
 ]
 
 # Equal-width probability bins of the expected calibration error.
 ECE_BINS = 10
-# The order presence rules are listed in (silr.model.codec.PRESENCE_RULES, without importing torch).
-PRESENCE_RULE_ORDER = ("threshold", "template", "learned")
 # Detection F1: a hit is a landmark called present within this many mm of its true position.
 DETECTION_HIT_MM = 4.0
 # A Platt slope beyond this sharpens the raw presence logits more than a handful of validation
@@ -188,7 +187,8 @@ def presence_metrics(gt_in_frame: np.ndarray, pred_present: np.ndarray, score: n
 def presence_rules_of(codec_config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The presence rules that apply to a model, from its codec's config (silr.model.codec): per
     rule, the predictions-CSV column of its score, the cut (present when score >= cut) and
-    whether the score is a probability (ECE is reported only then)."""
+    whether the score is a probability (ECE is reported only then); the `shape` rule decides by
+    its own column (`decision`, 1/0) and is scored by its base rule's score."""
     kind = codec_config["kind"]
     rules: dict[str, dict[str, Any]] = {}
     if kind != "shape":  # a threshold on a map of arbitrary level (NCC) means nothing
@@ -199,6 +199,9 @@ def presence_rules_of(codec_config: Mapping[str, Any]) -> dict[str, dict[str, An
                          "probability": False}
     if codec_config.get("presence_source") is not None:
         rules["learned"] = {"column": "presence_prob", "cut": 0.5, "probability": True}
+    if codec_config.get("shape_prior") is not None:
+        base = rules["learned" if "learned" in rules else "template"]
+        rules["shape"] = {**base, "decision": "shape_present"}
     return rules
 
 
@@ -209,11 +212,12 @@ def presence_by_rule(table: pd.DataFrame, rules: Mapping[str, Mapping[str, Any]]
     truth = table["gt_in_frame"].to_numpy(dtype=bool)
     errors_mm = table["error_px"].to_numpy(dtype=np.float64) * mm_per_px
     result = {}
-    ranked = sorted(rules, key=lambda n: PRESENCE_RULE_ORDER.index(n)
-                    if n in PRESENCE_RULE_ORDER else 99)
+    ranked = sorted(rules, key=lambda n: PRESENCE_RULES.index(n) if n in PRESENCE_RULES else 99)
     for name in ranked:
         rule = rules[name]
         score = table[rule["column"]].to_numpy(dtype=np.float64)
-        result[name] = presence_metrics(truth, score >= rule["cut"], score, errors_mm,
+        called = (table[rule["decision"]].to_numpy(dtype=np.float64) >= 0.5 if "decision" in rule
+                  else score >= rule["cut"])
+        result[name] = presence_metrics(truth, called, score, errors_mm,
                                         probability=bool(rule["probability"]), mm_per_px=mm_per_px)
     return result

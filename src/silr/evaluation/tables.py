@@ -164,8 +164,12 @@ def presence_markdown(presence: Mapping[str, Mapping[str, Any]],
               "the data set authors' rule (argmax on the landmark's own predicted bone, NCC of its "
               "window with a Gaussian >= 0.9; without a trained segmentation the window at the "
               "frame argmax); learned: the presence output the loss trains (its probability; "
-              "Platt-calibrated on the validation frames only with heatmap.calibrate: true). ECE "
-              "(10 bins) only for probabilities; – where a rule or value does not apply.", "",
+              "Platt-calibrated on the validation frames only with heatmap.calibrate: true); "
+              "shape: the fold's shape prior (a point-distribution model of its training shapes) "
+              "fitted to the landmarks the learned rule (template without one) calls present, a "
+              "landmark present when its fitted position is in the frame, scored by the base "
+              "rule's score. ECE (10 bins) only for probabilities; – where a rule or value does "
+              "not apply.", "",
               "## Anatomical consistency", "",
               "| Loss | Off own bone | Off own bone, ground truth | "
               "Error, argmax on own bone (px) | Error, frame argmax, same landmarks (px) |",

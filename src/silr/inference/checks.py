@@ -22,7 +22,7 @@ from silr.inference.model_info import ModelFacts
 
 if TYPE_CHECKING:  # annotations only: torch and the card load with the models, not --help
     from silr.inference.predictor import Ensemble
-    from silr.model.card import Preprocessing
+    from silr.model.card_specs import Preprocessing
 
 __all__ = [
     "ABSENT_MAJORITY", "ANISOTROPY_TOLERANCE", "POLARITY_MARGIN", "POLARITY_MIN_FRACTION",
@@ -117,27 +117,31 @@ def inversion_warning(prediction: FramePrediction) -> list[str]:
             f"(bone bright){hint}"]
 
 
-def presence_warning(prediction: FramePrediction, rule: str) -> list[str]:
+def presence_warning(prediction: FramePrediction, rule: str,
+                     probability: bool | None = None) -> list[str]:
     """Most landmarks called absent, or a learned presence whose mean collapses: the frame is
     unlike the training frames (another modality, an inverted or empty image, a frame that
-    shows little of the pelvis)."""
+    shows little of the pelvis). `probability`: whether the score is the learned presence
+    (by default, for the `learned` rule only; the `shape` rule anchored on it scores with it)."""
     total = len(prediction.present)
     absent = int(total - prediction.present.sum())
     mean = float(np.mean(prediction.score))
-    collapsed = rule == "learned" and mean < PRESENCE_COLLAPSE
+    probability = rule == "learned" if probability is None else probability
+    collapsed = probability and mean < PRESENCE_COLLAPSE
     if absent <= ABSENT_MAJORITY * total and not collapsed:
         return []
-    score = f"mean presence {mean:.2f}" if rule == "learned" else f"mean {rule} score {mean:.2f}"
+    score = f"mean presence {mean:.2f}" if probability else f"mean {rule} score {mean:.2f}"
     return [f"{absent} of {total} landmarks are called absent ({score}, presence rule {rule}): "
             f"the frame looks unlike the training frames (another modality, an inverted image, "
             f"or little of the pelvis in view); do not trust its landmarks"]
 
 
-def prediction_warnings(prediction: FramePrediction, rule: str) -> list[str]:
+def prediction_warnings(prediction: FramePrediction, rule: str,
+                        probability: bool | None = None) -> list[str]:
     """The checks that need the models' answer: inversion, polarity, presence (in that order)."""
     return (inversion_warning(prediction)
             + polarity_warning(prediction.prepared, prediction.labels)
-            + presence_warning(prediction, rule))
+            + presence_warning(prediction, rule, probability))
 
 
 def raw_warnings(frame: InputFrame, preprocessing: Preprocessing) -> list[str]:

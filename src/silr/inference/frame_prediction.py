@@ -29,7 +29,8 @@ class FramePrediction:
     xy_input: np.ndarray  # (L, 2) in the input image's own pixels
     present: np.ndarray  # (L,) bool: predicted present and inside the input image
     in_image: np.ndarray  # (L,) bool: the decoded position lies inside the input image
-    # (L,) the presence rule's score (learned: presence probability; template: NCC)
+    # (L,) the presence rule's score (learned, and shape on learned: presence probability;
+    # template, and shape on template: NCC)
     score: np.ndarray
     visibility: np.ndarray  # (L,) discrete visibility in {0, 0.5, 1}
     labels: np.ndarray  # uint8 (frame, frame)
@@ -60,5 +61,6 @@ def predict_inputs(ensemble: Ensemble, prepared: Sequence[PreparedFrame]) -> lis
             labels=decoded.labels[i], inverted_score=float(inverted_scores[i]),
             rule_scores={"threshold": decoded.threshold_score[i],
                          "template": decoded.template_ncc[i],
-                         "learned": decoded.presence_prob[i]}))
+                         "learned": decoded.presence_prob[i],
+                         "shape": decoded.shape_present[i]}))
     return results

@@ -42,7 +42,7 @@ from silr.core.errors import DataError, SilrError, quoted
 from silr.data import imageio
 
 if TYPE_CHECKING:  # annotations only: the card (params, yaml) loads with the models, not --help
-    from silr.model.card import Preprocessing
+    from silr.model.card_specs import Preprocessing
 
 __all__ = [
     "LINE_INTEGRAL", "RAW_FRAME", "Failure", "InputFrame", "InputSpec", "PreparedFrame",

@@ -43,7 +43,8 @@ class Decoded(NamedTuple):
     presence rule in force; visibility_hat (B, L) in {0, 0.5, 1}; labels (B, H_f, W_f) int64 (argmax
     of the segmentation); every rule's score (NaN where it does not apply): threshold_score,
     template_ncc, presence_prob (B, L); xy_bone_frame (B, L, 2): the argmax restricted to the
-    landmark's own predicted bone, frame pixels (NaN where there is none)."""
+    landmark's own predicted bone, frame pixels (NaN where there is none); shape_present (B, L)
+    1/0, the shape rule's call (NaN without a shape prior)."""
 
     xy_frame: Tensor
     present: Tensor
@@ -54,6 +55,7 @@ class Decoded(NamedTuple):
     template_ncc: Tensor
     presence_prob: Tensor
     xy_bone_frame: Tensor
+    shape_present: Tensor
 
 
 def frame_predictions(decoded: Decoded) -> FramePredictions:
@@ -69,7 +71,8 @@ def frame_predictions(decoded: Decoded) -> FramePredictions:
                             threshold_score=as_float(decoded.threshold_score),
                             template_ncc=as_float(decoded.template_ncc),
                             presence_prob=as_float(decoded.presence_prob),
-                            xy_bone=as_float(decoded.xy_bone_frame))
+                            xy_bone=as_float(decoded.xy_bone_frame),
+                            shape_present=as_float(decoded.shape_present))
 
 
 def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *,
@@ -93,7 +96,8 @@ def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *,
                        labels=seg_labels[:, y0:y0 + height, x0:x0 + width],
                        threshold_score=landmarks.threshold_score,
                        template_ncc=landmarks.template_ncc, presence_prob=landmarks.presence_prob,
-                       xy_bone_frame=codec.to_frame(landmarks.xy_bone))
+                       xy_bone_frame=codec.to_frame(landmarks.xy_bone),
+                       shape_present=landmarks.shape_present)
 
 
 def decode_output(output: ModelOutput, codec: HeatmapCodec) -> Decoded:

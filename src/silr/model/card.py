@@ -42,15 +42,9 @@ from silr.model.card_specs import (
 )
 from silr.model.codec import HeatmapCodec
 from silr.model.network import SILRNet, build_model
-from silr.model.run_config import (
-    TEMPLATE_REFERENCE_DOWNSAMPLE,
-    codec_for_run,
-    params_hash_of,
-    run_params,
-)
+from silr.model.run_config import codec_for_run, run_params
 
-# The card's parts are silr.model.card_specs', and codec_for_run, params_hash_of, run_params and
-# TEMPLATE_REFERENCE_DOWNSAMPLE silr.model.run_config's, re-exported for the card's readers.
+# The card's parts are silr.model.card_specs', re-exported for the card's readers.
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
@@ -59,15 +53,11 @@ __all__ = [
     "INTENSITY_SCALING",
     "PADDING",
     "REQUIRED_CARD_KEYS",
-    "TEMPLATE_REFERENCE_DOWNSAMPLE",
     "HeatmapSpec",
     "LossSpec",
     "ModelCard",
     "NetworkSpec",
     "Preprocessing",
-    "codec_for_run",
-    "params_hash_of",
-    "run_params",
 ]
 
 CHECKPOINT_FORMAT = "silr-checkpoint"
@@ -114,9 +104,10 @@ class ModelCard:
     @classmethod
     def for_run(cls, params: Params, *, loss_name: str, fold: int, data_hash: str,
                 params_hash: str, val_score_px: float | None, epoch: int,
-                data_source: str = "") -> ModelCard:
-        """The card of a network trained with `params` on one fold."""
-        codec = codec_for_run(params, loss_name)
+                data_source: str = "", codec: HeatmapCodec | None = None) -> ModelCard:
+        """The card of a network trained with `params` on one fold; `codec` the run's (with its
+        fold's shape prior), by default `codec_for_run` without one."""
+        codec = codec if codec is not None else codec_for_run(params, loss_name)
         losses = params.losses
         return cls(
             landmark_names=tuple(LANDMARK_NAMES),
@@ -257,7 +248,8 @@ class ModelCard:
                                 presence_source=spec.presence_source,
                                 calibration=spec.calibration, template_ncc=spec.template_ncc,
                                 template_window=spec.template_window,
-                                segmentation_trained=spec.segmentation_trained)
+                                segmentation_trained=spec.segmentation_trained,
+                                shape_prior=spec.shape_prior)
         except SilrError as exc:
             raise CheckpointError(f"{path}: model card describes a heatmap codec that cannot "
                                   f"exist: {exc}") from None

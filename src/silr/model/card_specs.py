@@ -22,6 +22,7 @@ from silr.core.choices import (
     TEMPLATE_WINDOW_PX,
 )
 from silr.model.codec import HeatmapCodec
+from silr.model.shape_prior import ShapePrior
 
 __all__ = [
     "INTENSITY_SCALING",
@@ -115,14 +116,19 @@ class HeatmapSpec:
     template_ncc: float = TEMPLATE_NCC
     template_window: float = TEMPLATE_WINDOW_PX
     segmentation_trained: bool = True
+    # The fold's shape prior (the `shape` presence rule); None in cards from before it.
+    shape_prior: ShapePrior | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sigma": self.sigma, "presence_threshold": self.presence_threshold,
+        spec = {"sigma": self.sigma, "presence_threshold": self.presence_threshold,
                 "refine": self.refine, "stride": self.stride, "kind": self.kind,
                 "presence": self.presence, "presence_source": self.presence_source,
                 "calibration": list(self.calibration), "template_ncc": self.template_ncc,
                 "template_window": self.template_window,
                 "segmentation_trained": self.segmentation_trained}
+        if self.shape_prior is not None:  # only then: older cards keep their bytes
+            spec["shape_prior"] = self.shape_prior.to_dict()
+        return spec
 
     @classmethod
     def of(cls, codec: HeatmapCodec) -> HeatmapSpec:
@@ -131,7 +137,8 @@ class HeatmapSpec:
                    presence=codec.presence, presence_source=codec.presence_source,
                    calibration=codec.calibration, template_ncc=codec.template_ncc,
                    template_window=codec.template_window,
-                   segmentation_trained=codec.segmentation_trained)
+                   segmentation_trained=codec.segmentation_trained,
+                   shape_prior=codec.shape_prior)
 
     @classmethod
     def read(cls, v: Any) -> HeatmapSpec:
@@ -147,6 +154,7 @@ _HEATMAP_OPTIONAL_KEYS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("refine", str), ("stride", int), ("kind", str), ("presence", str),
     ("presence_source", _optional_str), ("calibration", _floats), ("template_ncc", float),
     ("template_window", float), ("segmentation_trained", stored_bool),
+    ("shape_prior", ShapePrior.read),
 )
 
 

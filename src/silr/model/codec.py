@@ -45,7 +45,14 @@ and returned, the rule only says which one decides:
   null cell appended to the KL softmax (presence = 1 - p(null) = sigmoid(z)); score =
   sigmoid(a z + b), (a, b) = `calibration` (Platt scaling fitted on the validation frames,
   or (1, 0)), times the network's frame gate sigmoid(g) where it has a trained one (is this a
-  projection like the training frames at all?), present when score >= 0.5.
+  projection like the training frames at all?), present when score >= 0.5;
+- `shape`: the base rule (`learned` where the network has a presence output, else
+  `template`) picks the anchors, the landmarks it calls present; the fold's shape prior
+  (`shape_prior`, silr.model.shape_prior: a point-distribution model of the training shapes)
+  is fitted to their decoded positions, and a landmark is present when its fitted position
+  lies in the frame (a frame with fewer than 3 anchors keeps the base decisions); score = the
+  base rule's score. Presence means "inside the frame", and the pelvis is nearly rigid: where
+  the visible landmarks are says whether the others are past the border.
 
 Refinement (`refine`):
 - `none`: the argmax pixel (the paper);
@@ -87,15 +94,12 @@ from silr.model.decode_helpers import (
     on_own_bone,
     presence_logit,
 )
+from silr.model.shape_prior import ShapePrior
 
 # The codec's public surface: the decoded landmarks, the discrete visibility and the presence
-# logit are its decode helpers (silr.model.decode_helpers), and the choice lists are
-# silr.core.choices', re-exported for the codec's users.
+# logit are its decode helpers (silr.model.decode_helpers), re-exported for the codec's users;
+# the choice lists are silr.core.choices'.
 __all__ = [
-    "HEATMAP_KINDS",
-    "PRESENCE_RULES",
-    "PRESENCE_SOURCES",
-    "REFINE_MODES",
     "DecodedLandmarks",
     "HeatmapCodec",
     "HeatmapTargets",
@@ -159,7 +163,9 @@ def _check_grid(size: tuple[int, ...], stride: int,
 
 
 def _check_presence(presence: str, presence_source: str | None, calibration: Sequence[float],
-                    template_ncc: float, template_window: float) -> tuple[float, ...]:
+                    template_ncc: float, template_window: float,
+                    shape_prior: ShapePrior | None = None,
+                    num_landmarks: int = anatomy.NUM_LANDMARKS) -> tuple[float, ...]:
     """The calibration as floats; ConfigError for a bad presence rule, source or setting."""
     if presence not in PRESENCE_RULES:
         raise ConfigError(f"heatmap.presence must be one of {', '.join(PRESENCE_RULES)}, "
@@ -170,6 +176,13 @@ def _check_presence(presence: str, presence_source: str | None, calibration: Seq
     if presence == "learned" and presence_source is None:
         raise ConfigError("heatmap.presence: learned needs a network whose loss trains a presence "
                           "output (a presence_bce or kl_null term); use template or threshold")
+    if presence == "shape" and shape_prior is None:
+        raise ConfigError("heatmap.presence: shape needs the fold's shape prior, which silr train "
+                          "stores in the model card; use learned, template or threshold")
+    if shape_prior is not None and (not isinstance(shape_prior, ShapePrior)
+                                    or shape_prior.num_landmarks != num_landmarks):
+        raise ConfigError(f"the shape prior must be a ShapePrior of {num_landmarks} landmarks, "
+                          f"got {shape_prior!r:.80}")
     calibration = tuple(float(c) for c in calibration)
     if (len(calibration) != 2 or not all(math.isfinite(c) for c in calibration)
             or calibration[0] <= 0):
@@ -204,6 +217,7 @@ class HeatmapCodec(HeatmapDecoder):
         segmentation_trained: whether the template rule may use the predicted labels.
         landmark_bones: label value of each landmark's bone (silr.core.anatomy), for the bone
             rules.
+        shape_prior: the fold's silr.model.shape_prior.ShapePrior (the `shape` rule), or None.
     """
 
     def __init__(self, size: Sequence[int] = (192, 192), sigma: float = 2.5,
@@ -212,11 +226,12 @@ class HeatmapCodec(HeatmapDecoder):
                  presence: str = "threshold", presence_source: str | None = None,
                  calibration: Sequence[float] = (1.0, 0.0), template_ncc: float = TEMPLATE_NCC,
                  template_window: float = TEMPLATE_WINDOW_PX, segmentation_trained: bool = True,
-                 landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX) -> None:
+                 landmark_bones: Sequence[int] = anatomy.LANDMARK_BONE_INDEX,
+                 shape_prior: ShapePrior | None = None) -> None:
         size = _check_maps(size, sigma, kind, presence_threshold)
         frame = _check_grid(size, stride, frame)
         calibration = _check_presence(presence, presence_source, calibration, template_ncc,
-                                      template_window)
+                                      template_window, shape_prior, len(landmark_bones))
         self.size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.sigma = float(sigma)
         self.presence_threshold = float(presence_threshold)
@@ -231,6 +246,7 @@ class HeatmapCodec(HeatmapDecoder):
         self.template_window = float(template_window)
         self.segmentation_trained = bool(segmentation_trained)
         self.landmark_bones: tuple[int, ...] = tuple(int(b) for b in landmark_bones)
+        self.shape_prior = shape_prior
         # Where the frame sits in the input (the padding of
         # silr.core.network_input.pad_amounts): (x0, y0).
         self.frame_origin = ((self.size[1] - frame[1]) // 2, (self.size[0] - frame[0]) // 2)
@@ -243,7 +259,8 @@ class HeatmapCodec(HeatmapDecoder):
                 "presence": self.presence, "presence_source": self.presence_source,
                 "calibration": list(self.calibration), "template_ncc": self.template_ncc,
                 "template_window": self.template_window,
-                "segmentation_trained": self.segmentation_trained}
+                "segmentation_trained": self.segmentation_trained,
+                **({} if self.shape_prior is None else {"shape_prior": self.shape_prior.to_dict()})}
 
     def __repr__(self) -> str:
         return "HeatmapCodec(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"

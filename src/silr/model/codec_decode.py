@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +22,7 @@ from silr.model.decode_helpers import (
     presence_logit,
     template_ncc,
 )
+from silr.model.shape_prior import ShapePrior
 
 __all__ = ["CENTROID_SIGMAS", "LEARNED_THRESHOLD", "HeatmapDecoder"]
 
@@ -47,6 +49,7 @@ class HeatmapDecoder:
     segmentation_trained: bool
     landmark_bones: tuple[int, ...]
     frame_origin: tuple[int, int]
+    shape_prior: ShapePrior | None
 
     @property
     def template_radius(self) -> int:
@@ -143,10 +146,13 @@ class HeatmapDecoder:
             if presence_prob is None:
                 presence_prob = nan
             presence_prob = presence_prob.to(max_logit)
-            score, present = self._decide(threshold_score, template, presence_prob, labels)
+            shape_present = self._shape_present(xy, template, presence_prob)
+            score, present = self._decide(threshold_score, template, presence_prob, labels,
+                                          shape_present)
             return DecodedLandmarks(xy=xy, present=present, score=score,
                                     threshold_score=threshold_score, template_ncc=template,
-                                    presence_prob=presence_prob, xy_bone=xy_bone)
+                                    presence_prob=presence_prob, xy_bone=xy_bone,
+                                    shape_present=shape_present)
 
     def bone_cells(self, labels: Tensor) -> Tensor:
         """(B, L, h, w) bool: heatmap pixels that touch the landmark's own bone in (B, H, W)
@@ -229,9 +235,33 @@ class HeatmapDecoder:
             ncc = torch.where(has_bone, ncc, torch.full_like(ncc, -1.0))
         return ncc
 
+    @property
+    def shape_base_rule(self) -> str:
+        """The rule whose present calls anchor the shape prior: `learned` where the network has a
+        presence output, else `template`."""
+        return "learned" if self.presence_source is not None else "template"
+
+    def _shape_present(self, xy: Tensor, template: Tensor, presence_prob: Tensor) -> Tensor:
+        """(B, L) float: 1 where the shape prior fitted to the base rule's present landmarks puts
+        the landmark in the frame, 0 where not; NaN without a prior or the base rule's scores."""
+        base_score, cut = ((presence_prob, LEARNED_THRESHOLD) if self.shape_base_rule == "learned"
+                           else (template, self.template_ncc))
+        if self.shape_prior is None or not torch.isfinite(base_score).all():
+            return torch.full_like(base_score, math.nan)
+        frame_xy = self.to_frame(xy).detach().cpu().double().numpy()
+        anchors = (base_score >= cut).detach().cpu().numpy()
+        inside = self.shape_prior.in_frame(frame_xy, anchors, self.frame)
+        return torch.from_numpy(inside.astype(np.float32)).to(base_score)
+
     def _decide(self, threshold_score: Tensor, template: Tensor, presence_prob: Tensor,
-                labels: Tensor | None) -> tuple[Tensor, Tensor]:
+                labels: Tensor | None, shape_present: Tensor) -> tuple[Tensor, Tensor]:
         """(score, present) of the presence rule in force."""
+        if self.presence == "shape":
+            if not torch.isfinite(shape_present).all():
+                raise ValueError(f"the shape presence rule needs the scores of its base rule "
+                                 f"({self.shape_base_rule})")
+            score = presence_prob if self.shape_base_rule == "learned" else template
+            return score, shape_present >= 0.5
         if self.presence == "threshold":
             score = threshold_score
             present = score >= self.presence_threshold

@@ -39,7 +39,9 @@ class DecodedLandmarks(NamedTuple):
     """xy: (B, L, 2) float (column, row) in input pixels; present: (B, L) bool; score: (B, L),
     the score of the presence rule in force. The scores of every rule the inputs allow, NaN
     where one does not apply: threshold_score, template_ncc, presence_prob (B, L); xy_bone
-    (B, L, 2): the argmax restricted to the landmark's own bone (NaN without labels or bone)."""
+    (B, L, 2): the argmax restricted to the landmark's own bone (NaN without labels or bone);
+    shape_present (B, L): 1/0, the shape rule's call (silr.model.shape_prior), NaN without a
+    prior."""
 
     xy: Tensor
     present: Tensor
@@ -48,6 +50,7 @@ class DecodedLandmarks(NamedTuple):
     template_ncc: Tensor | None = None
     presence_prob: Tensor | None = None
     xy_bone: Tensor | None = None
+    shape_present: Tensor | None = None
 
 
 def presence_logit(heatmaps: Tensor, presence_logits: Tensor, source: str) -> Tensor:

@@ -20,6 +20,7 @@ from silr.model.losses import (
     trains_segmentation,
 )
 from silr.model.network import heatmap_stride
+from silr.model.shape_prior import ShapePrior
 
 __all__ = [
     "TEMPLATE_REFERENCE_DOWNSAMPLE",
@@ -57,14 +58,17 @@ def params_hash_of(params: Params, loss_name: str) -> str:
     return stable_hash(run_params(params, loss_name))
 
 
-def codec_for_run(params: Params, loss_name: str) -> HeatmapCodec:
+def codec_for_run(params: Params, loss_name: str,
+                  shape_prior: ShapePrior | None = None) -> HeatmapCodec:
     """The HeatmapCodec a training run of `loss_name` uses: the heatmap params, the model's
-    heatmap stride, the frame inside the padded input, and what the loss makes the maps mean."""
+    heatmap stride, the frame inside the padded input, what the loss makes the maps mean, and
+    the fold's `shape_prior` (silr train fits it on the fold's training frames)."""
     weights, key = params.loss_weights(loss_name), f"losses.{loss_name}"
     source = presence_source(weights, key)
     rule = params.heatmap.presence
     if rule == "auto":
-        rule = "learned" if source is not None else "template"
+        rule = ("shape" if shape_prior is not None
+                else "learned" if source is not None else "template")
     heatmap = params.heatmap
     # A named loss may carry its own target width (the field's MSE: 2 heatmap pixels at stride 4).
     sigma = params.loss_options(loss_name)["sigma"] or heatmap.sigma
@@ -77,7 +81,8 @@ def codec_for_run(params: Params, loss_name: str) -> HeatmapCodec:
                         # times as many at f.
                         template_window=heatmap.template_window * TEMPLATE_REFERENCE_DOWNSAMPLE
                         / params.data.downsample,
-                        segmentation_trained=trains_segmentation(weights))
+                        segmentation_trained=trains_segmentation(weights),
+                        shape_prior=shape_prior)
 
 
 def loss_for_run(params: Params, loss_name: str, codec: HeatmapCodec) -> WeightedLoss:

@@ -30,9 +30,12 @@ its loss trained it (the heatmaps' softmax for KL-trained maps, their values for
 standardised maps for NCC), with the segmentation softmax, the threshold scores and the
 learned presence probabilities, then decoded once (silr.inference.predictor.Ensemble).
 
-Presence: the model card's rule (silr.model.codec): `learned` for a model whose loss trained a
-presence output (then `score` is its presence probability), else the data set authors'
-`template` rule (score = the NCC of the peak's window with a Gaussian).
+Presence: the model card's rule (silr.model.codec). For the models `silr train` writes it is
+`shape`: the fold's shape prior, fitted to the landmarks the base rule calls present, calls a
+landmark present when its fitted position lies in the frame; the base rule is `learned` for a
+model whose loss trained a presence output (then `score` is its calibrated presence
+probability), else the data set authors' `template` rule (score = the NCC of the peak's window
+with a Gaussian). An ensemble decodes with its first model's shape prior.
 
 Outputs in --out, per input (stem = file stem; HDF5 adds _sNN_fNNN, a stack _fNNN):
   <stem>_landmarks.csv/.json  name, x, y (input pixels), frame_x, frame_y (180x180
@@ -250,7 +253,10 @@ def _finish(prediction: FramePrediction, item_warnings: list[str], seconds: floa
                                               f"(NaN or inf): the checkpoint or the frame is "
                                               f"broken; nothing written", frame.stem))
         return None
-    item_warnings = item_warnings + prediction_warnings(prediction, ensemble.codec.presence)
+    codec = ensemble.codec
+    probability = codec.presence == "learned" or (codec.presence == "shape"
+                                                  and codec.shape_base_rule == "learned")
+    item_warnings = item_warnings + prediction_warnings(prediction, codec.presence, probability)
     for message in item_warnings:
         warn(f"{frame.source}: {message}")
     start = time.perf_counter()

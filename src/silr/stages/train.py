@@ -39,9 +39,10 @@ import argparse
 import dataclasses
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -58,6 +59,7 @@ from silr.model.codec import HeatmapCodec, presence_logit
 from silr.model.losses import WeightedLoss
 from silr.model.network import build_model, check_backbone
 from silr.model.run_config import codec_for_run, loss_for_run, params_hash_of
+from silr.model.shape_prior import ShapePrior
 from silr.training.checkpoints import resumed_record, write_best
 from silr.training.dataset import FrameSet, batch_indices, frame_set
 from silr.training.live_log import LiveLog
@@ -115,6 +117,10 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
     # A blocked output location fails now, not after the first epoch (dvclive writes into live).
     ensure_writable(paths.best, paths.live / "metrics.json", paths.last)
     source = str(data_path)
+    # The fold's shape prior (the `shape` presence rule) from its training frames' true shapes;
+    # the codec and loss are rebuilt with it (the first build only checked the params).
+    codec, loss_fn = _codec_and_loss(params, loss_name, shape_prior_of(data, split.train,
+                                                                    data_path))
     train_frames = frame_set(data, split.train, runtime.device, source,
                              with_bone_distance=loss_fn.needs_bone_distance)
     val_frames = frame_set(data, split.val, runtime.device, source) if split.val else None
@@ -130,10 +136,25 @@ def prepare(params: Params, *, loss_name: str, fold: int, data_path: str | Path,
                  data_source=getattr(data, "source", source))
 
 
-def _codec_and_loss(params: Params, loss_name: str) -> tuple[HeatmapCodec, WeightedLoss]:
+def _codec_and_loss(params: Params, loss_name: str, shape_prior: ShapePrior | None = None
+                    ) -> tuple[HeatmapCodec, WeightedLoss]:
     """The run's codec and loss (ConfigError naming losses.<loss_name> for a bad one)."""
-    codec = codec_for_run(params, loss_name)
+    codec = codec_for_run(params, loss_name, shape_prior)
     return codec, loss_for_run(params, loss_name, codec)
+
+
+def shape_prior_of(data: ProcessedData, keys: Iterable[tuple[int, int]],
+                   where: object = "<data>") -> ShapePrior:
+    """The shape prior of the (specimen, frame) `keys`' true landmark positions (frame
+    pixels, those past the border included); DataError when they cannot make one."""
+    keys = sorted(keys)
+    shapes = np.stack([data.specimens[specimen].landmarks_xy[frame]
+                       for specimen, frame in keys]).astype(np.float64)
+    try:
+        return ShapePrior.fit(shapes)
+    except ValueError as exc:
+        raise DataError(f"{where}: no shape prior from the fold's training landmarks: "
+                        f"{exc}") from None
 
 
 def _fold_split(folds_path: Path, data: ProcessedData, fold: int) -> Fold:

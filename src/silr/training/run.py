@@ -79,6 +79,7 @@ def card_of(setup: Setup, score: float | None, epoch: int,
     card = ModelCard.for_run(setup.params, loss_name=setup.loss_name, fold=setup.fold_number,
                              data_hash=setup.identity.data_hash,
                              params_hash=setup.identity.params_hash,
-                             val_score_px=score, epoch=epoch, data_source=setup.data_source)
+                             val_score_px=score, epoch=epoch, data_source=setup.data_source,
+                             codec=setup.codec)
     card = card.with_run_state(finished=finished, epochs_planned=setup.params.train.epochs)
     return card.with_calibration(calibration) if calibration is not None else card
