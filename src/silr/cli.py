@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("silr.stages.show",
              "print Table 2, the presence and robustness summaries and where the outputs are"),
     "predict": ("silr.stages.predict", "apply trained models to new frames"),
+    "exps": ("silr.stages.exps",
+             "compare DVC experiments: changed params and each loss's mean error, 120 columns"),
     "parallel": ("silr.stages.parallel",
                  "run the study with N workers: DVC's queue, then `dvc repro` from the run-cache"),
 }
