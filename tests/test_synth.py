@@ -332,3 +332,20 @@ def test_default_phantom_size_and_landmarks(tmp_path):
     scores = metrics.table2(table, losses=["mean_shape"], mm_per_px=1.0, success_mm=())
     means = scores["mean_shape"]["per_specimen_px"]
     assert np.mean(list(means.values())) >= 30.0
+
+
+def test_frames_that_could_outgrow_the_disk_fail_before_writing(tmp_path, monkeypatch):
+    """10000 frames per specimen pass the params bound; on a disk with too little free space
+    synth refuses them before anything is written (issue 23)."""
+    import shutil
+    from collections import namedtuple
+
+    from silr.stages import synth
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 50 * 1024**3))
+    out = tmp_path / "sub" / "phantom.h5"
+    with pytest.raises(ConfigError, match=r"synth.frames: 60000 frames may take up to .* GiB"):
+        synth.run(out, [10000] * 6, seed=0)
+    assert not out.exists() and not (tmp_path / "sub").exists()
+    synth.check_disk_space(out, [1] * 6)  # six frames fit in 50 GiB

@@ -368,8 +368,12 @@ def _read_init_state(path: Path) -> dict[str, Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        # torch's own messages run to paragraphs (a refused pickle explains weights_only at
+        # length): the exception type is enough to tell them apart, on one line.
         raise CheckpointError(f"model.init_checkpoint: {path}: not a readable torch state dict "
-                              f"({exc})") from None
+                              f"(corrupt, not a torch file, or holding objects other than "
+                              f"tensors, which are never unpickled: {type(exc).__name__})"
+                              ) from None
     state = payload
     for key in _STATE_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,9 +236,29 @@ def write_preview(path: Path, panels: list[PreviewPanel]) -> None:
     plt.close(fig)
 
 
+# An upper bound on what one frame takes in the file: a float32 image and a uint8 label map
+# at full resolution, uncompressed (the file compresses them; about 2.8 MB a frame seen).
+FRAME_BYTES_BOUND = anatomy.FULLRES_SIZE_PX ** 2 * (4 + 1)
+
+
+def check_disk_space(out: Path, frames: Sequence[int]) -> None:
+    """ConfigError when the frames asked for could outgrow the free space where `out` goes: a
+    params file asking for millions of frames must fail before it starts writing."""
+    need = sum(frames) * FRAME_BYTES_BOUND
+    folder = Path(out).resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise ConfigError(f"synth.frames: {sum(frames)} frames may take up to "
+                          f"{need / 1024 ** 3:.1f} GiB, but {folder} has {free / 1024 ** 3:.1f} "
+                          f"GiB free")
+
+
 def run(out: Path, frames: Sequence[int], seed: int, preview: Path | None = None) -> SynthSummary:
     """The stage: generate the phantom file atomically, then the preview picture."""
     frames = check_frames(frames)  # before any output is touched
+    check_disk_space(out, frames)
     ensure_writable(out, *([preview] if preview is not None else []))  # both outputs or none
     with atomic_path(out) as tmp:
         summary = write_phantom(tmp, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
