@@ -60,3 +60,16 @@ def test_validation_evaluation_and_predict_agree_on_one_checkpoint(
     assert scores["error_px"] == pytest.approx(expected, abs=1e-4)
     # And every position lies in the 180 x 180 frame, whatever the padding held.
     assert (evaluated >= 0).all() and (evaluated <= 179).all()
+
+
+def test_segmentation_labels_are_the_channel_argmax_ties_included():
+    """The fast labels of every decode equal argmax(dim=1), the first class on ties."""
+    from silr.model.decode_helpers import segmentation_labels
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 20, 24, generator=generator)
+    logits[:, 5] = logits[:, 2]  # ties: the first of the two classes wins
+    logits[0, :, 0, 0] = 0.0  # all equal: class 0
+    labels = segmentation_labels(logits)
+    assert labels.dtype == torch.int64 and torch.equal(labels, logits.argmax(dim=1))
+    assert labels[0, 0, 0] == 0 and not (labels == 5).any()

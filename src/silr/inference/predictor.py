@@ -25,6 +25,7 @@ from silr.core.types import FramePredictions, ModelOutput
 from silr.model import checkpoint
 from silr.model.card import ModelCard
 from silr.model.codec import HeatmapCodec, discrete_visibility
+from silr.model.decode_helpers import segmentation_labels
 
 __all__ = [
     "CombinedOutput",
@@ -86,7 +87,7 @@ def decode(heatmaps: Tensor, segmentation: Tensor, codec: HeatmapCodec, *,
                          f"{codec.size[1]}) for heatmaps {tuple(heatmaps.shape)}, "
                          f"got {tuple(segmentation.shape)}")
     with torch.no_grad():
-        seg_labels = segmentation.argmax(dim=1)
+        seg_labels = segmentation_labels(segmentation)
         landmarks = codec.decode(heatmaps, labels=seg_labels, presence_prob=presence_prob,
                                  threshold_score=threshold_score)
         visibility = discrete_visibility(landmarks, seg_labels, codec.landmark_bones)

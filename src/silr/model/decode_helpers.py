@@ -29,6 +29,7 @@ __all__ = [
     "on_own_bone",
     "parabola_offset",
     "presence_logit",
+    "segmentation_labels",
     "template_ncc",
 ]
 
@@ -51,6 +52,14 @@ class DecodedLandmarks(NamedTuple):
     presence_prob: Tensor | None = None
     xy_bone: Tensor | None = None
     shape_present: Tensor | None = None
+
+
+def segmentation_labels(segmentation: Tensor) -> Tensor:
+    """(B, H, W) int64 labels: the class of highest logit or probability of (B, C, H, W) maps,
+    the first class on ties. `max(dim=1).indices` is argmax(dim=1) (same indices, ties included)
+    at about a sixth of its time on the CPU, where an argmax over channels was 9% of the
+    robustness stage (benchmarks/results/argmax.txt)."""
+    return segmentation.max(dim=1).indices
 
 
 def presence_logit(heatmaps: Tensor, presence_logits: Tensor, source: str) -> Tensor:

@@ -27,7 +27,7 @@ from silr.core.choices import (
 )
 from silr.core.types import Batch, ModelOutput
 from silr.model.codec import HeatmapCodec, HeatmapTargets
-from silr.model.decode_helpers import discrete_visibility
+from silr.model.decode_helpers import discrete_visibility, segmentation_labels
 from silr.model.loss_functions import (
     bone_distance_loss,
     continuous_visibility,
@@ -150,7 +150,7 @@ def _hard_v_hat(output: ModelOutput, options: LossOptions) -> Tensor:
     # The paper's v_hat from the same decoding as evaluation (silr.model.codec's presence rule in
     # force).
     codec = options.codec
-    labels = output.segmentation.detach().argmax(dim=1)
+    labels = segmentation_labels(output.segmentation.detach())
     presence_prob = codec.presence_probability(output.heatmaps, output.presence,
                                                output.presence_frame)
     decoded = codec.decode(output.heatmaps, labels=labels, presence_prob=presence_prob)

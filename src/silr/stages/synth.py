@@ -258,8 +258,8 @@ def check_disk_space(out: Path, frames: Sequence[int]) -> None:
 def run(out: Path, frames: Sequence[int], seed: int, preview: Path | None = None) -> SynthSummary:
     """The stage: generate the phantom file atomically, then the preview picture."""
     frames = check_frames(frames)  # before any output is touched
-    check_disk_space(out, frames)
     ensure_writable(out, *([preview] if preview is not None else []))  # both outputs or none
+    check_disk_space(out, frames)
     with atomic_path(out) as tmp:
         summary = write_phantom(tmp, frames, seed, preview_panels=PREVIEW_PANELS if preview else 0)
     if preview is not None:
