@@ -71,11 +71,13 @@ def main() -> int:
     print("$ " + " ".join(command).replace(str(args.out), "OUT"))
     print(f"exit status {done.returncode}; models: {', '.join(args.model)}; control frame: "
           f"specimen {specimen}, frame {frame} (the fold's first test frame)\n")
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("silr: warning:")]
     print(f"{'input':<14} {'present':>8} {'mean score':>11} {'mean error px':>14}  warnings")
     for name in names:
         stem = Path(name).stem
         record_path = args.out / "predictions" / f"{stem}_landmarks.json"
+        if not record_path.exists():  # inputs sharing a stem carry their type: ct_slice_png_*
+            record_path = (args.out / "predictions"
+                           / f"{stem}_{Path(name).suffix.lstrip('.')}_landmarks.json")
         if not record_path.exists():
             print(f"{name:<14} failed")
             continue
@@ -88,10 +90,11 @@ def main() -> int:
             xy = np.array([[row["frame_x"], row["frame_y"]] for row in rows])
             inside = np.isfinite(truth).all(1) & (truth >= 0).all(1) & (truth <= 179).all(1)
             error = f"{np.linalg.norm(xy - truth, axis=1)[inside].mean():.2f}"
-        own = [w for w in warnings if f"/{name}:" in w]
+        # the input's own warnings, from its record (stderr interleaves them with the progress bar)
+        own = record.get("warnings", [])
         print(f"{name:<14} {present:>5}/14 {score:>11.3f} {error:>14}  {len(own)}")
         for line in own:
-            print(f"    {line.split(name + ': ', 1)[-1]}")
+            print(f"    {line}")
     return 0
 
 

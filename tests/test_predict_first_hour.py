@@ -110,3 +110,21 @@ def test_a_turned_raw_frame_is_drawn_upright(fake_models, tmp_path, monkeypatch)
     shown = drawn["xy"][LANDMARK_NAMES.index(row["name"])]
     assert np.allclose(shown, [width - 1 - row["x"], height - 1 - row["y"]])
     assert checks.ANISOTROPY_TOLERANCE < 0.05
+
+
+def test_the_presence_warning_names_the_shape_rules_base_score():
+    """Under the shape rule the score is the base rule's: the warning says which."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from silr.inference.checks import presence_warning
+
+    frame = SimpleNamespace(present=np.zeros(14, dtype=bool), score=np.full(14, 0.7))
+    [template] = presence_warning(frame, "shape on template", probability=False)
+    assert "mean template score 0.70, presence rule shape on template" in template
+    [learned] = presence_warning(frame, "shape on learned", probability=True)
+    assert "mean presence 0.70, presence rule shape on learned" in learned
+    assert presence_warning(SimpleNamespace(present=np.ones(14, dtype=bool),
+                                            score=np.full(14, 0.9)), "shape on learned",
+                            probability=True) == []

@@ -130,7 +130,9 @@ def presence_warning(prediction: FramePrediction, rule: str,
     collapsed = probability and mean < PRESENCE_COLLAPSE
     if absent <= ABSENT_MAJORITY * total and not collapsed:
         return []
-    score = f"mean presence {mean:.2f}" if probability else f"mean {rule} score {mean:.2f}"
+    # `shape on template`: the score is the base rule's (the template NCC)
+    base = rule.split(" on ")[-1]
+    score = f"mean presence {mean:.2f}" if probability else f"mean {base} score {mean:.2f}"
     return [f"{absent} of {total} landmarks are called absent ({score}, presence rule {rule}): "
             f"the frame looks unlike the training frames (another modality, an inverted image, "
             f"or little of the pelvis in view); do not trust its landmarks"]

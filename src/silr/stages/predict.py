@@ -256,7 +256,9 @@ def _finish(prediction: FramePrediction, item_warnings: list[str], seconds: floa
     codec = ensemble.codec
     probability = codec.presence == "learned" or (codec.presence == "shape"
                                                   and codec.shape_base_rule == "learned")
-    item_warnings = item_warnings + prediction_warnings(prediction, codec.presence, probability)
+    rule = (f"shape on {codec.shape_base_rule}" if codec.presence == "shape"
+            else codec.presence)
+    item_warnings = item_warnings + prediction_warnings(prediction, rule, probability)
     for message in item_warnings:
         warn(f"{frame.source}: {message}")
     start = time.perf_counter()
