@@ -21,8 +21,10 @@ def test_show_prints_table2_with_baselines_presence_robustness_and_locations(cap
     assert mean_row in out  # Table 2's summary row, as the record writes it
     assert "Frame centre (baseline)" in out and "Mean shape (baseline)" in out
     details = json.loads((REPO / "metrics" / "details.json").read_text())
-    f1 = details["presence"]["proposed_plus"]["by_rule"]["learned"]["absent_f1"]
-    assert f"proposed_plus {f1:.2f} (learned)" in out
+    rule = details["presence"]["proposed_plus"]["rule"]
+    assert rule == "shape"  # the rule in force for every model silr train writes
+    f1 = details["presence"]["proposed_plus"]["by_rule"][rule]["absent_f1"]
+    assert f"proposed_plus {f1:.2f} ({rule})" in out
     assert f"{details['robustness']['proposed']['clean_px']:.2f}" in out
     assert "metrics/table2.md" in out and "models/<loss>/fold<k>/best.pt" in out
     assert len(out.splitlines()) <= 30  # it is the tail of `make repro`: all of it must fit there
