@@ -122,3 +122,18 @@ def test_a_worker_that_quit_with_tasks_queued_is_replaced(tmp_path, monkeypatch)
     monkeypatch.setattr(parallel.subprocess, "run", lambda argv, **kw: started.append(argv[1:]))
     assert parallel._wait(tmp_path, {}, {"a", "b"}, jobs=2) == {"a": "Success", "b": "Success"}
     assert started and all(argv == ["queue", "start", "--jobs", "1"] for argv in started)
+
+
+def test_the_final_repro_output_drops_dvcs_git_hints():
+    """Table 2 must stay in the last 30 lines of `make repro`: DVC's closing hints go."""
+    text = (
+        "| Mean ± Std | 3.77 |\n\nWhere the outputs are:\n  metrics/table2.md\n"
+        "Updating lock file 'dvc.lock'\n\nTo track the changes with git, run:\n\n"
+        "\tgit add dvc.lock metrics/robustness/mse/.gitignore\n\n"
+        "To enable auto staging, run:\n\n\tdvc config core.autostage true\n"
+        "Use `dvc push` to send your updates to remote storage.\n"
+    )
+    out = parallel.quiet_repro_output(text)
+    assert "git add" not in out and "autostage" not in out and "dvc push" not in out
+    assert out.rstrip().endswith("Updating lock file 'dvc.lock'")
+    assert "| Mean ± Std | 3.77 |" in out and "Where the outputs are:" in out

@@ -104,12 +104,30 @@ class WorkerLogs:
         return f"{done}/{total} epochs, about {left_s / 60:.0f} min left"
 
 
+# DVC's closing hints after a repro that changed dvc.lock: they would push Table 2 out of the
+# last 30 lines of `make repro` (silr parallel's own last line says what changed).
+_GIT_HINTS = ("To track the changes with git, run:", "To enable auto staging, run:",
+              "dvc config core.autostage true", "Use `dvc push` to send your updates")
+
+
 def quiet_repro_output(text: str) -> str:
     """`dvc repro`'s output without the restore chatter (a "... is cached" line and a blank line
-    per restored stage; the count is printed after) and without repeated blank lines."""
+    per restored stage; the count is printed after), without DVC's git hints (`git add ...`,
+    auto staging, `dvc push`) and without repeated blank lines."""
     kept: list[str] = []
+    hint = False
     for line in text.splitlines():
         if re.match(r"Stage '[^']+' is cached - skipping run, checking out outputs", line):
+            continue
+        stripped = line.strip()
+        if stripped.startswith(_GIT_HINTS):
+            hint = stripped.endswith("run:")  # the command line under it goes too
+            continue
+        if hint and (stripped.startswith(("git add", "dvc config")) or not stripped):
+            hint = hint and not stripped.startswith(("git add", "dvc config"))
+            continue
+        hint = False
+        if not line.strip() and (not kept or not kept[-1].strip()):
             continue
         if not line.strip() and (not kept or not kept[-1].strip()):
             continue
