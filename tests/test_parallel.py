@@ -201,7 +201,8 @@ def test_parallel_study_equals_the_serial_one_and_retrains_nothing(tmp_path):
     )
     assert "experiments (fold split of 2 losses x 2 folds), 2 workers x 1 threads" in done.stderr
     assert (
-        "silr parallel: 8 train/evaluate stages restored from the run-cache, 0 run again"
+        "silr parallel: 12 train/evaluate/robustness stages restored from the run-cache, "
+        "0 run again"
         in done.stderr
     )
     assert "Running stage 'train@" not in done.stdout and "Running stage 'report'" in done.stdout
