@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import re
+import shutil
+import sys
 from pathlib import Path
 
 from silr.core.io import open_lock_file
@@ -18,11 +20,18 @@ __all__ = [
     "EPOCH_LINE",
     "PROGRESS_LINE",
     "WorkerLogs",
+    "dvc_executable",
     "lock_holder",
     "parse_queue_status",
     "quiet_repro_output",
     "restored_and_run_stages",
 ]
+
+def dvc_executable() -> str:
+    """The dvc of this environment (beside the running Python, whatever PATH says), else PATH's."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
+
 
 # A worker's progress lines (silr.training.progress's epoch lines, silr evaluate's and
 # robustness's fold lines).
@@ -115,19 +124,12 @@ def quiet_repro_output(text: str) -> str:
     per restored stage; the count is printed after), without DVC's git hints (`git add ...`,
     auto staging, `dvc push`) and without repeated blank lines."""
     kept: list[str] = []
-    hint = False
     for line in text.splitlines():
-        if re.match(r"Stage '[^']+' is cached - skipping run, checking out outputs", line):
-            continue
         stripped = line.strip()
-        if stripped.startswith(_GIT_HINTS):
-            hint = stripped.endswith("run:")  # the command line under it goes too
+        if (re.match(r"Stage '[^']+' is cached - skipping run, checking out outputs", line)
+                or stripped.startswith(_GIT_HINTS + ("git add ",))):
             continue
-        if hint and (stripped.startswith(("git add", "dvc config")) or not stripped):
-            hint = hint and not stripped.startswith(("git add", "dvc config"))
-            continue
-        hint = False
-        if not line.strip() and (not kept or not kept[-1].strip()):
+        if not stripped and (not kept or not kept[-1].strip()):
             continue
         if not line.strip() and (not kept or not kept[-1].strip()):
             continue

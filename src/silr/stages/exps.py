@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from silr.core.dvc_workspace import dvc_executable
 from silr.core.errors import ConfigError, SilrError
 
 __all__ = ["Row", "add_arguments", "changed_params", "format_table", "main", "rows_of"]
@@ -54,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
     width = args.width or min(120, shutil.get_terminal_size((120, 24)).columns)
     if width < 60:
         raise ConfigError(f"--width must be at least 60, got {width}")
-    command = [_dvc(), "exp", "show", "--json"] + (["--all-commits"] if args.all_commits else [])
+    command = [dvc_executable(), "exp", "show", "--json"]
+    command += ["--all-commits"] if args.all_commits else []
     try:
         done = subprocess.run(command, cwd=args.repo, capture_output=True, text=True,
                               env=dict(os.environ))
@@ -70,13 +72,6 @@ def main(args: argparse.Namespace) -> int:
         raise SilrError("`dvc exp show --json` printed something that is not JSON") from None
     print(format_table(rows_of(shown), width))
     return 0
-
-
-def _dvc() -> str:
-    import sys
-
-    beside = Path(sys.executable).with_name("dvc")
-    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
 def rows_of(shown: Sequence[Mapping[str, Any]]) -> list[Row]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from types import FrameType
 from silr.core.device import GPU_POOL_ENV, THREADS_ENV, parse_gpu_pool
 from silr.core.dvc_workspace import (
     WorkerLogs,
+    dvc_executable,
     lock_holder,
     parse_queue_status,
     quiet_repro_output,
@@ -162,7 +162,7 @@ def check_workspace(repo: Path, jobs: int, gpus: str | None) -> None:
 def _dvc(args: list[str], repo: Path, env: dict[str, str], *,
          echo: bool = False) -> subprocess.CompletedProcess[str]:
     """Run one dvc command in `repo`; a lock collision becomes one clear line."""
-    command = [_dvc_executable(), *args]
+    command = [dvc_executable(), *args]
     if echo:
         print("$ dvc " + " ".join(args), file=sys.stderr, flush=True)
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
@@ -174,14 +174,9 @@ def _dvc(args: list[str], repo: Path, env: dict[str, str], *,
     return done
 
 
-def _dvc_executable() -> str:
-    beside = Path(sys.executable).parent / "dvc"  # the venv's dvc, whatever PATH says
-    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
-
-
 def _start_workers(repo: Path, env: dict[str, str], count: int) -> None:
     """`dvc queue start --jobs count`; the workers inherit `env` (it returns at once)."""
-    subprocess.run([_dvc_executable(), "queue", "start", "--jobs", str(count)], cwd=repo,
+    subprocess.run([dvc_executable(), "queue", "start", "--jobs", str(count)], cwd=repo,
                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
