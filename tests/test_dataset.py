@@ -90,6 +90,34 @@ def test_not_drawn_transforms_leave_the_sample_bit_exact():
     assert torch.equal(out.landmarks_xy, batch.landmarks_xy)
 
 
+def test_each_sample_is_augmented_as_if_alone():
+    """Only the drawn samples are resampled: every sample of a batch comes out bit for bit as it
+    does in a batch of its own, whichever of its neighbours were drawn."""
+    batch = blocks_batch(batch_size=4)
+    distance = torch.rand(4, 4, S, S, generator=torch.Generator().manual_seed(1)) * 50
+    batch = Batch(batch.images, batch.labels, batch.landmarks_xy, batch.present, distance)
+    draw = AugmentDraw(
+        do_zoom=torch.tensor([True, False, True, False]),
+        zoom=torch.tensor([1.2, 1.0, 1.1, 1.0]),
+        do_rotate=torch.tensor([False, False, True, True]),
+        angle=torch.tensor([0.0, 0.0, -0.1, 0.15]),
+        do_contrast=torch.tensor([False, True, False, False]),
+        gamma=torch.tensor([1.0, 1.3, 1.0, 1.0]),
+    )
+    together = augment(batch, draw)
+    fields = AugmentDraw.__dataclass_fields__
+    for i in range(4):
+        alone = augment(
+            Batch(*(t[i : i + 1] for t in batch)),
+            AugmentDraw(*(getattr(draw, name)[i : i + 1] for name in fields)),
+        )
+        for name, got, expected in zip(Batch._fields, together, alone):
+            assert torch.equal(got[i : i + 1], expected), (i, name)
+    # The undrawn sample 1 (contrast only) keeps its geometry exactly.
+    assert torch.equal(together.labels[1], batch.labels[1])
+    assert torch.equal(together.bone_distance[1], distance[1])
+
+
 def dot_image(xy: torch.Tensor, sigma: float = 1.2) -> torch.Tensor:
     ys, xs = torch.meshgrid(
         torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij"

@@ -406,18 +406,26 @@ def test_named_loss_options_reach_the_loss_and_the_codec():
     params = params_from_dict(
         {
             "losses": {
-                "m": {"mse": 1.0, "sigma": 8.0},
+                "m": {"mse": 1.0, "sigma": 8.0, "refine": "parabola"},
                 "w": {"mse": 1.0, "mse_foreground_weight": 1000, "mse_target_weight": False},
             },
             "study": {"losses": ["m", "w"]},
         }
     )
     assert codec_for_run(params, "m").sigma == 8.0 and codec_for_run(params, "w").sigma == 2.5
+    # A loss's own refinement wins over heatmap.refine; without one, heatmap.refine holds.
+    assert codec_for_run(params, "m").refine == "parabola"
+    assert codec_for_run(params, "w").refine == params.heatmap.refine == "centroid"
     assert params.loss_options("w") == {
         "sigma": None,
+        "refine": None,
         "mse_foreground_weight": 1000.0,
         "mse_target_weight": False,
     }
     assert params.loss_weights("m") == {"mse": 1.0}
     with pytest.raises(ConfigError, match=r"losses\.m\.sigma must be >= 0\.1, got 0"):
         params_from_dict({"losses": {"m": {"mse": 1.0, "sigma": 0}}, "study": {"losses": ["m"]}})
+    with pytest.raises(ConfigError, match=r"losses\.m\.refine must be one of none, parabola"):
+        params_from_dict(
+            {"losses": {"m": {"mse": 1.0, "refine": "dark"}}, "study": {"losses": ["m"]}}
+        )

@@ -8,6 +8,7 @@ import torch
 from silr.core import anatomy
 from silr.core.errors import CheckpointError, ConfigError
 from silr.core.types import ModelOutput
+from silr.model.checkpoint import fused_for_inference
 from silr.model.network import BACKBONES, build_model, model_config
 
 DEFAULT = ("hrnet_w18_small", [32, 16])
@@ -186,3 +187,24 @@ def test_every_backbone_builds_and_runs(backbone):
     with torch.no_grad():
         output = model(torch.rand(1, 1, 64, 64))
     assert output.heatmaps.shape == (1, 14, 64, 64) and output.segmentation.shape == (1, 7, 64, 64)
+
+
+def test_fused_for_inference_folds_batch_norm_and_computes_the_same(default_model):
+    # Non-trivial running statistics, so that a fusion that dropped or misapplied batch norm
+    # would change the output (the defaults, mean 0 and variance 1, are almost the identity).
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in default_model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+    default_model.eval()
+    fused = fused_for_inference(default_model)
+    assert not fused.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.encoder.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in default_model.encoder.modules())
+    images = torch.rand(2, 1, 64, 64, generator=generator)
+    with torch.no_grad():
+        reference, output = default_model(images), fused(images)
+    torch.testing.assert_close(output.heatmaps, reference.heatmaps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(output.segmentation, reference.segmentation, atol=1e-4, rtol=1e-4)

@@ -110,11 +110,12 @@ def fake_models(monkeypatch, tmp_path):
     served: dict[str, tuple[torch.nn.Module, dict]] = {}
     real_load = checkpoint.load_model
 
-    def load_model(path, device="cpu"):
+    def load_model(path, device="cpu", *, fused=False):
+        # The stand-ins are served as they are (most are not SILRNets, which alone can fuse).
         if str(path) in served:
             model, model_card = served[str(path)]
             return model.eval(), model_card
-        return real_load(path, device)
+        return real_load(path, device, fused=fused)
 
     def add(name: str, model: torch.nn.Module, model_card: ModelCard | None = None) -> Path:
         path = tmp_path / "models" / name

@@ -76,13 +76,15 @@ LOSS_TERM_NAMES: tuple[str, ...] = (
 
 # Options a named loss may carry beside its term weights (`losses.NAME: {term: weight, option:
 # value}`), with their defaults: `sigma`, the width (px, 180x180 frame) of this loss's target
-# Gaussians (None: heatmap.sigma); `mse_foreground_weight`, w of the mse term's pixel weight
+# Gaussians (None: heatmap.sigma); `refine`, its sub-pixel decoding (REFINE_MODES; None:
+# heatmap.refine); `mse_foreground_weight`, w of the mse term's pixel weight
 # 1 + w g (0: plain MSE); `mse_target_weight`, whether the mse term leaves absent landmarks'
 # maps out (mmpose's use_target_weight) or trains them towards zero.
 MSE_FOREGROUND_WEIGHT = 0.0
 MSE_TARGET_WEIGHT = True
 LOSS_OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "sigma": None,
+    "refine": None,
     "mse_foreground_weight": MSE_FOREGROUND_WEIGHT,
     "mse_target_weight": MSE_TARGET_WEIGHT,
 })

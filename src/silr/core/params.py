@@ -134,6 +134,8 @@ def _as_loss_options(key: str, options: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         if name == "sigma":
             checked_options[name] = as_float(f"{key}.sigma", value, 0.1, 180.0)
+        elif name == "refine":
+            checked_options[name] = as_str(f"{key}.refine", value, REFINE_MODES)
         elif name == "mse_foreground_weight":
             checked_options[name] = as_float(f"{key}.mse_foreground_weight", value, 0.0, 1.0e6)
         else:
@@ -198,7 +200,7 @@ class TrainParams(Section):
     val_every: int = checked(1, as_int, 1, 100_000)
     seed: int = checked(0, as_int, 0, MAX_SEED)
     device: str = checked("auto", as_str, ("auto", "cpu", "cuda", "mps"))
-    checkpoint_every: int = checked(1, as_int, 1, 100_000)
+    checkpoint_every: int = checked(5, as_int, 1, 100_000)
     # After training, the presence head (if any) is refitted alone on the best weights, frozen and
     # in eval mode, for this many epochs of batches of presence_refit_batch (0: no refit).
     presence_refit_epochs: int = checked(10, as_int, 0, 100_000)
@@ -263,7 +265,7 @@ class LossesParams(Section):
     named: Mapping[str, Mapping[str, float]] = field(default_factory=_default_named_losses)
     # Named loss -> its options (LOSS_OPTION_DEFAULTS), only those it sets.
     named_options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {
-        "mse": {"sigma": 16.0},
+        "mse": {"sigma": 16.0, "refine": "parabola"},
         "mse_weighted": {"mse_foreground_weight": 1000.0, "mse_target_weight": False},
     })
     visibility_mode: str = checked(DEFAULT_VISIBILITY_MODE, as_str, VISIBILITY_MODES)

@@ -110,7 +110,7 @@ def load_fold_model(params: Params, *, loss: str, fold: int, data_path: str | Pa
     # $SILR_THREADS).
     torch_device = (select_device(device, key="--device") if device
                     else device_for_run(params.train.device))
-    model, card = checkpoint.load_model(ckpt, torch_device)
+    model, card = checkpoint.load_model(ckpt, torch_device, fused=True)
     _check_card(ckpt, card, loss, fold)
     trained_seed = int((card.params or {}).get("train", {}).get("seed", params.train.seed))
     if seed is not None and trained_seed != seed:

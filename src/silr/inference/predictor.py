@@ -126,6 +126,7 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
     parts = []
     for start in range(0, len(images), batch_size):
         inputs = to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)  # as load_model's weights
         parts.append(frame_predictions(decode_output(model(inputs), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
@@ -172,7 +173,7 @@ class Ensemble:
         segmentation softmax, each model's threshold score and each model's calibrated learned
         presence (each fold model with its own calibration), all as plain means.
         """
-        images = images.to(self.device)
+        images = images.to(self.device).contiguous(memory_format=torch.channels_last)
         parts = []
         for model, codec in zip(self.models, self.codecs):
             output = model(images)
@@ -236,7 +237,7 @@ def load_ensemble(paths: Sequence[Path], device: torch.device) -> Ensemble:
     """Load every checkpoint, check that they agree and that they run; CheckpointError if not."""
     models, cards = [], []
     for path in paths:
-        model, card = checkpoint.load_model(path, device)
+        model, card = checkpoint.load_model(path, device, fused=True)
         if cards:
             for name, expected, got in cards[0].ensemble_differences(card):
                 raise CheckpointError(f"{path}: cannot ensemble with {paths[0]}: {name} differs "

@@ -31,7 +31,8 @@ from silr.core.errors import CheckpointError, quoted
 from silr.core.io import atomic_path
 from silr.model.card import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, ModelCard
 
-__all__ = ["load_model", "model_state_cpu", "read_checkpoint", "save_checkpoint"]
+__all__ = ["fused_for_inference", "load_model", "model_state_cpu", "read_checkpoint",
+           "save_checkpoint"]
 
 # What torch.load raises for a file that is not a checkpoint it can read safely.
 _UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
@@ -100,10 +101,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path,
-               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               fused: bool = False) -> tuple[torch.nn.Module, ModelCard]:
     """(network in eval mode on `device`, model card) from a silr checkpoint; CheckpointError if
-    unusable."""
+    unusable. `fused`: the network for inference alone, batch norm folded into the convolutions
+    (`fused_for_inference`; its state dict is no longer the checkpoint's)."""
     payload = read_checkpoint(path)
     card = payload["card"]
     model = card.build_network(path)
@@ -121,4 +123,27 @@ def load_model(path: str | Path,
         reason = first[1].strip() if len(first) > 1 else first[0][:160]
         raise CheckpointError(f"{path}: weights do not fit the network its card describes "
                               f"({reason})") from None
-    return model.to(device).eval(), card
+    if fused:
+        model = fused_for_inference(model)
+    # channels_last: oneDNN's NHWC kernels run the network 1.4x faster on the CPU (1 thread, batch
+    # 16; benchmarks/results/inference_layout.txt).
+    return model.to(device).to(memory_format=torch.channels_last).eval(), card
+
+
+def fused_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a SILRNet in eval mode whose encoder has every batch norm folded into the
+    convolution before it (torch.fx's conv-BN fusion; in eval mode batch norm is a fixed affine
+    map). It computes what the network computes in eval mode, to float rounding (about 1e-5),
+    and faster (benchmarks/results/inference_layout.txt); evaluation, the corruption benchmark
+    and predict run it. Training cannot: there batch norm normalises with each batch's own
+    statistics. An encoder that torch.fx cannot trace stays as it is."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    fused = copy.deepcopy(model).eval()
+    try:
+        fused.encoder = fuse(fused.encoder)
+    except Exception:  # any error of torch.fx's tracing: the backbone runs unfused
+        return fused
+    return fused

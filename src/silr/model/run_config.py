@@ -70,10 +70,13 @@ def codec_for_run(params: Params, loss_name: str,
         rule = ("shape" if shape_prior is not None
                 else "learned" if source is not None else "template")
     heatmap = params.heatmap
-    # A named loss may carry its own target width (the field's MSE: 2 heatmap pixels at stride 4).
-    sigma = params.loss_options(loss_name)["sigma"] or heatmap.sigma
+    # A named loss may carry its own target width and sub-pixel refinement (the field's MSE: a
+    # Gaussian of 4 heatmap pixels at stride 4, refined by a parabola; docs/method.md#losses).
+    options = params.loss_options(loss_name)
+    sigma = options["sigma"] or heatmap.sigma
+    refine = options["refine"] or heatmap.refine
     return HeatmapCodec(size=(NETWORK_INPUT_PX, NETWORK_INPUT_PX), sigma=sigma,
-                        presence_threshold=heatmap.presence_threshold, refine=heatmap.refine,
+                        presence_threshold=heatmap.presence_threshold, refine=refine,
                         stride=heatmap_stride(params.model.decoder_channels),
                         frame=(FRAME_SIZE_PX, FRAME_SIZE_PX), kind=heatmap_kind(weights, key),
                         presence=rule, presence_source=source, template_ncc=heatmap.template_ncc,
