@@ -29,7 +29,7 @@ test-slow: install
 # restoring every train and evaluate stage from the run-cache (silr parallel; the README's
 # "Parallel and distributed runs"). On the 2-core build machine 2 workers x 1 thread took
 # 18 min 28 s against 21 min 43 s for one `dvc repro` with 2 threads (2026-11-29, a smaller
-# study); the whole default study now takes about 44 min (benchmarks/results/make-repro-tail.txt).
+# study); the whole default study now takes about 66 min on it (benchmarks/results/make-repro-tail.txt).
 JOBS ?= 2
 repro: repro-parallel
 
