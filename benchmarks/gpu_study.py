@@ -40,6 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from silr.core.params import load_params  # noqa: E402
+from silr.evaluation.results import output_paths  # noqa: E402
+
+# Whether this machine lacks dvclive (then the runs log through LIVE_STAND_IN).
+NO_DVCLIVE = importlib.util.find_spec("dvclive") is None
 
 LIVE_STAND_IN = '''"""Stand-in for dvclive where it is not installed (benchmarks/gpu_study.py
 wrote it): each run's metrics as JSON lines in its live folder, its summary as summary.json."""
@@ -81,6 +85,11 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.loss}/fold{self.fold}/seed{self.seed}"
+
+    @property
+    def run_seed(self) -> int | None:
+        """The seed as the evaluation paths name it: None for the study's default seed."""
+        return None if self.default_seed else self.seed
 
     def seed_args(self) -> list[str]:
         return [] if self.default_seed else ["--seed", str(self.seed)]
@@ -126,15 +135,14 @@ def advance(job: Job, args: argparse.Namespace, env: dict[str, str], say) -> boo
 
 
 def fold_error(job: Job, args: argparse.Namespace) -> float:
-    name = f"fold{job.fold}.json" if job.default_seed else f"fold{job.fold}_seed{job.seed}.json"
-    result = json.loads((Path(args.out) / "metrics" / "folds" / job.loss / name).read_text())
-    return float(result["error"]["mean_px"])
+    path = output_paths(Path(args.out) / "metrics", job.loss, job.fold, job.run_seed).fold_metrics
+    return float(json.loads(path.read_text())["error"]["mean_px"])
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(REPO / "src")]
-    if importlib.util.find_spec("dvclive") is None:
+    if NO_DVCLIVE:
         stand_in = Path(tempfile.mkdtemp(prefix="silr-live-"))
         (stand_in / "dvclive").mkdir()
         (stand_in / "dvclive" / "__init__.py").write_text(LIVE_STAND_IN)
@@ -160,7 +168,7 @@ def describe_machine() -> list[str]:
         lines.append(f"timm {timm.__version__}")
     except ImportError:
         lines.append("timm: not importable")
-    if importlib.util.find_spec("dvclive") is None:
+    if NO_DVCLIVE:
         lines.append("dvclive: not installed, runs log through the stand-in (see the docstring)")
     return lines
 
