@@ -118,13 +118,24 @@ def test_the_presence_warning_names_the_shape_rules_base_score():
 
     import numpy as np
 
-    from silr.inference.checks import presence_warning
+    from silr.inference.checks import PresenceRule, presence_warning
 
     frame = SimpleNamespace(present=np.zeros(14, dtype=bool), score=np.full(14, 0.7))
-    [template] = presence_warning(frame, "shape on template", probability=False)
+    on_template = PresenceRule.of(SimpleNamespace(presence="shape", shape_base_rule="template"))
+    on_learned = PresenceRule.of(SimpleNamespace(presence="shape", shape_base_rule="learned"))
+    [template] = presence_warning(frame, on_template)
     assert "mean template score 0.70, presence rule shape on template" in template
-    [learned] = presence_warning(frame, "shape on learned", probability=True)
+    [learned] = presence_warning(frame, on_learned)
     assert "mean presence 0.70, presence rule shape on learned" in learned
-    assert presence_warning(SimpleNamespace(present=np.ones(14, dtype=bool),
-                                            score=np.full(14, 0.9)), "shape on learned",
-                            probability=True) == []
+    all_present = SimpleNamespace(present=np.ones(14, dtype=bool), score=np.full(14, 0.9))
+    assert presence_warning(all_present, on_learned) == []
+    # A collapsed learned presence warns even when most landmarks are called present...
+    collapsed = SimpleNamespace(present=np.ones(14, dtype=bool), score=np.full(14, 0.3))
+    [low] = presence_warning(collapsed, PresenceRule.of(SimpleNamespace(
+        presence="learned", shape_base_rule="learned")))
+    assert "(mean presence 0.30, presence rule learned)" in low
+    # ... a low template NCC does not (it is no probability), nor does the threshold rule's name
+    # get a base rule
+    threshold = PresenceRule.of(SimpleNamespace(presence="threshold", shape_base_rule="learned"))
+    assert presence_warning(collapsed, on_template) == []
+    assert str(threshold) == "threshold" and not threshold.scores_probability

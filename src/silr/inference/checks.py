@@ -12,6 +12,7 @@ background. The limits below are those ranges widened.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,10 +24,12 @@ from silr.inference.model_info import ModelFacts
 if TYPE_CHECKING:  # annotations only: torch and the card load with the models, not --help
     from silr.inference.predictor import Ensemble
     from silr.model.card_specs import Preprocessing
+    from silr.model.codec import HeatmapCodec
 
 __all__ = [
     "ABSENT_MAJORITY", "ANISOTROPY_TOLERANCE", "POLARITY_MARGIN", "POLARITY_MIN_FRACTION",
-    "PRESENCE_COLLAPSE", "RAW_MAX_FRACTION_OF_I0", "STAT_MEDIAN", "STAT_STD", "TRAINING_CONTRAST",
+    "PRESENCE_COLLAPSE", "PresenceRule", "RAW_MAX_FRACTION_OF_I0", "STAT_MEDIAN", "STAT_STD",
+    "TRAINING_CONTRAST",
     "ensemble_warnings", "frame_warnings", "inversion_warning", "is_finite", "polarity_warning",
     "prediction_warnings", "presence_warning", "raw_warnings", "resize_warning",
 ]
@@ -117,33 +120,50 @@ def inversion_warning(prediction: FramePrediction) -> list[str]:
             f"(bone bright){hint}"]
 
 
-def presence_warning(prediction: FramePrediction, rule: str,
-                     probability: bool | None = None) -> list[str]:
+@dataclass(frozen=True)
+class PresenceRule:
+    """The presence rule a codec decides with, and the rule whose score it reports: the rule
+    itself, or for `shape` its base rule (the shape prior decides, the base rule scores)."""
+
+    name: str  # heatmap.presence in force: threshold | template | learned | shape
+    score_rule: str  # threshold | template | learned
+
+    @classmethod
+    def of(cls, codec: HeatmapCodec) -> PresenceRule:
+        score_rule = codec.shape_base_rule if codec.presence == "shape" else codec.presence
+        return cls(codec.presence, score_rule)
+
+    @property
+    def scores_probability(self) -> bool:
+        """Whether the score is the learned presence probability (which can collapse)."""
+        return self.score_rule == "learned"
+
+    def __str__(self) -> str:
+        return self.name if self.name == self.score_rule else f"{self.name} on {self.score_rule}"
+
+
+def presence_warning(prediction: FramePrediction, rule: PresenceRule) -> list[str]:
     """Most landmarks called absent, or a learned presence whose mean collapses: the frame is
     unlike the training frames (another modality, an inverted or empty image, a frame that
-    shows little of the pelvis). `probability`: whether the score is the learned presence
-    (by default, for the `learned` rule only; the `shape` rule anchored on it scores with it)."""
+    shows little of the pelvis)."""
     total = len(prediction.present)
     absent = int(total - prediction.present.sum())
     mean = float(np.mean(prediction.score))
-    probability = rule == "learned" if probability is None else probability
-    collapsed = probability and mean < PRESENCE_COLLAPSE
+    collapsed = rule.scores_probability and mean < PRESENCE_COLLAPSE
     if absent <= ABSENT_MAJORITY * total and not collapsed:
         return []
-    # `shape on template`: the score is the base rule's (the template NCC)
-    base = rule.split(" on ")[-1]
-    score = f"mean presence {mean:.2f}" if probability else f"mean {base} score {mean:.2f}"
+    score = (f"mean presence {mean:.2f}" if rule.scores_probability
+             else f"mean {rule.score_rule} score {mean:.2f}")
     return [f"{absent} of {total} landmarks are called absent ({score}, presence rule {rule}): "
             f"the frame looks unlike the training frames (another modality, an inverted image, "
             f"or little of the pelvis in view); do not trust its landmarks"]
 
 
-def prediction_warnings(prediction: FramePrediction, rule: str,
-                        probability: bool | None = None) -> list[str]:
+def prediction_warnings(prediction: FramePrediction, rule: PresenceRule) -> list[str]:
     """The checks that need the models' answer: inversion, polarity, presence (in that order)."""
     return (inversion_warning(prediction)
             + polarity_warning(prediction.prepared, prediction.labels)
-            + presence_warning(prediction, rule, probability))
+            + presence_warning(prediction, rule))
 
 
 def raw_warnings(frame: InputFrame, preprocessing: Preprocessing) -> list[str]:

@@ -94,7 +94,12 @@ import numpy as np
 from silr.core import limits
 from silr.core.errors import ConfigError, SilrError
 from silr.inference.batches import prepared_batches
-from silr.inference.checks import ensemble_warnings, is_finite, prediction_warnings
+from silr.inference.checks import (
+    PresenceRule,
+    ensemble_warnings,
+    is_finite,
+    prediction_warnings,
+)
 from silr.inference.frame_prediction import FramePrediction, predict_inputs
 from silr.inference.inputs import (
     Failure,
@@ -253,12 +258,8 @@ def _finish(prediction: FramePrediction, item_warnings: list[str], seconds: floa
                                               f"(NaN or inf): the checkpoint or the frame is "
                                               f"broken; nothing written", frame.stem))
         return None
-    codec = ensemble.codec
-    probability = codec.presence == "learned" or (codec.presence == "shape"
-                                                  and codec.shape_base_rule == "learned")
-    rule = (f"shape on {codec.shape_base_rule}" if codec.presence == "shape"
-            else codec.presence)
-    item_warnings = item_warnings + prediction_warnings(prediction, rule, probability)
+    item_warnings = item_warnings + prediction_warnings(prediction,
+                                                        PresenceRule.of(ensemble.codec))
     for message in item_warnings:
         warn(f"{frame.source}: {message}")
     start = time.perf_counter()
