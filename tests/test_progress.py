@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from types import SimpleNamespace
 
 from silr.training.progress import EpochLines, training_progress
 
@@ -60,3 +62,34 @@ def test_a_terminal_keeps_the_bar_and_disabled_is_silent():
         )
     )
     assert quiet.getvalue() == ""
+
+
+def _setup_of(live: str) -> SimpleNamespace:
+    """What `silr train`'s progress display reads of a run: its loss, fold, folder and schedule."""
+    train = SimpleNamespace(epochs=25, batch_size=4)
+    return SimpleNamespace(loss_name="proposed", fold_number=1, train_frames=[0] * 8,
+                           paths=SimpleNamespace(live=Path("dvclive") / "proposed" / live),
+                           params=SimpleNamespace(train=train))
+
+
+def test_extra_seeds_of_one_fold_report_apart_so_silr_parallel_counts_both(tmp_path):
+    # silr parallel's time left counts epochs per run name: seed 0 and seed 1 of fold 1 running
+    # side by side must not overwrite each other's count.
+    from silr.core.dvc_workspace import WorkerLogs
+    from silr.stages.train import _progress_display
+    from silr.training.run import TrainingRecord
+
+    log = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc" / "abc.out"
+    log.parent.mkdir(parents=True)
+    with open(log, "w") as stream:
+        for live, epochs in (("fold1", 3), ("fold1_seed1", 2)):
+            display = _progress_display(_setup_of(live), TrainingRecord(), enabled=True)
+            assert isinstance(display, EpochLines)
+            display.stream = stream
+            for epoch in range(1, epochs + 1):
+                display.end_epoch({"epoch": epoch, "train/loss": 1.0})
+    logs = WorkerLogs(tmp_path, trainings=2, epochs=25, started=0.0)
+    lines = logs.new_lines()
+    assert lines[0] == "train proposed/fold1: epoch 1/25, loss 1"
+    assert lines[-1] == "train proposed/fold1_seed1: epoch 2/25, loss 1"
+    assert logs.epochs_done == {"proposed/fold1": 3, "proposed/fold1_seed1": 2}

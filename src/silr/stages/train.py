@@ -295,7 +295,9 @@ def _progress_display(setup: Setup, record: TrainingRecord, *, enabled: bool) ->
                                              torch.Generator().manual_seed(0), "cpu")))
     return training_progress(total=train.epochs * steps_per_epoch,
                              initial=record.epoch * steps_per_epoch,
-                             desc=f"train {setup.loss_name}/fold{setup.fold_number}",
+                             # the run's folder (fold1 or fold1_seed1): silr parallel counts
+                             # each run's epochs by this name, so two seeds must not share it
+                             desc=f"train {setup.loss_name}/{setup.paths.live.name}",
                              epochs=train.epochs, enabled=enabled)
 
 
