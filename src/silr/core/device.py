@@ -22,7 +22,8 @@ from silr.core.errors import ConfigError
 from silr.core.io import open_lock_file
 
 __all__ = [
-    "DEVICE_CHOICES", "DEVICE_ENV", "GPU_POOL_ENV", "LOCK_DIR_ENV", "THREADS_ENV", "DeviceSetup",
+    "DEVICE_CHOICES", "DEVICE_ENV", "GPU_POOL_ENV", "LOCK_DIR_ENV", "NETWORK_MEMORY_FORMAT",
+    "THREADS_ENV", "DeviceSetup",
     "claim_gpu", "device_for_run", "parse_gpu_pool", "select_device",
 ]
 
@@ -33,6 +34,11 @@ DEVICE_ENV = "SILR_DEVICE"  # overrides train.device: auto | cpu | cuda | cuda:N
 THREADS_ENV = "SILR_THREADS"  # intra-op CPU threads of this process (torch.set_num_threads)
 GPU_POOL_ENV = "SILR_GPU_POOL"  # e.g. "0,1,2,3": each process claims a free one (parallel workers)
 LOCK_DIR_ENV = "SILR_LOCK_DIR"  # where the GPU claims live (default: the system's temp folder)
+# The network's memory layout everywhere it runs (training, validation, evaluation, predict):
+# channels_last pays on both kinds of device, tensor cores on CUDA and oneDNN's NHWC kernels on
+# the CPU (1.4x at 1 thread, batch 16; benchmarks/results/inference_layout.txt). Inputs must be
+# laid out like the weights, so every caller takes it from here.
+NETWORK_MEMORY_FORMAT = torch.channels_last
 # Claims held by this process: the open lock file keeps the claim until the process exits.
 _HELD_CLAIMS: list = []
 
@@ -134,8 +140,7 @@ class DeviceSetup:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        # channels_last pays on both: tensor cores on CUDA, oneDNN's NHWC kernels on the CPU.
-        return torch.channels_last
+        return NETWORK_MEMORY_FORMAT
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on CUDA (where tensor cores pay), a no-op elsewhere."""

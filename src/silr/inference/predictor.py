@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from silr.core.device import NETWORK_MEMORY_FORMAT
 from silr.core.errors import CheckpointError
 from silr.core.network_input import to_network_input
 from silr.core.types import FramePredictions, ModelOutput
@@ -28,6 +29,7 @@ from silr.model.codec import HeatmapCodec, discrete_visibility
 from silr.model.decode_helpers import segmentation_labels
 
 __all__ = [
+    "INFERENCE_BATCH_SIZE",
     "CombinedOutput",
     "Decoded",
     "Ensemble",
@@ -37,6 +39,12 @@ __all__ = [
     "load_ensemble",
     "predict_frames",
 ]
+
+# Frames per forward pass where the caller does not choose: on the CPU batch 8 runs 1.2-1.3x
+# faster than 16 (1 thread, the stages' fused channels_last network) and decodes the same
+# landmarks to float32 rounding (benchmarks/results/inference_batch.txt). On a GPU larger
+# batches pay: pass batch_size (or --batch-size).
+INFERENCE_BATCH_SIZE = 8
 
 
 class Decoded(NamedTuple):
@@ -110,7 +118,8 @@ def decode_output(output: ModelOutput, codec: HeatmapCodec) -> Decoded:
 
 @torch.no_grad()
 def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarray, *,
-                   device: torch.device | str = "cpu", batch_size: int = 16) -> FramePredictions:
+                   device: torch.device | str = "cpu",
+                   batch_size: int = INFERENCE_BATCH_SIZE) -> FramePredictions:
     """Run one network on (N, H, W) line-integral frames (the codec's frame size) and decode
     them."""
     images = np.asarray(images, dtype=np.float32)
@@ -126,7 +135,7 @@ def predict_frames(model: torch.nn.Module, codec: HeatmapCodec, images: np.ndarr
     parts = []
     for start in range(0, len(images), batch_size):
         inputs = to_network_input(images[start:start + batch_size], codec.size[0]).to(device)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)  # as load_model's weights
+        inputs = inputs.contiguous(memory_format=NETWORK_MEMORY_FORMAT)  # as load_model's weights
         parts.append(frame_predictions(decode_output(model(inputs), codec)))
     model.train(was_training)
     return FramePredictions.concatenate(parts)
@@ -173,7 +182,7 @@ class Ensemble:
         segmentation softmax, each model's threshold score and each model's calibrated learned
         presence (each fold model with its own calibration), all as plain means.
         """
-        images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        images = images.to(self.device).contiguous(memory_format=NETWORK_MEMORY_FORMAT)
         parts = []
         for model, codec in zip(self.models, self.codecs):
             output = model(images)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from silr import __version__
+from silr.core.device import NETWORK_MEMORY_FORMAT
 from silr.core.errors import CheckpointError, quoted
 from silr.core.io import atomic_path
 from silr.model.card import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, ModelCard
@@ -125,9 +126,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
                               f"({reason})") from None
     if fused:
         model = fused_for_inference(model)
-    # channels_last: oneDNN's NHWC kernels run the network 1.4x faster on the CPU (1 thread, batch
-    # 16; benchmarks/results/inference_layout.txt).
-    return model.to(device).to(memory_format=torch.channels_last).eval(), card
+    return model.to(device).to(memory_format=NETWORK_MEMORY_FORMAT).eval(), card
 
 
 def fused_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -137,13 +136,15 @@ def fused_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     and faster (benchmarks/results/inference_layout.txt); evaluation, the corruption benchmark
     and predict run it. Training cannot: there batch norm normalises with each batch's own
     statistics. An encoder that torch.fx cannot trace stays as it is."""
+    import contextlib
     import copy
 
     from torch.fx.experimental.optimization import fuse
 
+    # The caller's network stays as it is: its copy gets the fused encoder. fuse itself works on
+    # a copy of the encoder (not inplace=True, which rewrites the parent modules one by one), so
+    # an error half-way leaves the copy's encoder whole and it runs unfused, never half-fused.
     fused = copy.deepcopy(model).eval()
-    try:
+    with contextlib.suppress(Exception):  # any error of torch.fx's tracing: it runs unfused
         fused.encoder = fuse(fused.encoder)
-    except Exception:  # any error of torch.fx's tracing: the backbone runs unfused
-        return fused
     return fused

@@ -241,11 +241,16 @@ class HeatmapDecoder:
         presence output, else `template`."""
         return "learned" if self.presence_source is not None else "template"
 
+    def _shape_base(self, template: Tensor, presence_prob: Tensor) -> tuple[Tensor, float]:
+        """(score, cut) of the shape prior's base rule: its present calls are score >= cut."""
+        if self.shape_base_rule == "learned":
+            return presence_prob, LEARNED_THRESHOLD
+        return template, self.template_ncc
+
     def _shape_present(self, xy: Tensor, template: Tensor, presence_prob: Tensor) -> Tensor:
         """(B, L) float: 1 where the shape prior fitted to the base rule's present landmarks puts
         the landmark in the frame, 0 where not; NaN without a prior or the base rule's scores."""
-        base_score, cut = ((presence_prob, LEARNED_THRESHOLD) if self.shape_base_rule == "learned"
-                           else (template, self.template_ncc))
+        base_score, cut = self._shape_base(template, presence_prob)
         if self.shape_prior is None or not torch.isfinite(base_score).all():
             return torch.full_like(base_score, math.nan)
         frame_xy = self.to_frame(xy).detach().cpu().double().numpy()
@@ -260,7 +265,7 @@ class HeatmapDecoder:
             if not torch.isfinite(shape_present).all():
                 raise ValueError(f"the shape presence rule needs the scores of its base rule "
                                  f"({self.shape_base_rule})")
-            score = presence_prob if self.shape_base_rule == "learned" else template
+            score, _ = self._shape_base(template, presence_prob)
             return score, shape_present >= 0.5
         if self.presence == "threshold":
             score = threshold_score
