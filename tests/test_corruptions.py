@@ -128,6 +128,44 @@ def test_instruments_go_over_landmarks():
     assert (out - frame).max() <= corruptions.STEEL_MU_PER_MM * 2.0 + 1e-4  # a 2 mm wire at most
 
 
+def _full_frame_path_mm(shape, centre_xy, angle, spec, mm_per_px):
+    """The instrument's path length computed on the whole supersampled frame, no bounding box:
+    the oracle for the clipped computation of corruptions._instrument_path_mm."""
+    kind, thickness_mm, length_mm, width_mm = spec
+    fine = corruptions.SUPERSAMPLE
+    ys = (np.arange(shape[0] * fine) + 0.5) / fine - 0.5
+    xs = (np.arange(shape[1] * fine) + 0.5) / fine - 0.5
+    dx = (xs[None, :] - centre_xy[0]) * mm_per_px
+    dy = (ys[:, None] - centre_xy[1]) * mm_per_px
+    along = dx * np.cos(angle) + dy * np.sin(angle)
+    across = -dx * np.sin(angle) + dy * np.cos(angle)
+    inside = np.abs(along) <= length_mm / 2
+    if kind == "plate":
+        path = np.where(inside & (np.abs(across) <= width_mm / 2), thickness_mm, 0.0)
+    else:
+        path = np.where(inside, 2.0 * np.sqrt(np.clip((thickness_mm / 2) ** 2 - across ** 2,
+                                                      0.0, None)), 0.0)
+    return path.reshape(shape[0], fine, shape[1], fine).mean(axis=(1, 3))
+
+
+def test_instrument_bounding_box_loses_no_steel():
+    # The clipped computation must equal the whole frame's to the bit: centres inside, on the
+    # edge and outside the frame, axis-aligned and diagonal, every instrument kind.
+    rng = np.random.default_rng(3)
+    for case in range(60):
+        shape = (int(rng.integers(30, 120)), int(rng.integers(30, 120)))
+        centre = rng.uniform(-40, 160, 2)
+        angle = (0.0, np.pi / 2, np.pi / 4, rng.uniform(0, np.pi))[case % 4]
+        spec = corruptions.INSTRUMENT_SHAPES[case % len(corruptions.INSTRUMENT_SHAPES)]
+        mm_per_px = (1.552, 0.8)[case % 2]
+        expected = _full_frame_path_mm(shape, centre, angle, spec, mm_per_px)
+        got = corruptions._instrument_path_mm(shape, centre, angle, spec, mm_per_px)
+        assert np.array_equal(got, expected), (case, spec[0], float(np.abs(got - expected).max()))
+    # and some of them put steel in the frame
+    assert _full_frame_path_mm((60, 60), np.array([30.0, 30.0]), 0.3,
+                               corruptions.INSTRUMENT_SHAPES[0], 1.552).max() > 0
+
+
 def test_random_numbers_depend_on_the_frame_key_only():
     frame = line_integral_frame()
     a = corrupt(frame, "quantum_noise", 2, SETTINGS, FrameFacts(key=(1, 2)))
