@@ -25,6 +25,7 @@ from silr.evaluation.results import (
     DEFAULT_MODELS,
     checkpoint_path,
 )
+from silr.inference.predictor import INFERENCE_BATCH_SIZE
 from silr.model import checkpoint
 from silr.model.card import ModelCard
 from silr.model.codec import HeatmapCodec
@@ -139,7 +140,7 @@ def add_fold_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics directory (default: %(default)s)")
     parser.add_argument("--device", default=None,
                         help="auto, cpu, cuda[:N] or mps (default: train.device)")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE,
                         help="frames per forward pass (default: %(default)s)")
 
 

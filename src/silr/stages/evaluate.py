@@ -43,14 +43,14 @@ from silr.evaluation.results import (
     write_label_maps,
     write_predictions_csv,
 )
-from silr.inference.predictor import predict_frames
+from silr.inference.predictor import INFERENCE_BATCH_SIZE, predict_frames
 
 __all__ = ["add_arguments", "main", "run"]
 
 
 def run(params: Params, *, loss: str, fold: int, data_path: str | Path, folds_path: str | Path,
         models_dir: str | Path, out_dir: str | Path, device: str | None = None,
-        batch_size: int = 16, seed: int | None = None) -> OutputPaths:
+        batch_size: int = INFERENCE_BATCH_SIZE, seed: int | None = None) -> OutputPaths:
     """Evaluate one (loss, fold) and, with `seed`, one extra training seed of the study: read
     model, data and split; write predictions, metrics and label maps."""
     run_ = load_fold_model(params, loss=loss, fold=fold, data_path=data_path,

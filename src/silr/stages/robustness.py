@@ -35,7 +35,7 @@ from silr.evaluation.heldout import add_fold_arguments, fold_params, load_fold_m
 from silr.evaluation.presence import presence_counts, presence_rules_of
 from silr.evaluation.results import predictions_table
 from silr.evaluation.robustness_summary import CLEAN, FORMAT, robustness_path
-from silr.inference.predictor import predict_frames
+from silr.inference.predictor import INFERENCE_BATCH_SIZE, predict_frames
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -57,7 +57,8 @@ def _condition(table: pd.DataFrame, presence_applies: bool) -> dict[str, Any]:
 
 def run(params: Params, settings: RobustnessParams, *, loss: str, fold: int,
         data_path: str | Path, folds_path: str | Path, models_dir: str | Path,
-        out_dir: str | Path, device: str | None = None, batch_size: int = 16) -> Path:
+        out_dir: str | Path, device: str | None = None,
+        batch_size: int = INFERENCE_BATCH_SIZE) -> Path:
     """Score one (loss, fold) under the suite `settings`; write and return its JSON."""
     run_ = load_fold_model(params, loss=loss, fold=fold, data_path=data_path,
                            folds_path=folds_path, models_dir=models_dir, device=device)
